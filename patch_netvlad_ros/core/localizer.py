@@ -1,0 +1,128 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Offline localisation of query images against a reference map.
+
+Retrieve the top-k references by global descriptor, rerank them by patches, answer with
+the best reference's pose and a confidence in [0, 1].
+
+Confidence (documented in the README): the best candidate's match quality, i.e. the
+fusion-weighted fraction of the best possible patch score at each scale (RANSAC:
+inliers / n_p; spatial: score / (x_max^2 + y_max^2)), each already in [0, 1]. It is an
+absolute measure of how much of the query is explained by the chosen reference, so it
+stays comparable across queries, unlike the fused z-scores, which are relative to the
+candidate list.
+"""
+
+from dataclasses import dataclass, field
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import model_digest
+from .config import PatchNetVLADConfig
+from .database import check_identity, Reference, ReferenceMap
+from .errors import ImageError, MapError
+from .image import to_tensor
+from .matching import rerank
+from .model import Descriptors, PatchNetVLAD
+from .retrieval import top_k
+
+
+@dataclass
+class Candidate:
+    """A reranked candidate: map index, reference id, fused and raw scores."""
+
+    index: int
+    id: str
+    fused_score: float
+    quality: float
+    global_distance: float
+
+
+@dataclass
+class LocalizationResult:
+    """Answer for one query image; ``reference`` carries the pose (REP 103 frame)."""
+
+    best_index: int
+    reference: Reference
+    confidence: float
+    candidates: List[Candidate]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def retrieval_order(self) -> List[int]:
+        """Map indices in reranked order, best first."""
+        return [c.index for c in self.candidates]
+
+
+def descriptor_identity(model: PatchNetVLAD) -> Dict:
+    """Identity of the descriptors a model produces (compare with a map's)."""
+    return {'model_digest': model_digest(model), **model.config.identity()}
+
+
+class Localizer:
+    """Localise query images (or their descriptors) against a :class:`ReferenceMap`.
+
+    top_k, matcher and patch_weights may differ from the map's build settings (they only
+    change the matching); anything that changes the descriptors may not.
+    """
+
+    def __init__(self, ref_map: ReferenceMap, model: Optional[PatchNetVLAD] = None,
+                 **matching: object) -> None:
+        if len(ref_map) == 0:
+            raise MapError('the map holds no references: build it from at least one image')
+        allowed = {'top_k', 'matcher', 'patch_weights'}
+        if set(matching) - allowed:
+            raise MapError(f'only {sorted(allowed)} can be changed at localisation time; '
+                           f'got {sorted(set(matching) - allowed)}')
+        self.map = ref_map
+        self.config: PatchNetVLADConfig = ref_map.config.override(**matching)
+        self.model = model
+        if model is not None:
+            check_identity(ref_map.identity, descriptor_identity(model), 'the map')
+
+    def describe(self, image: np.ndarray) -> Descriptors:
+        """Descriptors of one RGB image with the localizer's model."""
+        if self.model is None:
+            raise MapError('this Localizer has no model: pass one, or call '
+                           'localize_descriptors() with precomputed descriptors')
+        return self.model.extract(to_tensor(image, self.model.config))
+
+    def localize(self, image: np.ndarray) -> LocalizationResult:
+        """Localise one RGB image (H x W x 3)."""
+        start = time.perf_counter()
+        desc = self.describe(image)
+        extract_s = time.perf_counter() - start
+        result = self.localize_descriptors(desc.global_desc[0], [p[0] for p in desc.patches])
+        result.timings = {'extract_s': extract_s, **result.timings}
+        return result
+
+    def localize_descriptors(self, global_desc: torch.Tensor,
+                             patches: Sequence[torch.Tensor]) -> LocalizationResult:
+        """Localise from descriptors: global [Dp] and patches per scale [P_s, Dp]."""
+        cfg = self.config
+        g = torch.as_tensor(global_desc).float().reshape(-1)
+        if g.numel() != cfg.num_pcs or len(patches) != len(cfg.patch_sizes):
+            raise MapError(f'descriptor has {g.numel()} dims and {len(patches)} scales; the '
+                           f'map needs {cfg.num_pcs} dims and {len(cfg.patch_sizes)} scales')
+        for i, p in enumerate(patches):
+            if tuple(p.shape) != (cfg.num_patches(i), cfg.num_pcs):
+                raise MapError(f'patch block {i} has shape {tuple(p.shape)}, the map needs '
+                               f'{(cfg.num_patches(i), cfg.num_pcs)}')
+            if not torch.isfinite(torch.as_tensor(p)).all():
+                raise ImageError(f'patch block {i} contains NaN or Inf')
+        t0 = time.perf_counter()
+        dist, idx = top_k(self.map.index, g.numpy()[None], cfg.top_k)
+        t1 = time.perf_counter()
+        result = rerank([torch.as_tensor(p).float() for p in patches], self.map.patches,
+                        idx[0], cfg)
+        t2 = time.perf_counter()
+        cands = [Candidate(int(idx[0][j]), self.map.references[idx[0][j]].id,
+                           float(result.fused[j]), float(result.quality[j]), float(dist[0][j]))
+                 for j in result.order]
+        best = cands[0]
+        confidence = float(np.clip(best.quality, 0.0, 1.0))
+        return LocalizationResult(best.index, self.map.references[best.index], confidence,
+                                  cands, {'retrieve_s': t1 - t0, 'rerank_s': t2 - t1})

@@ -1,0 +1,174 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Patch matching and scoring, multi-scale fusion and reranking of a candidate list.
+
+Mutual nearest neighbours between patch sets, then per scale:
+
+Scores follow the paper with "larger is better" (the authors' code negates them):
+- RANSAC: inliers of a homography between matched patch centres (pixels), / n_p.
+- spatial: sum over matches of (x_max - |x_d - mean x_d|)^2 + (y_max - |y_d - mean y_d|)^2,
+  / n_p, with x_d, y_d the grid offsets of each match.
+- fusion: per scale, z-score over the candidate list, then the weighted sum.
+"""
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from .config import BACKBONE_STRIDE, PatchNetVLADConfig
+from .geometry import grids_for, PatchGrid
+
+#: RANSAC reprojection threshold in feature cells per unit of patch stride (1.5 cells,
+#: 24 px for VGG16 at stride 1), as in the authors' matcher.
+RANSAC_CELLS = 1.5
+
+
+def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """Mutual nearest neighbours between one query's patches and C candidates' patches.
+
+    query: [Pq, D] unit vectors; db: [C, Pd, D] unit vectors.
+    Returns match [C, Pd]: for each candidate patch, the index of the query patch it is
+    mutually nearest to (Euclidean on unit vectors = largest dot product), or -1.
+    """
+    pd = db.shape[1]
+    sim = torch.matmul(db, query.t().to(db.dtype))            # [C, Pd, Pq]
+    fw = sim.argmax(dim=2)                                     # nearest query per db patch
+    bw = sim.argmax(dim=1)                                     # nearest db patch per query
+    mutual = bw.gather(1, fw) == torch.arange(pd, device=db.device)
+    return torch.where(mutual, fw, torch.full_like(fw, -1))
+
+
+def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
+                     chunk_bytes: int = 96 << 20) -> torch.Tensor:
+    """:func:`mutual_nn` of a query against the references ``indices`` of a patch store.
+
+    store: [N, Pd, D] array or tensor of any float dtype (e.g. a float16 memory map);
+    candidates are read and converted in chunks so memory stays bounded.
+    Returns match [C, Pd] in the order of ``indices``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    pd, pq = store.shape[1], query.shape[0]
+    step = max(1, chunk_bytes // max(4 * pd * (pq + store.shape[2]), 1))
+    out = []
+    for i in range(0, len(indices), step):
+        block = store[indices[i:i + step]]
+        block = torch.as_tensor(np.asarray(block) if not torch.is_tensor(block) else block)
+        out.append(mutual_nn(query, block.to(device=query.device, dtype=query.dtype)))
+    if not out:
+        return torch.empty(0, pd, dtype=torch.long)
+    return torch.cat(out)
+
+
+def spatial_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """Rapid spatial scores [C] from mutual matches [C, P] (see :func:`mutual_nn`).
+
+    Offsets are database position minus query position in grid units; a candidate with
+    no match scores 0.
+    """
+    pos = torch.tensor(grid.positions, dtype=torch.float64, device=match.device)  # [P, 2]
+    valid = match >= 0
+    q_pos = pos[match.clamp_min(0)]                                   # [C, P, 2]
+    offsets = pos[None] - q_pos
+    w = valid[..., None].double()
+    count = valid.sum(1, keepdim=True).clamp_min(1)[..., None]
+    mean = (offsets * w).sum(1, keepdim=True) / count
+    dev = (offsets - mean).abs()
+    terms = (grid.x_max - dev[..., 0]) ** 2 + (grid.y_max - dev[..., 1]) ** 2
+    return (terms * valid).sum(1) / grid.num_patches
+
+
+def spatial_score_max(grid: PatchGrid) -> float:
+    """Largest possible spatial score (every patch matched with zero deviation)."""
+    return float(grid.x_max ** 2 + grid.y_max ** 2)
+
+
+def ransac_inliers(db_xy: np.ndarray, query_xy: np.ndarray,
+                   threshold: float) -> np.ndarray:
+    """Inlier mask [M] of a RANSAC homography from db_xy [M, 2] to query_xy [M, 2] (pixels).
+
+    Fewer than 4 matches, or a degenerate configuration, gives no inliers.
+    """
+    if len(db_xy) < 4:
+        return np.zeros(len(db_xy), dtype=bool)
+    _, mask = cv2.findHomography(db_xy.astype(np.float32), query_xy.astype(np.float32),
+                                 cv2.RANSAC, ransacReprojThreshold=threshold)
+    if mask is None:
+        return np.zeros(len(db_xy), dtype=bool)
+    return mask.ravel().astype(bool)
+
+
+def ransac_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """RANSAC scores [C] = homography inliers / n_p from mutual matches [C, P]."""
+    threshold = RANSAC_CELLS * BACKBONE_STRIDE * grid.stride
+    match_np = match.cpu().numpy()
+    scores = np.zeros(match_np.shape[0])
+    for i, row in enumerate(match_np):
+        db_idx = np.flatnonzero(row >= 0)
+        inliers = ransac_inliers(grid.centres[db_idx], grid.centres[row[db_idx]], threshold)
+        scores[i] = inliers.sum() / grid.num_patches
+    return torch.from_numpy(scores)
+
+
+def fuse_scores(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Fuse per-scale scores [C, S] into [C]: sum_i w_i z_i.
+
+    z_i is the z-score of column i over the candidates (population std); a constant
+    column contributes 0.
+    """
+    s = scores.double()
+    std = s.std(dim=0, unbiased=False)
+    z = (s - s.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
+    return (z * torch.as_tensor(weights, dtype=torch.float64)).sum(1)
+
+
+@dataclass
+class RerankResult:
+    """Reranking of C candidates.
+
+    order: [C] candidate positions (into the input list), best first.
+    fused: [C] fused score per candidate (input order).
+    per_scale: [C, S] raw score per candidate and scale (input order).
+    quality: [C] weighted raw scores scaled to [0, 1] by each scale's maximum (input order).
+    """
+
+    order: np.ndarray
+    fused: np.ndarray
+    per_scale: np.ndarray
+    quality: np.ndarray
+
+
+def score_candidates(query_patches: Sequence[torch.Tensor], stores: Sequence,
+                     indices: Sequence[int],
+                     config: PatchNetVLADConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores [C, S] of candidates ``indices`` and the same scaled to [0, 1].
+
+    query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp] (see
+    :func:`match_candidates`).
+    """
+    raw: List[torch.Tensor] = []
+    scaled: List[torch.Tensor] = []
+    for q, store, grid in zip(query_patches, stores, grids_for(config)):
+        match = match_candidates(q, store, indices)
+        if config.matcher == 'ransac':
+            s, top = ransac_scores(match, grid), 1.0
+        else:
+            s, top = spatial_scores(match, grid).cpu(), spatial_score_max(grid)
+        raw.append(s.double())
+        scaled.append(s.double() / top if top > 0 else s.double())
+    return torch.stack(raw, 1), torch.stack(scaled, 1)
+
+
+def rerank(query_patches: Sequence[torch.Tensor], stores: Sequence, indices: Sequence[int],
+           config: PatchNetVLADConfig) -> RerankResult:
+    """Rerank candidates ``indices`` for one query by fused Patch-NetVLAD scores.
+
+    query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp].
+    """
+    raw, scaled = score_candidates(query_patches, stores, indices, config)
+    fused = fuse_scores(raw, config.patch_weights)
+    order = torch.argsort(-fused, stable=True)
+    quality = (scaled * torch.as_tensor(config.patch_weights, dtype=torch.float64)).sum(1)
+    return RerankResult(order.numpy(), fused.numpy(), raw.numpy(), quality.numpy())

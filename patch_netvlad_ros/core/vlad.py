@@ -1,0 +1,149 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""NetVLAD aggregation: global and IntegralVLAD patch descriptors, with WPCA.
+
+Notation (shapes in brackets): B images, D = 512 channels, K clusters, a feature
+map of h x w = N locations, P_s patches at scale s, Dp PCA dimensions.
+
+For unit-normalised features x_n and soft assignments a_kn, the unnormalised
+VLAD of a window W is v_k = sum_{n in W} a_kn (x_n - c_k). Every window of a
+scale is a box sum of the per-location residuals a_kn (x_n - c_k), read off one
+integral image (IntegralVLAD). Each v is intra-normalised per cluster, L2
+normalised, projected by the whitened PCA and L2 normalised again.
+
+Patches are kept as columns [K*D, P]: box sums are GEMMs with 0/1 band
+matrices, the intra-normalisation is a per-(cluster, patch) scale, and the
+whitened PCA is accumulated cluster chunk by cluster chunk as W[:, chunk] @ V,
+so no K x D x h x w residual tensor of a whole image is ever held. The PCA GEMM
+(sum_s P_s * K * D * Dp multiply-adds) is the dominant cost.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-12  # F.normalize's epsilon: the authors' normalisation, reproduced exactly.
+
+
+def soft_assign(x: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Soft-assignment a [B, K, N] of unit features x [B, D, N] (1x1 conv + softmax)."""
+    logits = torch.einsum('kd,bdn->bkn', weight.reshape(weight.shape[0], -1), x)
+    if bias is not None:
+        logits = logits + bias.view(1, -1, 1)
+    return F.softmax(logits, dim=1)
+
+
+def global_vlad(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Unnormalised VLAD [B, K, D] over all N locations of x [B, D, N], a [B, K, N]."""
+    return torch.bmm(a, x.transpose(1, 2)) - a.sum(-1, keepdim=True) * centroids.unsqueeze(0)
+
+
+def normalize_vlad(v: torch.Tensor) -> torch.Tensor:
+    """Intra-normalise per cluster, flatten and L2-normalise: [..., K, D] -> [..., K*D]."""
+    v = F.normalize(v, p=2, dim=-1, eps=_EPS)
+    return F.normalize(v.flatten(-2), p=2, dim=-1, eps=_EPS)
+
+
+def project(v: torch.Tensor, pca_weight: torch.Tensor, pca_bias: torch.Tensor) -> torch.Tensor:
+    """Whitened PCA then L2: v [..., K*D] -> [..., Dp]; pca_weight [Dp, K*D]."""
+    return F.normalize(torch.addmm(pca_bias, v.reshape(-1, v.shape[-1]), pca_weight.t())
+                       .reshape(*v.shape[:-1], -1), p=2, dim=-1, eps=_EPS)
+
+
+def grid_shape(h: int, w: int, size: int, stride: int) -> Tuple[int, int]:
+    """Rows and columns of the patch grid for a d x d window with stride s."""
+    return (h - size) // stride + 1, (w - size) // stride + 1
+
+
+def band_matrix(length: int, size: int, stride: int, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    """0/1 matrix [length, n_windows]: column j sums elements j*stride .. j*stride+size-1."""
+    n = (length - size) // stride + 1
+    i = torch.arange(length, device=device)[:, None]
+    start = torch.arange(n, device=device)[None, :] * stride
+    return ((i >= start) & (i < start + size)).to(dtype)
+
+
+def box_sums(t: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """Sum every size x size window (stride s) of t [C, h, w] -> [C, P].
+
+    Patches come out column-major (patch index = col * rows + row); see
+    :func:`column_major_to_row_major`. Two plain GEMMs with 0/1 band matrices (along
+    rows, then along columns) compute IntegralVLAD's box sums directly, so no
+    float32 cancellation error of a running cumsum creeps in.
+    """
+    c, h, w = t.shape
+    bw = band_matrix(w, size, stride, t.dtype, t.device)                  # [w, cols]
+    bh = band_matrix(h, size, stride, t.dtype, t.device)                  # [h, rows]
+    along_w = (t.reshape(c * h, w) @ bw).view(c, h, -1)                   # [C, h, cols]
+    cols = along_w.shape[2]
+    along_h = along_w.transpose(1, 2).reshape(c * cols, h) @ bh           # [C*cols, rows]
+    return along_h.view(c, -1)
+
+
+def column_major_to_row_major(rows: int, cols: int) -> torch.Tensor:
+    """Index that reorders column-major patches (from :func:`box_sums`) to row-major."""
+    r = torch.arange(rows)[:, None]
+    c = torch.arange(cols)[None, :]
+    return (c * rows + r).reshape(-1)
+
+
+def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
+                      pca_weight: torch.Tensor, pca_bias: torch.Tensor, h: int, w: int,
+                      sizes: Sequence[int], strides: Sequence[int],
+                      chunk_bytes: int = 16 << 20) -> List[torch.Tensor]:
+    """Patch descriptors of one image, one [P_s, Dp] tensor per scale, row-major patches.
+
+    x: [D, N] unit features, a: [K, N] soft assignments, centroids: [K, D], N = h * w,
+    pca_weight: [Dp, K*D], pca_bias: [Dp].
+
+    Works through chunks of clusters whose residuals a_kn (x_n - c_k) [kc, D, h, w]
+    fit in chunk_bytes (small blocks are reused by the allocator, large ones cost page
+    faults). Per chunk and scale: box sums V [kc*D, P], intra-normalisation V / |V_k|,
+    and the partial projection W[:, chunk] @ V accumulated into [Dp, P]. The global
+    L2 normalisation is a per-patch scale, so it is applied after the sum:
+    y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k 1[|V_k| > 0]) + b, then y / |y|.
+    """
+    k, d = centroids.shape
+    shapes = [grid_shape(h, w, s, st) for s, st in zip(sizes, strides)]
+    acc = [x.new_zeros(pca_weight.shape[0], r * c) for r, c in shapes]   # [Dp, P] per scale
+    sq = [x.new_zeros(r * c) for r, c in shapes]                          # |intra-normed|^2
+    step = max(1, chunk_bytes // (d * h * w * x.element_size()))
+    for k0 in range(0, k, step):
+        k1 = min(k0 + step, k)
+        residual = (a[k0:k1, None, :] * (x[None] - centroids[k0:k1, :, None]))
+        residual = residual.view((k1 - k0) * d, h, w)
+        for i, (size, stride) in enumerate(zip(sizes, strides)):
+            v = box_sums(residual, size, stride).view(k1 - k0, d, -1)      # col-major P
+            norms = torch.linalg.vector_norm(v, dim=1)                      # [kc, P]
+            inv = 1.0 / norms.clamp_min(_EPS)
+            sq[i] += ((norms * inv) ** 2).sum(0)
+            v.mul_(inv[:, None, :])
+            acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v.view((k1 - k0) * d, -1))
+    out = []
+    for (rows, cols), y, total in zip(shapes, acc, sq):
+        y = y / total.sqrt().clamp_min(_EPS) + pca_bias[:, None]
+        desc = F.normalize(y.t(), p=2, dim=-1, eps=_EPS)
+        out.append(desc[column_major_to_row_major(rows, cols).to(desc.device)])
+    return out
+
+
+def patch_vlad_vectors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, h: int,
+                       w: int, sizes: Sequence[int],
+                       strides: Sequence[int]) -> List[torch.Tensor]:
+    """Normalised, unprojected patch VLADs of one image: one [P_s, K*D] per scale.
+
+    The vectors the whitened PCA is fitted on (row-major patches); inputs as for
+    :func:`patch_descriptors`. Holds [K*D, P_s] per scale: use on small images or
+    few scales (bootstrap and tests), not in the extraction hot path.
+    """
+    k, d = centroids.shape
+    residual = (a[:, None, :] * (x[None] - centroids[:, :, None])).view(k * d, h, w)
+    out = []
+    for size, stride in zip(sizes, strides):
+        rows, cols = grid_shape(h, w, size, stride)
+        v = box_sums(residual, size, stride).view(k, d, -1).permute(2, 0, 1)  # [P, K, D]
+        out.append(normalize_vlad(v)[column_major_to_row_major(rows, cols).to(v.device)])
+    return out

@@ -1,0 +1,95 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Bad input gets its own exception and a message naming the problem."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import seeded_model
+from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca
+from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.database import ReferenceMap
+from patch_netvlad_ros.core.errors import ConfigError, ImageError, MapError
+from patch_netvlad_ros.core.extraction import build_reference_map
+from patch_netvlad_ros.core.image import check_image, to_tensor
+from patch_netvlad_ros.core.localizer import Localizer
+
+SMALL = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=64)
+
+
+@pytest.mark.parametrize('image,message', [
+    (np.zeros((50, 60), np.uint8), 'grayscale image of shape'),
+    (np.zeros((50, 60, 1), np.uint8), 'grayscale image of shape'),
+    (np.zeros((50, 60, 4), np.uint8), 'drop the alpha channel'),
+    (np.zeros((3, 50, 60), np.uint8), r'expected an H x W x 3 RGB image; got shape \(3, 50, 60\)'),
+    (np.zeros((50, 60, 3), np.int32), 'unsupported image dtype int32'),
+    (np.zeros((50, 60, 3), np.uint16), 'unsupported image dtype uint16'),
+    (np.full((50, 60, 3), np.nan, np.float32), 'NaN or Inf'),
+    (np.full((50, 60, 3), np.inf, np.float64), 'NaN or Inf'),
+    (np.full((50, 60, 3), 2.0, np.float32), r'float images must lie in \[0, 1\]'),
+    (np.zeros((10, 60, 3), np.uint8), 'too small'),
+])
+def test_bad_images(image, message):
+    with pytest.raises(ImageError, match=message):
+        check_image(image)
+    with pytest.raises(ImageError, match=message):
+        to_tensor(image, SMALL)
+
+
+def test_not_an_array():
+    with pytest.raises(ImageError, match='expected a numpy array, got list'):
+        check_image([[1, 2, 3]])
+
+
+def test_network_input_smaller_than_the_largest_patch():
+    model = seeded_model(get_config('performance', image_height=256, image_width=256))
+    with pytest.raises(ImageError, match='smaller than the largest patch'):
+        model.extract(torch.zeros(1, 3, 112, 160))        # 7 x 10 cells < 8-cell patches
+    with pytest.raises(ConfigError, match='smaller than the largest patch'):
+        get_config('performance', image_height=112, image_width=640)
+
+
+def test_nan_tensor_and_wrong_batch_shape():
+    model = seeded_model(SMALL)
+    with pytest.raises(ImageError, match='NaN or Inf'):
+        model.extract(torch.full((1, 3, 128, 160), float('nan')))
+    with pytest.raises(ImageError, match=r'expected a batch \[B, 3, H, W\]'):
+        model.extract(torch.zeros(3, 128, 160))
+
+
+def test_empty_reference_set():
+    with pytest.raises(ImageError, match='no reference images'):
+        bootstrap_model(SMALL, [])
+    model = seeded_model(SMALL)
+    with pytest.raises(MapError, match='no reference images'):
+        build_reference_map(model, [], [])
+    with pytest.raises(MapError, match='the map holds no references'):
+        Localizer(ReferenceMap.empty(SMALL, 'x'), model)
+
+
+def test_too_few_samples_for_the_pca():
+    with pytest.raises(ImageError, match='512-dimensional PCA needs more than 512'):
+        fit_wpca(torch.randn(100, 1000), 512)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'patch_sizes': ()}, 'patch_sizes is empty'),
+    ({'patch_weights': (0.5, 0.2, 0.2)}, 'must sum to 1'),
+    ({'patch_weights': (1.2, -0.2, 0.0)}, 'non-negative'),
+    ({'strides': (1, 1)}, 'one entry per scale'),
+    ({'matcher': 'magic'}, "matcher must be one of \\['ransac', 'spatial'\\]; got 'magic'"),
+    ({'num_pcs': 0}, 'num_pcs must be a positive integer'),
+    ({'num_pcs': 40000}, 'cannot exceed the NetVLAD size'),
+    ({'top_k': 2.5}, 'top_k must be a positive integer'),
+    ({'patch_sizes': (2, 0, 8)}, 'positive integers'),
+    ({'colour': 'red'}, r"unknown configuration field\(s\) \['colour'\]"),
+])
+def test_bad_configuration(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        get_config('performance').override(**overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        get_config('fast')

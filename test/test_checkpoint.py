@@ -1,0 +1,124 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Checkpoints in the authors' layout: written by the tests, loaded safely, checked."""
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import seeded_model
+from patch_netvlad_ros.core.checkpoint import load_model, save_checkpoint
+from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.errors import CheckpointError
+
+SMALL = {'image_height': 16 * 9, 'image_width': 16 * 11}
+
+
+def authors_blob(model, **extra):
+    """What the authors' add_pca/train scripts torch.save: state_dict plus bookkeeping."""
+    blob = {'epoch': 7, 'best_score': 0.81, 'num_pcs': model.config.num_pcs,
+            'state_dict': {k: v.clone() for k, v in model.state_dict().items()}}
+    blob.update(extra)
+    return blob
+
+
+@pytest.mark.parametrize('vladv2', [False, True])
+def test_authors_layout_round_trip(tmp_path, vladv2):
+    cfg = get_config('storage', vladv2=vladv2, **SMALL)
+    model = seeded_model(cfg, seed=4)
+    keys = set(model.state_dict())
+    assert {'pool.centroids', 'pool.conv.weight', 'WPCA.0.weight', 'WPCA.0.bias',
+            'encoder.0.weight', 'encoder.28.bias'} <= keys
+    assert ('pool.conv.bias' in keys) == vladv2
+    path = tmp_path / 'mapillary_WPCA128.pth.tar'
+    torch.save(authors_blob(model), path)
+    # the loader adopts vladv2 from the file even when the config says otherwise
+    loaded = load_model(path, get_config('storage', **SMALL))
+    assert loaded.config.vladv2 == vladv2
+    images = torch.randn(2, 3, 144, 176, generator=torch.Generator().manual_seed(0))
+    a, b = model.extract(images), loaded.extract(images)
+    assert torch.equal(a.global_desc, b.global_desc)
+    assert torch.equal(a.patches[0], b.patches[0])
+
+
+def test_save_checkpoint_writes_authors_layout(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    save_checkpoint(model, tmp_path / 'm.pth.tar')
+    blob = torch.load(tmp_path / 'm.pth.tar', weights_only=True)
+    assert blob['num_pcs'] == 128
+    assert blob['state_dict']['WPCA.0.weight'].shape == (128, 32768, 1, 1)
+    assert blob['state_dict']['pool.centroids'].shape == (64, 512)
+
+
+def test_data_parallel_prefix_is_accepted(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    blob = authors_blob(model)
+    blob['state_dict'] = {k.replace('encoder.', 'encoder.module.'): v
+                          for k, v in blob['state_dict'].items()}
+    torch.save(blob, tmp_path / 'dp.pth.tar')
+    loaded = load_model(tmp_path / 'dp.pth.tar', get_config('storage', **SMALL))
+    assert torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match='checkpoint not found: .*nope.pth.tar'):
+        load_model(tmp_path / 'nope.pth.tar', get_config('speed'))
+
+
+def test_pca_dims_differing_from_preset(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    torch.save(authors_blob(model), tmp_path / 'm.pth.tar')
+    with pytest.raises(CheckpointError, match="128 PCA dimensions but preset 'speed' uses 512"):
+        load_model(tmp_path / 'm.pth.tar', get_config('speed', **SMALL))
+
+
+def test_wrong_shapes_are_listed(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    blob = authors_blob(model)
+    blob['state_dict']['encoder.0.weight'] = torch.zeros(64, 1, 3, 3)
+    del blob['state_dict']['encoder.2.bias']
+    torch.save(blob, tmp_path / 'm.pth.tar')
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path / 'm.pth.tar', get_config('storage', **SMALL))
+    assert 'encoder.0.weight: (64, 1, 3, 3) (expected (64, 3, 3, 3))' in str(err.value)
+    assert "missing ['encoder.2.bias']" in str(err.value)
+
+
+def test_cluster_mismatch_and_missing_wpca(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    blob = authors_blob(model)
+    blob['state_dict']['pool.centroids'] = torch.zeros(16, 512)
+    torch.save(blob, tmp_path / 'k.pth.tar')
+    with pytest.raises(CheckpointError, match='16 clusters of dimension 512'):
+        load_model(tmp_path / 'k.pth.tar', get_config('storage', **SMALL))
+    blob = authors_blob(model)
+    del blob['state_dict']['WPCA.0.weight']
+    torch.save(blob, tmp_path / 'n.pth.tar')
+    with pytest.raises(CheckpointError, match="lacks 'WPCA.0.weight'"):
+        load_model(tmp_path / 'n.pth.tar', get_config('storage', **SMALL))
+
+
+class Payload:
+    """An object whose unpickling would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ('this must never run',))
+
+
+def test_arbitrary_pickles_are_not_executed(tmp_path, capsys):
+    path = tmp_path / 'evil.pth.tar'
+    with open(path, 'wb') as handle:
+        pickle.dump({'state_dict': {}, 'x': Payload()}, handle)
+    with pytest.raises(CheckpointError, match='Only tensor checkpoints are accepted'):
+        load_model(path, get_config('speed'))
+    assert 'this must never run' not in capsys.readouterr().out
+
+
+def test_truncated_checkpoint(tmp_path):
+    model = seeded_model(get_config('storage', **SMALL))
+    torch.save(authors_blob(model), tmp_path / 'm.pth.tar')
+    data = (tmp_path / 'm.pth.tar').read_bytes()
+    (tmp_path / 't.pth.tar').write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+        load_model(tmp_path / 't.pth.tar', get_config('storage', **SMALL))

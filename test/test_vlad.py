@@ -1,0 +1,119 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""IntegralVLAD patch descriptors against a brute-force per-window VLAD."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import seeded_model
+from patch_netvlad_ros.core import vlad
+from patch_netvlad_ros.core.config import get_config, PRESETS
+
+
+def brute_force(model, features):
+    """Per-window VLAD computed from scratch in float64: global [Dp], patches per scale."""
+    cfg = model.config
+    f = features[0].double()                                   # [D, h, w]
+    _, h, w = f.shape
+    x = f / f.norm(dim=0, keepdim=True)
+    logits = torch.einsum('kd,dhw->khw', model.pool.conv.weight[:, :, 0, 0].double(), x)
+    if model.pool.conv.bias is not None:
+        logits = logits + model.pool.conv.bias.double()[:, None, None]
+    a = torch.softmax(logits, dim=0)                           # [K, h, w]
+    c = model.pool.centroids.double()
+    wpca = model.pca_weight.double()
+    b = model.pca_bias.double()
+
+    def describe(window_a, window_x):
+        # window_a [K, n], window_x [D, n]: v_k = sum_n a_kn (x_n - c_k)
+        v = window_a @ window_x.t() - window_a.sum(1, keepdim=True) * c
+        v = v / v.norm(dim=1, keepdim=True)
+        v = v.reshape(-1) / v.reshape(-1).norm()
+        y = wpca @ v + b
+        return y / y.norm()
+
+    g = describe(a.reshape(a.shape[0], -1), x.reshape(x.shape[0], -1))
+    patches = []
+    for size, stride in zip(cfg.patch_sizes, cfg.strides):
+        rows = []
+        for r0 in range(0, h - size + 1, stride):
+            for c0 in range(0, w - size + 1, stride):
+                wa = a[:, r0:r0 + size, c0:c0 + size].reshape(a.shape[0], -1)
+                wx = x[:, r0:r0 + size, c0:c0 + size].reshape(x.shape[0], -1)
+                rows.append(describe(wa, wx))
+        patches.append(torch.stack(rows))
+    return g, patches
+
+
+CASES = [
+    # (preset, overrides, feature map h x w): non-square maps, sizes not dividing the map
+    ('performance', {}, (13, 19)),
+    ('performance', {'strides': (2, 3, 1)}, (17, 11)),
+    ('speed', {}, (9, 14)),
+    ('speed', {'strides': (2,)}, (11, 8)),
+    ('storage', {}, (7, 12)),
+    ('storage', {'vladv2': True}, (10, 6)),
+]
+
+
+@pytest.mark.parametrize('preset,overrides,hw', CASES)
+def test_integral_vlad_equals_brute_force_small_dims(preset, overrides, hw):
+    # K=8 clusters of D=16 dims keep the brute force fast; the window logic is the same.
+    base = PRESETS[preset]
+    cfg = base.override(num_clusters=8, encoder_dim=16, num_pcs=min(base.num_pcs, 100),
+                        image_height=16 * hw[0], image_width=16 * hw[1], **overrides)
+    model = seeded_model(cfg, seed=3)
+    features = torch.randn(1, 16, *hw, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ours = model.aggregate(features)
+    g, patches = brute_force(model, features)
+    assert torch.allclose(ours.global_desc[0].double(), g, atol=2e-6)
+    assert len(ours.patches) == len(cfg.patch_sizes)
+    for i, (mine, ref) in enumerate(zip(ours.patches, patches)):
+        assert mine.shape[1] == cfg.num_patches(i) == ref.shape[0]
+        assert torch.allclose(mine[0].double(), ref, atol=2e-6), f'scale {i}'
+
+
+def test_integral_vlad_equals_brute_force_full_size_performance():
+    # Real sizes (K=64, D=512, 4096 PCs) on a non-square map that no patch size divides.
+    cfg = get_config('performance', image_height=16 * 11, image_width=16 * 13)
+    model = seeded_model(cfg, seed=7)
+    features = torch.randn(1, 512, 11, 13, generator=torch.Generator().manual_seed(9)).relu()
+    with torch.inference_mode():
+        ours = model.aggregate(features)
+    g, patches = brute_force(model, features)
+    assert torch.allclose(ours.global_desc[0].double(), g, atol=2e-5)
+    for mine, ref in zip(ours.patches, patches):
+        assert torch.allclose(mine[0].double(), ref, atol=2e-5)
+
+
+def test_batch_gives_same_descriptors_as_single_images():
+    cfg = get_config('speed', image_height=16 * 9, image_width=16 * 12)
+    model = seeded_model(cfg)
+    features = torch.randn(3, 512, 9, 12, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        batch = model.aggregate(features)
+        for i in range(3):
+            single = model.aggregate(features[i:i + 1])
+            assert torch.allclose(batch.global_desc[i], single.global_desc[0], atol=1e-6)
+            assert torch.allclose(batch.patches[0][i], single.patches[0][0], atol=1e-6)
+
+
+@pytest.mark.parametrize('size,stride', [(1, 1), (2, 1), (3, 2), (5, 3), (4, 4)])
+def test_box_sums_match_naive_window_sums(size, stride, rng):
+    t = torch.from_numpy(rng.normal(size=(4, 9, 11)))
+    rows, cols = vlad.grid_shape(9, 11, size, stride)
+    got = vlad.box_sums(t, size, stride)[:, vlad.column_major_to_row_major(rows, cols)]
+    want = torch.stack([t[:, r:r + size, c:c + size].sum((1, 2))
+                        for r in range(0, 9 - size + 1, stride)
+                        for c in range(0, 11 - size + 1, stride)], dim=1)
+    assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_patch_count_formula():
+    cfg = get_config('performance')
+    # n_p = (floor((H - d) / s) + 1) * (floor((W - d) / s) + 1) at 640x480 (30 x 40 cells)
+    assert [cfg.num_patches(i) for i in range(3)] == [29 * 39, 26 * 36, 23 * 33]
+    assert sum(cfg.num_patches(i) for i in range(3)) == 2826
+    assert np.prod(vlad.grid_shape(30, 40, 8, 3)) == (22 // 3 + 1) * (32 // 3 + 1)
