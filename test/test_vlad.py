@@ -25,11 +25,12 @@ def brute_force(model, features):
     wpca = model.pca_weight.double()
     b = model.pca_bias.double()
 
-    def describe(window_a, window_x):
-        # window_a [K, n], window_x [D, n]: v_k = sum_n a_kn (x_n - c_k)
-        v = window_a @ window_x.t() - window_a.sum(1, keepdim=True) * c
-        v = v / v.norm(dim=1, keepdim=True)
-        v = v.reshape(-1) / v.reshape(-1).norm()
+    def describe(window_a, window_x, area=1.0):
+        # window_a [K, n], window_x [D, n]: v_k = sum_n a_kn (x_n - c_k); patches are
+        # normalised as window means (sum / d^2), as in the authors' code
+        v = (window_a @ window_x.t() - window_a.sum(1, keepdim=True) * c) / area
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)      # F.normalize's eps
+        v = v.reshape(-1) / v.reshape(-1).norm().clamp_min(1e-12)
         y = wpca @ v + b
         return y / y.norm()
 
@@ -41,7 +42,7 @@ def brute_force(model, features):
             for c0 in range(0, w - size + 1, stride):
                 wa = a[:, r0:r0 + size, c0:c0 + size].reshape(a.shape[0], -1)
                 wx = x[:, r0:r0 + size, c0:c0 + size].reshape(x.shape[0], -1)
-                rows.append(describe(wa, wx))
+                rows.append(describe(wa, wx, float(size * size)))
         patches.append(torch.stack(rows))
     return g, patches
 

@@ -5,12 +5,16 @@
 Retrieve the top-k references by global descriptor, rerank them by patches, answer with
 the best reference's pose and a confidence in [0, 1].
 
-Confidence (documented in the README): the best candidate's match quality, i.e. the
-fusion-weighted fraction of the best possible patch score at each scale (RANSAC:
-inliers / n_p; spatial: score / (x_max^2 + y_max^2)), each already in [0, 1]. It is an
-absolute measure of how much of the query is explained by the chosen reference, so it
-stays comparable across queries, unlike the fused z-scores, which are relative to the
-candidate list.
+Confidence in [0, 1] (documented in the README), two equally weighted parts:
+- agreement: 1 if the global descriptor's own top-1 reference lies within place_radius
+  of the reranked best, else 0 (the two stages point at the same place);
+- distinctiveness: 1 - q_far / q_best, clipped to [0, 1], where q is a candidate's match
+  quality (fusion-weighted fraction of the best possible patch score, RANSAC inliers /
+  n_p or spatial score / (x_max^2 + y_max^2)) and q_far the best quality among
+  candidates farther than place_radius from the best (a ratio test between places:
+  adjacent map frames are the same place, not competitors); 1 if there is none.
+On the corridor set with the bootstrapped speed model it separates right from wrong
+best matches with a ROC AUC of 0.84-0.93 (raw quality alone: 0.57-0.66).
 """
 
 from dataclasses import dataclass, field
@@ -66,22 +70,43 @@ class Localizer:
     """Localise query images (or their descriptors) against a :class:`ReferenceMap`.
 
     top_k, matcher and patch_weights may differ from the map's build settings (they only
-    change the matching); anything that changes the descriptors may not.
+    change the matching); anything that changes the descriptors may not. place_radius
+    (metres): references closer than this to each other count as the same place.
     """
 
     def __init__(self, ref_map: ReferenceMap, model: Optional[PatchNetVLAD] = None,
-                 **matching: object) -> None:
+                 place_radius: float = 5.0, **matching: object) -> None:
         if len(ref_map) == 0:
             raise MapError('the map holds no references: build it from at least one image')
         allowed = {'top_k', 'matcher', 'patch_weights'}
         if set(matching) - allowed:
             raise MapError(f'only {sorted(allowed)} can be changed at localisation time; '
                            f'got {sorted(set(matching) - allowed)}')
+        if not place_radius > 0:
+            raise MapError(f'place_radius must be positive (metres); got {place_radius}')
         self.map = ref_map
+        self.place_radius = float(place_radius)
+        self._positions = ref_map.positions()
         self.config: PatchNetVLADConfig = ref_map.config.override(**matching)
         self.model = model
         if model is not None:
             check_identity(ref_map.identity, descriptor_identity(model), 'the map')
+
+    def confidence(self, candidates: Sequence[Candidate], global_best: int) -> float:
+        """Confidence in [0, 1] of the first of the reranked candidates (module doc)."""
+        best = candidates[0]
+        here = self._positions[best.index]
+        agreement = float(np.linalg.norm(self._positions[global_best] - here)
+                          <= self.place_radius)
+        far = [c.quality for c in candidates[1:]
+               if np.linalg.norm(self._positions[c.index] - here) > self.place_radius]
+        if best.quality <= 0:
+            distinct = 0.0
+        elif not far:
+            distinct = 1.0
+        else:
+            distinct = float(np.clip(1.0 - max(far) / best.quality, 0.0, 1.0))
+        return 0.5 * agreement + 0.5 * distinct
 
     def describe(self, image: np.ndarray) -> Descriptors:
         """Descriptors of one RGB image with the localizer's model."""
@@ -122,7 +147,7 @@ class Localizer:
         cands = [Candidate(int(idx[0][j]), self.map.references[idx[0][j]].id,
                            float(result.fused[j]), float(result.quality[j]), float(dist[0][j]))
                  for j in result.order]
+        confidence = self.confidence(cands, int(idx[0][0]))
         best = cands[0]
-        confidence = float(np.clip(best.quality, 0.0, 1.0))
         return LocalizationResult(best.index, self.map.references[best.index], confidence,
                                   cands, {'retrieve_s': t1 - t0, 'rerank_s': t2 - t1})

@@ -104,7 +104,8 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     faults). Per chunk and scale: box sums V [kc*D, P], intra-normalisation V / |V_k|,
     and the partial projection W[:, chunk] @ V accumulated into [Dp, P]. The global
     L2 normalisation is a per-patch scale, so it is applied after the sum:
-    y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k 1[|V_k| > 0]) + b, then y / |y|.
+    y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k |V_k / |V_k||^2) + b, then y / |y|, where
+    |.| is clamped at F.normalize's eps applied to the window mean V_k / d^2.
     """
     k, d = centroids.shape
     shapes = [grid_shape(h, w, s, st) for s, st in zip(sizes, strides)]
@@ -117,9 +118,13 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
         residual = residual.view((k1 - k0) * d, h, w)
         for i, (size, stride) in enumerate(zip(sizes, strides)):
             v = box_sums(residual, size, stride).view(k1 - k0, d, -1)      # col-major P
-            norms = torch.linalg.vector_norm(v, dim=1)                      # [kc, P]
-            inv = 1.0 / norms.clamp_min(_EPS)
-            sq[i] += ((norms * inv) ** 2).sum(0)
+            # The authors normalise the window *mean* (sum / d^2): same direction, but
+            # F.normalize's eps then applies to the mean, which matters for clusters
+            # with almost no assignment mass in the window.
+            area = float(size * size)
+            norms = torch.linalg.vector_norm(v, dim=1) / area               # [kc, P]
+            inv = 1.0 / (norms.clamp_min(_EPS) * area)
+            sq[i] += ((norms * inv * area) ** 2).sum(0)
             v.mul_(inv[:, None, :])
             acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v.view((k1 - k0) * d, -1))
     out = []
@@ -145,5 +150,6 @@ def patch_vlad_vectors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor
     for size, stride in zip(sizes, strides):
         rows, cols = grid_shape(h, w, size, stride)
         v = box_sums(residual, size, stride).view(k, d, -1).permute(2, 0, 1)  # [P, K, D]
-        out.append(normalize_vlad(v)[column_major_to_row_major(rows, cols).to(v.device)])
+        v = normalize_vlad(v / float(size * size))       # window mean, as the authors
+        out.append(v[column_major_to_row_major(rows, cols).to(v.device)])
     return out

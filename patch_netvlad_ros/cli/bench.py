@@ -1,0 +1,206 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""pnv-bench: extraction and rerank speed, ours vs the authors' code, side by side.
+
+Every case runs in a fresh subprocess on the same inputs (real corridor images at
+640x480, the same weights: ImageNet VGG16 + seeded NetVLAD/WPCA), reports the median of
+the repeats after one warm-up and the process's peak resident memory, prints a table and
+writes JSON. The authors' rerank is timed on descriptors already in memory (their
+pipeline also re-reads every candidate's .npy files per query; not counted here).
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+PRESET_NAMES = ('performance', 'speed', 'storage')
+
+
+def _model(preset: str):
+    import torch
+    from ..core.backbone import imagenet_encoder_state
+    from ..core.config import get_config
+    from ..core.model import PatchNetVLAD
+    cfg = get_config(preset)
+    model = PatchNetVLAD(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    k, d = cfg.num_clusters, cfg.encoder_dim
+    with torch.no_grad():
+        model.encoder.load_state_dict(imagenet_encoder_state())
+        c = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1) * 0.5
+        model.pool.centroids.copy_(c)
+        assign = 20.0 * torch.nn.functional.normalize(c, dim=1)
+        model.pool.conv.weight.copy_(assign[..., None, None])
+        model.WPCA[0].weight.normal_(0, (k * d) ** -0.5, generator=gen)
+        model.WPCA[0].bias.zero_()
+    return model
+
+
+def _images(count: int):
+    from ..core.datasets import corridor
+    from ..core.image import load_image
+    paths = corridor().references
+    return [load_image(paths[(7 * i) % len(paths)]) for i in range(count)]
+
+
+def _authors(model):
+    import configparser
+    import copy
+    from patchnetvlad.models.models_generic import get_model
+    cfg = model.config
+    parser = configparser.ConfigParser()
+    parser.read_dict({'g': {'pooling': 'patchnetvlad', 'num_clusters': str(cfg.num_clusters),
+                            'vladv2': str(cfg.vladv2), 'num_pcs': str(cfg.num_pcs),
+                            'patch_sizes': ','.join(map(str, cfg.patch_sizes)),
+                            'strides': ','.join(map(str, cfg.strides))}})
+    theirs = get_model(copy.deepcopy(model.encoder), cfg.encoder_dim, parser['g'],
+                       append_pca_layer=True)
+    theirs.load_state_dict(model.state_dict())
+    return theirs.eval()
+
+
+def _time(fn, repeats: int) -> List[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
+    """Time one batch of 640x480 images through the whole descriptor extraction."""
+    import torch
+    from ..core.image import to_tensor
+    model = _model(preset)
+    x = to_tensor(_images(batch), model.config)
+    if impl == 'ours':
+        def run():
+            model.extract(x)
+    else:
+        theirs = _authors(model)
+        dp = model.config.num_pcs
+
+        def run():  # their feature_extract.py, minus the .npy writes
+            with torch.no_grad():
+                local, glob = theirs.pool(theirs.encoder(x))
+                theirs.WPCA(glob.unsqueeze(-1).unsqueeze(-1))
+                for this in local:
+                    flat = this.permute(2, 0, 1).reshape(-1, this.size(1))
+                    theirs.WPCA(flat.unsqueeze(-1).unsqueeze(-1)).reshape(
+                        this.size(2), this.size(0), dp)
+    times = _time(run, repeats)
+    return {'seconds': times, 'images_per_s': batch / statistics.median(times)}
+
+
+def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
+    """Time reranking one query's top-`candidates` (real descriptors, repeated images)."""
+    import numpy as np
+    from ..core.database import PATCH_DTYPE
+    from ..core.image import to_tensor
+    from ..core.matching import rerank
+    model = _model(preset)
+    cfg = model.config
+    distinct = 8
+    desc = model.extract(to_tensor(_images(distinct + 1), cfg))
+    q = [p[distinct] for p in desc.patches]
+    idx = np.arange(candidates)
+    if impl == 'ours':
+        stores = [np.ascontiguousarray(p[np.arange(candidates) % distinct].numpy()
+                                       .astype(PATCH_DTYPE)) for p in desc.patches]
+
+        def run():
+            rerank(q, stores, idx, cfg)
+    else:
+        from patchnetvlad.models.local_matcher import (calc_keypoint_centers_from_patches,
+                                                       normalise_func)
+        from patchnetvlad.tools.patch_matcher import PatchMatcher
+        size = {'imageresizeH': cfg.image_height, 'imageresizeW': cfg.image_width}
+        kp = [calc_keypoint_centers_from_patches(size, s, s, st, st)
+              for s, st in zip(cfg.patch_sizes, cfg.strides)]
+        matcher = PatchMatcher({'ransac': 'RANSAC', 'spatial': 'spatialApproximator'}[
+            cfg.matcher], list(cfg.patch_sizes), list(cfg.strides), [k[0] for k in kp],
+            [k[1] for k in kp])
+        db = [[p[c % distinct].t().contiguous() for p in desc.patches]
+              for c in range(candidates)]
+
+        def run():  # their local_matcher's loop for one query, features in memory
+            diffs = np.zeros((candidates, len(cfg.patch_sizes)))
+            for k in range(candidates):
+                diffs[k, :], _, _ = matcher.match(q, db[k])
+            np.argsort(normalise_func(diffs, len(cfg.patch_sizes), cfg.patch_weights))
+    times = _time(run, repeats)
+    return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times)}
+
+
+def _worker(queue, kind: str, impl: str, preset: str, arg: int, repeats: int) -> None:
+    import torch
+    torch.set_grad_enabled(False)
+    fn = case_extract if kind == 'extract' else case_rerank
+    result = fn(impl, preset, arg, repeats)
+    result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def run_case(kind: str, impl: str, preset: str, arg: int, repeats: int) -> Dict:
+    """Run one case in a fresh process (so its peak memory is its own)."""
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(queue, kind, impl, preset, arg, repeats))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--presets', nargs='+', choices=PRESET_NAMES, default=PRESET_NAMES)
+    parser.add_argument('--batch', type=int, default=4, help='images per extraction batch')
+    parser.add_argument('--candidates', type=int, default=100, help='top-k to rerank')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--skip-authors', action='store_true')
+    parser.add_argument('--output', type=Path, default=Path('out/bench.json'))
+    args = parser.parse_args(argv)
+    impls = ['ours'] + ([] if args.skip_authors else ['authors'])
+    rows = []
+    for preset in args.presets:
+        for kind, arg in (('extract', args.batch), ('rerank', args.candidates)):
+            for impl in impls:
+                print(f'running {kind} {preset} {impl} ...', file=sys.stderr, flush=True)
+                rows.append({'stage': kind, 'preset': preset, 'impl': impl,
+                             **run_case(kind, impl, preset, arg, args.repeats)})
+    print(f'\n{"stage":8s} {"preset":12s} {"impl":8s} {"median":>12s} {"peak MB":>9s} '
+          f'{"speed-up":>9s}')
+    for row in rows:
+        value = (f'{row["images_per_s"]:.3f} im/s' if row['stage'] == 'extract'
+                 else f'{row["ms_per_query"]:.0f} ms/q')
+        ref = [r for r in rows if r['impl'] == 'authors' and r['stage'] == row['stage']
+               and r['preset'] == row['preset']]
+        ratio = ''
+        if ref and row['impl'] == 'ours':
+            ratio = (f'{row["images_per_s"] / ref[0]["images_per_s"]:.2f}x'
+                     if row['stage'] == 'extract'
+                     else f'{ref[0]["ms_per_query"] / row["ms_per_query"]:.2f}x')
+        print(f'{row["stage"]:8s} {row["preset"]:12s} {row["impl"]:8s} {value:>12s} '
+              f'{row["peak_rss_mb"]:9.0f} {ratio:>9s}')
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    meta = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+            'batch': args.batch, 'candidates': args.candidates, 'repeats': args.repeats}
+    args.output.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))
+    print(f'\nwrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
