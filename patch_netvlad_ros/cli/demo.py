@@ -19,7 +19,7 @@ import numpy as np
 
 from .common import add_model_options, config_from_args, progress_bar, run_main
 from ..core.backbone import cache_dir
-from ..core.bootstrap import bootstrap_model
+from ..core.bootstrap import bootstrap_model, RECIPE_VERSION
 from ..core.checkpoint import load_model, save_checkpoint
 from ..core.database import Reference, ReferenceMap
 from ..core.datasets import corridor
@@ -34,7 +34,7 @@ DEMO_NS = (1, 5, 10)
 def corridor_model(config, images, seed: int, cache: Path):
     """Bootstrapped model for the corridor references, cached as an authors' checkpoint."""
     path = cache / (f'corridor_{config.preset}_{config.image_width}x{config.image_height}'
-                    f'_seed{seed}.pth.tar')
+                    f'_seed{seed}_v{RECIPE_VERSION}.pth.tar')
     if path.is_file():
         return load_model(path, config), path
     model = bootstrap_model(config, images, seed=seed,

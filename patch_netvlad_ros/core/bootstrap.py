@@ -27,6 +27,8 @@ from .errors import ImageError
 from .image import to_tensor
 from .model import PatchNetVLAD
 
+#: Bumped whenever the recipe's output changes, so cached bootstrapped models are rebuilt.
+RECIPE_VERSION = 2
 #: -log(0.01): NetVLAD's alpha makes the top-2 assignment ratio 100 on average.
 _ALPHA_LOG = -math.log(0.01)
 
