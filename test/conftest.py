@@ -1,7 +1,7 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Shared fixtures: real data shipped in the repository, seeded models, a bootstrapped
-model for the corridor references (cached like the demo's), and their descriptors."""
+"""Shared fixtures: real data shipped in the repository, a bootstrapped model for the
+corridor references (cached like the demo's), its map and the queries' descriptors."""
 
 from pathlib import Path
 
@@ -9,38 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core.config import get_config, PatchNetVLADConfig
-from patch_netvlad_ros.core.model import PatchNetVLAD
+from patch_netvlad_ros.core.config import get_config
 
 TEST_DATA = Path(__file__).resolve().parent / 'data'
 
 #: The corridor is evaluated at 320x240 (its images are 160x120): the demo's setting.
 CORRIDOR_SIZE = {'image_height': 240, 'image_width': 320}
-
-
-def seeded_model(config: PatchNetVLADConfig, seed: int = 0,
-                 encoder: bool = False) -> PatchNetVLAD:
-    """A model with random but well-conditioned NetVLAD/WPCA weights (vladv1 layout).
-
-    encoder=True loads the real ImageNet VGG16 conv weights.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    model = PatchNetVLAD(config).eval()
-    k, d = config.num_clusters, config.encoder_dim
-    with torch.no_grad():
-        c = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1) * 0.5
-        model.pool.centroids.copy_(c)
-        assign = 20.0 * torch.nn.functional.normalize(c, dim=1)
-        model.pool.conv.weight.copy_(assign[..., None, None])
-        if model.pool.conv.bias is not None:
-            model.pool.conv.bias.copy_(torch.randn(k, generator=gen))
-        w = torch.randn(config.num_pcs, k * d, generator=gen) / (k * d) ** 0.5
-        model.WPCA[0].weight.copy_(w[..., None, None])
-        model.WPCA[0].bias.copy_(torch.randn(config.num_pcs, generator=gen) * 0.01)
-        if encoder:
-            from patch_netvlad_ros.core.backbone import imagenet_encoder_state
-            model.encoder.load_state_dict(imagenet_encoder_state())
-    return model
 
 
 @pytest.fixture(scope='session')

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORRIDOR_SIZE, seeded_model, TEST_DATA
+from conftest import CORRIDOR_SIZE, TEST_DATA
 from patch_netvlad_ros.core import matching
+from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.geometry import grids_for
 from patch_netvlad_ros.core.image import load_image, to_tensor
@@ -134,7 +135,7 @@ def test_speed_preset_descriptors_equal_on_tokyo(corridor_model, tokyo, monkeypa
 
 def test_performance_preset_descriptors_equal(tokyo, exact_authors_integral):
     # Real VGG16, seeded NetVLAD/WPCA at 4096 dims: 3 scales, 2826 patches per image.
-    ours = seeded_model(get_config('performance'), seed=11, encoder=True)
+    ours = seeded_model(get_config('performance'), seed=11, imagenet_encoder=True)
     theirs = authors_model(ours)
     x = to_tensor(tokyo[:1], ours.config)
     mine = ours.extract(x)
@@ -174,7 +175,7 @@ def test_ransac_scores_match_within_one_inlier(corridor_images, tmp_path):
     # Our patch centres are the exact receptive-field centres; theirs are truncated to
     # integer pixels (0.5 px apart). Inlier counts agree within one patch per candidate.
     cfg = get_config('performance', **CORRIDOR_SIZE)
-    model = seeded_model(cfg, seed=5, encoder=True)
+    model = seeded_model(cfg, seed=5, imagenet_imagenet_encoder=True)
     refs, queries = corridor_images
     db = model.extract(to_tensor(refs[20:32], cfg))
     q = model.extract(to_tensor(queries[25:26], cfg))
@@ -202,7 +203,7 @@ def test_rerank_order_equals_authors_local_matcher(
         query_ids = list(range(0, 111, 5))
     else:  # three scales with RANSAC on 30 references around the queries
         cfg = get_config('performance', top_k=10, **CORRIDOR_SIZE)
-        model = seeded_model(cfg, seed=5, encoder=True)
+        model = seeded_model(cfg, seed=5, imagenet_imagenet_encoder=True)
         refs, queries = corridor_images
         db = model.extract(to_tensor(refs[30:60], cfg))
         qd = model.extract(to_tensor(queries[35:55:4], cfg))

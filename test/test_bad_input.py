@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import seeded_model
-from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca
+from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca, seeded_model
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.errors import ConfigError, ImageError, MapError

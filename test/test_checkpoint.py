@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import seeded_model
+from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.checkpoint import load_model, save_checkpoint
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.errors import CheckpointError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import seeded_model
+from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.database import Reference, ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
@@ -19,7 +19,7 @@ CFG = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=64)
 
 @pytest.fixture(scope='module')
 def small(corridor_images):
-    model = seeded_model(CFG, seed=2, encoder=True)
+    model = seeded_model(CFG, seed=2, imagenet_encoder=True)
     refs = [Reference(id=f'r{i}', source=f'img{i}.jpg', stamp=1e9 + i / 3, frame_id='map',
                       x=0.5 * i, y=-0.25 * i, z=0.1, qx=0.0, qy=0.0, qz=0.3826834323650898,
                       qw=0.9238795325112867) for i in range(12)]
@@ -58,7 +58,7 @@ def test_incremental_build_and_overwrite(small, corridor_images, tmp_path):
 
 def test_map_from_another_model_is_refused(small, tmp_path):
     model, ref_map, _ = small
-    other = seeded_model(CFG, seed=99, encoder=True)
+    other = seeded_model(CFG, seed=99, imagenet_encoder=True)
     with pytest.raises(MapError, match='built with another model or preset .*model_digest'):
         Localizer(ref_map, other)
     path = ref_map.save(tmp_path / 'map')

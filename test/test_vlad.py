@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import seeded_model
 from patch_netvlad_ros.core import vlad
+from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config, PRESETS
 
 

@@ -25,23 +25,9 @@ PRESET_NAMES = ('performance', 'speed', 'storage')
 
 
 def _model(preset: str):
-    import torch
-    from ..core.backbone import imagenet_encoder_state
+    from ..core.bootstrap import seeded_model
     from ..core.config import get_config
-    from ..core.model import PatchNetVLAD
-    cfg = get_config(preset)
-    model = PatchNetVLAD(cfg).eval()
-    gen = torch.Generator().manual_seed(0)
-    k, d = cfg.num_clusters, cfg.encoder_dim
-    with torch.no_grad():
-        model.encoder.load_state_dict(imagenet_encoder_state())
-        c = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1) * 0.5
-        model.pool.centroids.copy_(c)
-        assign = 20.0 * torch.nn.functional.normalize(c, dim=1)
-        model.pool.conv.weight.copy_(assign[..., None, None])
-        model.WPCA[0].weight.normal_(0, (k * d) ** -0.5, generator=gen)
-        model.WPCA[0].bias.zero_()
-    return model
+    return seeded_model(get_config(preset), seed=0, imagenet_encoder=True)
 
 
 def _images(count: int):

@@ -191,3 +191,30 @@ def bootstrap_model(config: PatchNetVLADConfig, images: Sequence[np.ndarray], se
         model.WPCA[0].weight.copy_(weight[:, :, None, None])
         model.WPCA[0].bias.copy_(bias)
     return model
+
+
+def seeded_model(config: PatchNetVLADConfig, seed: int = 0,
+                 imagenet_encoder: bool = False) -> PatchNetVLAD:
+    """Build a model with seeded random but well-conditioned NetVLAD and WPCA weights.
+
+    For benchmarks (timings do not depend on the weights) and tests. Centroids are random
+    directions of norm 0.5, the assignment conv is 20 * c_k / |c_k| (vladv1 layout; a
+    random bias for vladv2), the WPCA a Gaussian matrix scaled by 1 / sqrt(K*D).
+    imagenet_encoder: load the real ImageNet VGG16 conv weights (else random init).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = PatchNetVLAD(config).eval()
+    k, d = config.num_clusters, config.encoder_dim
+    with torch.no_grad():
+        c = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1) * 0.5
+        model.pool.centroids.copy_(c)
+        assign = 20.0 * torch.nn.functional.normalize(c, dim=1)
+        model.pool.conv.weight.copy_(assign[..., None, None])
+        if model.pool.conv.bias is not None:
+            model.pool.conv.bias.copy_(torch.randn(k, generator=gen))
+        w = torch.randn(config.num_pcs, k * d, generator=gen) / (k * d) ** 0.5
+        model.WPCA[0].weight.copy_(w[..., None, None])
+        model.WPCA[0].bias.copy_(torch.randn(config.num_pcs, generator=gen) * 0.01)
+        if imagenet_encoder:
+            model.encoder.load_state_dict(imagenet_encoder_state())
+    return model
