@@ -155,6 +155,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--batch', type=int, default=4, help='images per extraction batch')
     parser.add_argument('--candidates', type=int, default=100, help='top-k to rerank')
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--stages', nargs='+', choices=('extract', 'rerank'),
+                        default=('extract', 'rerank'))
     parser.add_argument('--skip-authors', action='store_true')
     parser.add_argument('--output', type=Path, default=Path('out/bench.json'))
     args = parser.parse_args(argv)
@@ -162,6 +164,8 @@ def main(argv: Optional[list] = None) -> int:
     rows = []
     for preset in args.presets:
         for kind, arg in (('extract', args.batch), ('rerank', args.candidates)):
+            if kind not in args.stages:
+                continue
             for impl in impls:
                 print(f'running {kind} {preset} {impl} ...', file=sys.stderr, flush=True)
                 rows.append({'stage': kind, 'preset': preset, 'impl': impl,
