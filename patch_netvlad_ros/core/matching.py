@@ -53,7 +53,8 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
     """
     indices = np.asarray(indices, dtype=np.int64)
     pd, pq = store.shape[1], query.shape[0]
-    step = max(1, chunk_bytes // max(4 * pd * pq, 1))
+    # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count
+    step = max(1, chunk_bytes // max(4 * pd * max(pq, store.shape[2]), 1))
     out = []
     for i in range(0, len(indices), step):
         block = store[indices[i:i + step]]
