@@ -12,7 +12,7 @@ from pathlib import Path
 import sys
 from typing import Optional
 
-from .common import add_model_options, config_from_args, run_main
+from .common import add_model_options, config_from_args, progress_bar, run_main
 from ..core.backbone import cache_dir, CACHE_NAME, imagenet_encoder_state
 from ..core.bootstrap import bootstrap_model
 from ..core.checkpoint import save_checkpoint
@@ -46,7 +46,8 @@ def main(argv: Optional[list] = None) -> int:
         raise ImageError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {args.images}')
     config = config_from_args(args)
     model = bootstrap_model(config, [load_image(f) for f in files], seed=args.seed,
-                            log=lambda msg: print(msg, file=sys.stderr))
+                            log=lambda msg: print(msg, file=sys.stderr),
+                            progress=progress_bar(len(files), 'encode'))
     save_checkpoint(model, args.output)
     print(f'wrote {args.output} ({config.preset}, {config.num_pcs} dims, {len(files)} images)')
     return 0

@@ -38,7 +38,8 @@ def corridor_model(config, images, seed: int, cache: Path):
     if path.is_file():
         return load_model(path, config), path
     model = bootstrap_model(config, images, seed=seed,
-                            log=lambda msg: print(f'  bootstrap: {msg}', file=sys.stderr))
+                            log=lambda msg: print(f'  bootstrap: {msg}', file=sys.stderr),
+                            progress=progress_bar(len(images), 'bootstrap: encode'))
     save_checkpoint(model, path)
     return model, path
 

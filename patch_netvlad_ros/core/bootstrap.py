@@ -164,11 +164,13 @@ def vlad_samples(model: PatchNetVLAD, features: Sequence[torch.Tensor], max_samp
 
 def bootstrap_model(config: PatchNetVLADConfig, images: Sequence[np.ndarray], seed: int = 0,
                     per_image: int = 100, max_pca_samples: Optional[int] = None,
-                    log: Callable[[str], None] = lambda _msg: None) -> PatchNetVLAD:
+                    log: Callable[[str], None] = lambda _msg: None,
+                    progress: Optional[Callable[[int], None]] = None) -> PatchNetVLAD:
     """Build a full Patch-NetVLAD model from ImageNet VGG16 and reference images.
 
     images: RGB uint8 arrays (any size; resized to the config's). max_pca_samples:
     VLAD vectors for the PCA (default max(2 * num_pcs, 2048)). Deterministic for a seed.
+    log receives one line per stage; progress(n) is called as n more images are encoded.
     """
     if len(images) == 0:
         raise ImageError('no reference images: bootstrapping needs at least one image')
@@ -177,7 +179,7 @@ def bootstrap_model(config: PatchNetVLADConfig, images: Sequence[np.ndarray], se
     model = PatchNetVLAD(config).eval()
     model.encoder.load_state_dict(imagenet_encoder_state())
     log(f'encoding {len(images)} reference images')
-    features = encode_images(model, images)
+    features = encode_images(model, images, progress=progress)
     descriptors = sample_descriptors(features, per_image, rng)
     log(f'k-means: {descriptors.shape[0]} descriptors -> {config.num_clusters} clusters')
     centroids = fit_centroids(descriptors, config.num_clusters, seed=seed)

@@ -53,11 +53,6 @@ class Reference:
         """[x, y, z] in metres."""
         return np.array([self.x, self.y, self.z])
 
-    @property
-    def orientation(self) -> np.ndarray:
-        """Quaternion [qx, qy, qz, qw]."""
-        return np.array([self.qx, self.qy, self.qz, self.qw])
-
 
 _REF_FIELDS = [f.name for f in fields(Reference)]
 

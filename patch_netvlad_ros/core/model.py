@@ -32,10 +32,6 @@ class Descriptors:
     global_desc: torch.Tensor
     patches: List[torch.Tensor]
 
-    def __getitem__(self, i: int) -> 'Descriptors':
-        """Descriptors of image i, keeping a batch dimension of 1."""
-        return Descriptors(self.global_desc[i:i + 1], [p[i:i + 1] for p in self.patches])
-
 
 class NetVLADPool(nn.Module):
     """NetVLAD parameters: centroids [K, D] and the 1x1 assignment conv [K, D, 1, 1]."""
