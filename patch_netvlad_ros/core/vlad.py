@@ -6,10 +6,13 @@ Notation (shapes in brackets): B images, D = 512 channels, K clusters, a feature
 map of h x w = N locations, P_s patches at scale s, Dp PCA dimensions.
 
 For unit-normalised features x_n and soft assignments a_kn, the unnormalised
-VLAD of a window W is v_k = sum_{n in W} a_kn (x_n - c_k). Every window of a
-scale is a box sum of the per-location residuals a_kn (x_n - c_k), read off one
-integral image (IntegralVLAD). Each v is intra-normalised per cluster, L2
-normalised, projected by the whitened PCA and L2 normalised again.
+VLAD of a window W is v_k = sum_{n in W} a_kn (x_n - c_k). IntegralVLAD's point:
+every window of every size is a box sum of the same per-location residuals
+a_kn (x_n - c_k). We take those box sums directly (exact window sums) instead of
+from a running-sum integral image, whose float32 cancellation the whitening
+amplifies (see test_authors_equivalence). Each v is intra-normalised per cluster
+(as a window mean, like the authors), L2 normalised, projected by the whitened PCA
+and L2 normalised again.
 
 Patches are kept as columns [K*D, P]: box sums are GEMMs with 0/1 band
 matrices, the intra-normalisation is a per-(cluster, patch) scale, and the
