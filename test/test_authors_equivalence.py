@@ -175,7 +175,7 @@ def test_ransac_scores_match_within_one_inlier(corridor_images, tmp_path):
     # Our patch centres are the exact receptive-field centres; theirs are truncated to
     # integer pixels (0.5 px apart). Inlier counts agree within one patch per candidate.
     cfg = get_config('performance', **CORRIDOR_SIZE)
-    model = seeded_model(cfg, seed=5, imagenet_imagenet_encoder=True)
+    model = seeded_model(cfg, seed=5, imagenet_encoder=True)
     refs, queries = corridor_images
     db = model.extract(to_tensor(refs[20:32], cfg))
     q = model.extract(to_tensor(queries[25:26], cfg))
@@ -203,7 +203,7 @@ def test_rerank_order_equals_authors_local_matcher(
         query_ids = list(range(0, 111, 5))
     else:  # three scales with RANSAC on 30 references around the queries
         cfg = get_config('performance', top_k=10, **CORRIDOR_SIZE)
-        model = seeded_model(cfg, seed=5, imagenet_imagenet_encoder=True)
+        model = seeded_model(cfg, seed=5, imagenet_encoder=True)
         refs, queries = corridor_images
         db = model.extract(to_tensor(refs[30:60], cfg))
         qd = model.extract(to_tensor(queries[35:55:4], cfg))
