@@ -14,7 +14,6 @@ then blows that rounding noise up to unit length. We sum each window directly. W
 integral swapped for exact box sums, their pipeline gives our descriptors to 1e-5.
 """
 
-import configparser
 import copy
 from types import SimpleNamespace
 
@@ -23,6 +22,8 @@ import pytest
 import torch
 
 from conftest import CORRIDOR_SIZE, TEST_DATA
+from patch_netvlad_ros.cli.authors import (authors_config, authors_describe,
+                                           authors_keypoints, authors_matcher, authors_model)
 from patch_netvlad_ros.core import matching
 from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
@@ -30,9 +31,7 @@ from patch_netvlad_ros.core.geometry import grids_for
 from patch_netvlad_ros.core.image import load_image, to_tensor
 from patch_netvlad_ros.core.retrieval import build_index, top_k
 
-pnv_generic = pytest.importorskip('patchnetvlad.models.models_generic')
 pnv_local = pytest.importorskip('patchnetvlad.models.local_matcher')
-pnv_matcher = pytest.importorskip('patchnetvlad.tools.patch_matcher')
 pnv_patch = pytest.importorskip('patchnetvlad.models.patchnetvlad')
 
 
@@ -43,31 +42,6 @@ def exact_authors_integral(monkeypatch):
     monkeypatch.setattr(pnv_patch, 'get_square_regions_from_integral',
                         lambda feat, size, stride: torch.nn.functional.avg_pool2d(
                             feat, size, stride))
-
-
-def authors_config(cfg):
-    """Their ini sections for one of our configurations."""
-    parser = configparser.ConfigParser()
-    parser.read_dict({
-        'global_params': {'pooling': 'patchnetvlad', 'num_clusters': str(cfg.num_clusters),
-                          'vladv2': str(cfg.vladv2), 'num_pcs': str(cfg.num_pcs),
-                          'patch_sizes': ','.join(map(str, cfg.patch_sizes)),
-                          'strides': ','.join(map(str, cfg.strides))},
-        'feature_match': {'matcher': {'ransac': 'RANSAC',
-                                      'spatial': 'spatialApproximator'}[cfg.matcher],
-                          'patchWeights2Use': ','.join(map(str, cfg.patch_weights)),
-                          'imageresizeH': str(cfg.image_height),
-                          'imageresizeW': str(cfg.image_width)}})
-    return parser
-
-
-def authors_model(ours):
-    """Their network with our weights (strict load: the layouts must be identical)."""
-    cfg = ours.config
-    theirs = pnv_generic.get_model(copy.deepcopy(ours.encoder), cfg.encoder_dim,
-                                   authors_config(cfg)['global_params'], append_pca_layer=True)
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    return theirs.eval()
 
 
 def authors_descriptors(theirs, images, dp, dtype=torch.float32):
@@ -82,21 +56,9 @@ def authors_descriptors(theirs, images, dp, dtype=torch.float32):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        return _authors_descriptors(copy.deepcopy(theirs).to(dtype), features.to(dtype), dp)
+        return authors_describe(copy.deepcopy(theirs).to(dtype), features.to(dtype), dp)
     finally:
         torch.set_default_dtype(previous)
-
-
-def _authors_descriptors(theirs, features, dp):
-    with torch.no_grad():
-        local, glob = theirs.pool(features)
-        g = pnv_generic.get_pca_encoding(theirs, glob)
-        patches = []
-        for this in local:
-            enc = pnv_generic.get_pca_encoding(theirs, this.permute(2, 0, 1).reshape(
-                -1, this.size(1))).reshape(this.size(2), this.size(0), dp).permute(1, 2, 0)
-            patches.append(enc)
-    return g, patches
 
 
 @pytest.fixture(scope='module')
@@ -146,21 +108,18 @@ def test_performance_preset_descriptors_equal(tokyo, exact_authors_integral):
         assert torch.allclose(a, b.transpose(1, 2), atol=1e-5)
 
 
-def spatial_and_ransac_inputs(cfg):
+def checked_grids(cfg):
+    """Our patch grids, checked to list patches in the authors' order."""
     grids = grids_for(cfg)
-    kps, inds = zip(*[pnv_local.calc_keypoint_centers_from_patches(
-        authors_config(cfg)['feature_match'], s, s, st, st)
-        for s, st in zip(cfg.patch_sizes, cfg.strides)])
-    for grid, ind in zip(grids, inds):
+    for grid, (_, ind) in zip(grids, authors_keypoints(cfg)):
         assert np.array_equal(ind.T, grid.positions)         # same patch order
-    return grids, kps, inds
+    return grids
 
 
 def test_spatial_scores_equal(corridor_model, corridor_map, corridor_query_descriptors):
     cfg = corridor_model.config
-    grids, kps, inds = spatial_and_ransac_inputs(cfg)
-    matcher = pnv_matcher.PatchMatcher('spatialApproximator', list(cfg.patch_sizes),
-                                       list(cfg.strides), list(kps), list(inds))
+    grids = checked_grids(cfg)
+    matcher = authors_matcher(cfg, [0])
     _, q_patches = corridor_query_descriptors
     store = torch.from_numpy(np.asarray(corridor_map.patches[0], np.float32))
     for qi in (3, 40, 77):
@@ -179,10 +138,8 @@ def test_ransac_scores_match_within_one_inlier(corridor_images, tmp_path):
     refs, queries = corridor_images
     db = model.extract(to_tensor(refs[20:32], cfg))
     q = model.extract(to_tensor(queries[25:26], cfg))
-    grids, kps, inds = spatial_and_ransac_inputs(cfg)
-    for s, grid in enumerate(grids):
-        matcher = pnv_matcher.PatchMatcher('RANSAC', [cfg.patch_sizes[s]], [cfg.strides[s]],
-                                           [kps[s]], [inds[s]])
+    for s, grid in enumerate(checked_grids(cfg)):
+        matcher = authors_matcher(cfg, [s])
         ours = matching.ransac_scores(matching.mutual_nn(q.patches[s][0], db.patches[s]), grid)
         theirs = [-matcher.match([q.patches[s][0]], [db.patches[s][c].t()])[0][0]
                   for c in range(db.patches[s].shape[0])]

@@ -37,22 +37,6 @@ def _images(count: int):
     return [load_image(paths[(7 * i) % len(paths)]) for i in range(count)]
 
 
-def _authors(model):
-    import configparser
-    import copy
-    from patchnetvlad.models.models_generic import get_model
-    cfg = model.config
-    parser = configparser.ConfigParser()
-    parser.read_dict({'g': {'pooling': 'patchnetvlad', 'num_clusters': str(cfg.num_clusters),
-                            'vladv2': str(cfg.vladv2), 'num_pcs': str(cfg.num_pcs),
-                            'patch_sizes': ','.join(map(str, cfg.patch_sizes)),
-                            'strides': ','.join(map(str, cfg.strides))}})
-    theirs = get_model(copy.deepcopy(model.encoder), cfg.encoder_dim, parser['g'],
-                       append_pca_layer=True)
-    theirs.load_state_dict(model.state_dict())
-    return theirs.eval()
-
-
 def _time(fn, repeats: int) -> List[float]:
     fn()  # warm-up
     out = []
@@ -65,7 +49,7 @@ def _time(fn, repeats: int) -> List[float]:
 
 def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
     """Time one batch of 640x480 images through the whole descriptor extraction."""
-    import torch
+    from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
     model = _model(preset)
     x = to_tensor(_images(batch), model.config)
@@ -73,17 +57,10 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
         def run():
             model.extract(x)
     else:
-        theirs = _authors(model)
-        dp = model.config.num_pcs
+        theirs = authors_model(model)
 
         def run():  # their feature_extract.py, minus the .npy writes
-            with torch.no_grad():
-                local, glob = theirs.pool(theirs.encoder(x))
-                theirs.WPCA(glob.unsqueeze(-1).unsqueeze(-1))
-                for this in local:
-                    flat = this.permute(2, 0, 1).reshape(-1, this.size(1))
-                    theirs.WPCA(flat.unsqueeze(-1).unsqueeze(-1)).reshape(
-                        this.size(2), this.size(0), dp)
+            authors_describe(theirs, theirs.encoder(x), model.config.num_pcs)
     times = _time(run, repeats)
     return {'seconds': times, 'images_per_s': batch / statistics.median(times)}
 
@@ -107,15 +84,9 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
         def run():
             rerank(q, stores, idx, cfg)
     else:
-        from patchnetvlad.models.local_matcher import (calc_keypoint_centers_from_patches,
-                                                       normalise_func)
-        from patchnetvlad.tools.patch_matcher import PatchMatcher
-        size = {'imageresizeH': cfg.image_height, 'imageresizeW': cfg.image_width}
-        kp = [calc_keypoint_centers_from_patches(size, s, s, st, st)
-              for s, st in zip(cfg.patch_sizes, cfg.strides)]
-        matcher = PatchMatcher({'ransac': 'RANSAC', 'spatial': 'spatialApproximator'}[
-            cfg.matcher], list(cfg.patch_sizes), list(cfg.strides), [k[0] for k in kp],
-            [k[1] for k in kp])
+        from patchnetvlad.models.local_matcher import normalise_func
+        from .authors import authors_matcher
+        matcher = authors_matcher(cfg, range(len(cfg.patch_sizes)))
         db = [[p[c % distinct].t().contiguous() for p in desc.patches]
               for c in range(candidates)]
 

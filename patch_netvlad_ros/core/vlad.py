@@ -126,9 +126,9 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
             # with almost no assignment mass in the window.
             area = float(size * size)
             norms = torch.linalg.vector_norm(v, dim=1) / area               # [kc, P]
-            inv = 1.0 / (norms.clamp_min(_EPS) * area)
-            sq[i] += ((norms * inv * area) ** 2).sum(0)
-            v.mul_(inv[:, None, :])
+            clamped = norms.clamp_min(_EPS)
+            sq[i] += ((norms / clamped) ** 2).sum(0)                        # |intra-normed|^2
+            v.mul_((1.0 / (clamped * area))[:, None, :])
             acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v.view((k1 - k0) * d, -1))
     out = []
     for (rows, cols), y, total in zip(shapes, acc, sq):
