@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
-STAMP="$VENV/.setup-$(cat requirements.txt requirements-nodeps.txt setup.py | sha256sum | cut -c1-16)"
+STAMP="$VENV/.setup-$(cat requirements.txt requirements-nodeps.txt requirements-ros.txt setup.py \
+  CMakeLists.txt package.xml msg/*.msg | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ]; then
   exit 0
 fi
@@ -13,9 +14,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP="$VENV/bin/pip"
 echo "[setup] installing Python dependencies into $VENV (torch is large: a few minutes)"
-"$PIP" install --quiet -r requirements.txt
+"$PIP" install --quiet -r requirements.txt -r requirements-ros.txt
 "$PIP" install --quiet --no-deps -r requirements-nodeps.txt
 "$PIP" install --quiet --no-deps -e .
+echo "[setup] building the ROS 2 interfaces in msg/ against the ROS wheels (rosidl + CMake)"
+bash scripts/build_interfaces.sh "$VENV"
 echo "[setup] converting ImageNet VGG16 weights into the cache (checksum-verified)"
 "$VENV/bin/python" -m patch_netvlad_ros.cli.bootstrap --convert-only
 rm -f "$VENV"/.setup-*

@@ -35,10 +35,9 @@ def corridor_images(corridor_set):
 @pytest.fixture(scope='session')
 def corridor_model(corridor_images):
     """Speed-preset model bootstrapped from the corridor references (cached checkpoint)."""
-    from patch_netvlad_ros.cli.demo import corridor_model as build
-    from patch_netvlad_ros.core.backbone import cache_dir
+    from patch_netvlad_ros.core.models import corridor_model as build
     config = get_config('speed', **CORRIDOR_SIZE)
-    model, path = build(config, corridor_images[0], seed=0, cache=cache_dir())
+    model, path = build(config, corridor_images[0], seed=0)
     model.checkpoint_path = path
     return model
 

@@ -18,30 +18,15 @@ from typing import Optional
 import numpy as np
 
 from .common import add_model_options, config_from_args, progress_bar, run_main
-from ..core.backbone import cache_dir
-from ..core.bootstrap import bootstrap_model, RECIPE_VERSION
-from ..core.checkpoint import load_model, save_checkpoint
 from ..core.database import Reference, ReferenceMap
 from ..core.datasets import corridor
 from ..core.evaluation import recall_at_n
 from ..core.extraction import build_reference_map
 from ..core.image import load_image
 from ..core.localizer import Localizer
+from ..core.models import corridor_model
 
 DEMO_NS = (1, 5, 10)
-
-
-def corridor_model(config, images, seed: int, cache: Path):
-    """Bootstrapped model for the corridor references, cached as an authors' checkpoint."""
-    path = cache / (f'corridor_{config.preset}_{config.image_width}x{config.image_height}'
-                    f'_seed{seed}_v{RECIPE_VERSION}.pth.tar')
-    if path.is_file():
-        return load_model(path, config), path
-    model = bootstrap_model(config, images, seed=seed,
-                            log=lambda msg: print(f'  bootstrap: {msg}', file=sys.stderr),
-                            progress=progress_bar(len(images), 'bootstrap: encode'))
-    save_checkpoint(model, path)
-    return model, path
 
 
 @run_main
@@ -67,7 +52,9 @@ def main(argv: Optional[list] = None) -> int:
     queries = [load_image(p) for p in data.queries]
 
     t0 = time.perf_counter()
-    model, ckpt = corridor_model(config, refs, args.seed, cache_dir())
+    model, ckpt = corridor_model(
+        config, refs, seed=args.seed, progress=progress_bar(len(refs), 'bootstrap: encode'),
+        log=lambda msg: print(f'  bootstrap: {msg}', file=sys.stderr))
     t1 = time.perf_counter()
     records = [Reference(id=p.stem, source=str(p.relative_to(p.parents[2])), stamp=float(i),
                          frame_id='map', x=float(i)) for i, p in enumerate(data.references)]

@@ -84,3 +84,18 @@ def load_image(path: Union[str, Path]) -> np.ndarray:
     if data is None:
         raise ImageError(f'cannot read image {path}: missing file or unsupported format')
     return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+
+
+def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """RGB uint8 [H, W, 3] resized to [height, width, 3] the way :func:`to_tensor` does.
+
+    Antialiased bilinear, rounded back to uint8: the camera batcher sends images at the
+    network's size so that live descriptors equal the offline ones up to that rounding.
+    """
+    check_image(image)
+    if image.shape[:2] == (height, width):
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(height, width), mode='bilinear', align_corners=False,
+                      antialias=True)
+    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()

@@ -101,11 +101,22 @@ class PatchNetVLAD(nn.Module):
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, with_patches: bool = True,
-                device: Optional[torch.device] = None) -> Descriptors:
-        """Descriptors of normalised images [B, 3, H, W]; see :class:`Descriptors`."""
+                device: Optional[torch.device] = None,
+                encoder_dtype: Optional[torch.dtype] = None) -> Descriptors:
+        """Descriptors of normalised images [B, 3, H, W]; see :class:`Descriptors`.
+
+        encoder_dtype (torch.float16 / torch.bfloat16): run the backbone under autocast
+        in that precision (the bulk of the time); NetVLAD, patches and PCA stay float32.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ImageError(f'expected a batch [B, 3, H, W]; got shape {tuple(images.shape)}')
         if not torch.isfinite(images).all():
             raise ImageError('image batch contains NaN or Inf values')
         device = device or next(self.parameters()).device
-        return self.aggregate(self.encode(images.to(device)), with_patches)
+        images = images.to(device)
+        if encoder_dtype is None or encoder_dtype == torch.float32:
+            features = self.encode(images)
+        else:
+            with torch.autocast(device.type, dtype=encoder_dtype):
+                features = self.encode(images)
+        return self.aggregate(features.float(), with_patches)

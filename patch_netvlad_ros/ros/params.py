@@ -1,0 +1,109 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Node parameters: declared with descriptors, validated once at start-up.
+
+Each node lists :class:`Param` specs; :func:`declare` declares them all (description,
+ranges, allowed values, read-only where a change needs a restart) and returns the values
+as a plain dict, or raises :class:`ParameterError` naming the parameter, the value and
+what is allowed. Nodes read the dict; they never query parameters inside callbacks.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ..core.errors import ConfigError
+
+
+class ParameterError(ConfigError):
+    """A parameter value that the node cannot run with."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: name, default (its type is the parameter type), documentation."""
+
+    name: str
+    default: Any
+    description: str
+    choices: Optional[Sequence[Any]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    read_only: bool = True
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error or None
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The rcl descriptor advertised to `ros2 param describe`."""
+        text = self.description
+        if self.choices is not None:
+            text += f' (one of: {", ".join(map(str, self.choices))})'
+        desc = ParameterDescriptor(description=text, read_only=self.read_only)
+        if self.low is not None or self.high is not None:
+            if isinstance(self.default, bool):
+                pass
+            elif isinstance(self.default, int):
+                desc.integer_range = [IntegerRange(
+                    from_value=int(self.low if self.low is not None else -2 ** 31),
+                    to_value=int(self.high if self.high is not None else 2 ** 31 - 1), step=0)]
+            elif isinstance(self.default, float):
+                desc.floating_point_range = [FloatingPointRange(
+                    from_value=float(self.low if self.low is not None else -1e300),
+                    to_value=float(self.high if self.high is not None else 1e300), step=0.0)]
+        return desc
+
+    def validate(self, value: Any) -> None:
+        """Raise :class:`ParameterError` if ``value`` is not allowed."""
+        problem = None
+        if self.choices is not None and value not in self.choices:
+            problem = f'allowed values: {", ".join(map(repr, self.choices))}'
+        elif self.low is not None and value < self.low:
+            problem = f'must be >= {self.low}'
+        elif self.high is not None and value > self.high:
+            problem = f'must be <= {self.high}'
+        elif self.check is not None:
+            problem = self.check(value)
+        if problem:
+            raise ParameterError(f"parameter '{self.name}' = {value!r}: {problem}")
+
+
+def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
+    """Declare ``specs`` on ``node`` and return the validated values by name.
+
+    The dict stays live: accepted run-time changes of writable parameters update it.
+    """
+    values = {}
+    for spec in specs:
+        # An empty list has no element type; declare it as a double array explicitly.
+        default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
+        try:
+            param = node.declare_parameter(spec.name, default, spec.descriptor())
+        except Exception as exc:  # rclpy raises several types for a wrong type or range
+            raise ParameterError(f"parameter '{spec.name}': {exc}") from None
+        value = param.value if param.value is not None else spec.default
+        if isinstance(value, (list, tuple)) or hasattr(value, 'tolist'):
+            value = list(value)
+        if isinstance(spec.default, float) and isinstance(value, int):
+            value = float(value)
+        spec.validate(value)
+        values[spec.name] = value
+    by_name = {s.name: s for s in specs}
+
+    def on_set(params: Sequence[Parameter]) -> SetParametersResult:
+        # Run-time changes are validated like start-up values; read-only ones never get here.
+        for p in params:
+            if p.name in by_name:
+                try:
+                    by_name[p.name].validate(p.value)
+                except ParameterError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        for p in params:
+            if p.name in by_name:
+                values[p.name] = p.value  # the node reads this dict, so it sees the change
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    return values
