@@ -3,6 +3,7 @@
 """Shared fixtures: real data shipped in the repository, a bootstrapped model for the
 corridor references (cached like the demo's), its map and the queries' descriptors."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 from patch_netvlad_ros.core.config import get_config
+
+# ROS tests talk over DDS on a domain of this run's own, on the loopback interface only, so
+# parallel runs on one machine (and robots on the network) never see each other.
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 TEST_DATA = Path(__file__).resolve().parent / 'data'
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ['patch_netvlad_ros', 'test', 'launch', 'setup.py']
+# bin/ holds the `ros2 run` executables: Python without a .py suffix, named one by one.
+TARGETS = ['patch_netvlad_ros', 'test', 'launch', 'setup.py',
+           *sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'bin').glob('*'))]
 
 
 def run(module, *args):

@@ -1,8 +1,11 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Where a model comes from: a checkpoint file, or the model bootstrapped from the
-shipped corridor references (ImageNet VGG16 + k-means + WPCA, cached as an authors'
-checkpoint). The demo, the nodes and the tests all get their model here."""
+"""Where a model comes from: a checkpoint file, or the bootstrapped corridor model.
+
+The bootstrapped model is fitted on the shipped corridor references (ImageNet VGG16 +
+k-means + WPCA) and cached as an authors' checkpoint. The demo, the nodes and the tests
+all get their model here.
+"""
 
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
@@ -32,7 +35,7 @@ def corridor_model(config: PatchNetVLADConfig, images: Optional[Sequence[np.ndar
                    seed: int = 0, cache: Optional[Path] = None, log: Log = None,
                    progress: Optional[Callable[[int], None]] = None
                    ) -> Tuple[PatchNetVLAD, Path]:
-    """The model bootstrapped from the corridor references (built once, then cached)."""
+    """Return the model bootstrapped from the corridor references (built once, cached)."""
     path = corridor_checkpoint_path(config, seed, cache)
     if path.is_file():
         return load_model(path, config), path

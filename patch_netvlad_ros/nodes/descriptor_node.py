@@ -90,7 +90,7 @@ class DescriptorNode(Node):
                  f'digest {self.digest[:12]}')
 
     def decode(self, msg: ImageBatch) -> List[np.ndarray]:
-        """The batch's images as RGB arrays (ImageError if one is malformed)."""
+        """Decode the batch's images into RGB arrays (ImageError if one is malformed)."""
         if not msg.images:
             raise ImageError('empty ImageBatch')
         return [decode_raw(m.encoding, m.height, m.width, m.step, m.data, bool(m.is_bigendian))

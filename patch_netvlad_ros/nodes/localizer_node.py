@@ -93,8 +93,15 @@ class LocalizerNode(Node):
                     f"parameter 'patch_weights' = {weights}: the map has "
                     f'{len(ref_map.config.patch_sizes)} patch scales')
             matching['patch_weights'] = weights
-        self.localizer = Localizer(ref_map, None, p['place_radius'], **matching)
         self.map = ref_map
+        self.localizer: Optional[Localizer] = None
+        if len(ref_map):
+            self.localizer = Localizer(ref_map, None, p['place_radius'], **matching)
+        else:
+            # Stay up (a map may be rebuilt and the node restarted by a supervisor), but say
+            # so loudly: every frame will be answered with an error and no pose.
+            self.get_logger().error(f"map {p['map_path']} holds no references: no pose will "
+                                    'be published; build it from at least one image')
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose', 10)
         self.match_pub = self.create_publisher(PlaceMatch, '~/match', 10)
         self.create_subscription(PlaceDescriptors, 'place_descriptors', self.on_descriptors,
@@ -102,7 +109,7 @@ class LocalizerNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.answered = 0
         self.rejected = 0
-        cfg = self.localizer.config
+        cfg = self.localizer.config if self.localizer else ref_map.config.override(**matching)
         self.get_logger().info(
             f"map {p['map_path']}: {len(ref_map)} references, preset {cfg.preset} "
             f'{cfg.image_width}x{cfg.image_height}; top-{cfg.top_k} {cfg.matcher}')
@@ -111,6 +118,8 @@ class LocalizerNode(Node):
         """Localise one frame and publish its match (and pose when confident)."""
         shared = shared_store.take(msg.shared_key) if msg.shared_key else None
         try:
+            if self.localizer is None:
+                raise MapError(f"the map {self.params['map_path']} holds no references")
             check_descriptor_identity(msg, self.map.identity)
             global_desc, patches = msg_to_descriptors(msg, shared)
             result = self.localizer.localize_descriptors(global_desc, patches)

@@ -70,7 +70,7 @@ class ImageDecoder:
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
-    """An rgb8 sensor_msgs/Image of ``rgb`` [H, W, 3] uint8 with ``header``."""
+    """Make an rgb8 sensor_msgs/Image of ``rgb`` [H, W, 3] uint8 with ``header``."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     msg = Image(header=header, height=rgb.shape[0], width=rgb.shape[1], encoding='rgb8',
                 is_bigendian=0, step=rgb.shape[1] * 3)
@@ -85,7 +85,7 @@ def wall_time() -> Time:
 
 
 def seconds(stamp: Time) -> float:
-    """A builtin_interfaces/Time in seconds."""
+    """Convert a builtin_interfaces/Time to seconds."""
     return stamp.sec + stamp.nanosec * 1e-9
 
 
@@ -186,7 +186,7 @@ def msg_to_descriptors(msg: PlaceDescriptors,
 
 
 def reference_pose(ref: Reference) -> Pose:
-    """The geometry_msgs/Pose of a map reference."""
+    """Return the geometry_msgs/Pose of a map reference."""
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = ref.x, ref.y, ref.z
     q = np.array([ref.qx, ref.qy, ref.qz, ref.qw], dtype=float)
@@ -201,7 +201,7 @@ def result_to_msgs(result: LocalizationResult, references: Sequence[Reference],
                    max_candidates: int, covariance_diagonal: Sequence[float],
                    extraction_ms: float = 0.0, latency_ms: float = 0.0
                    ) -> Tuple[PoseWithCovarianceStamped, PlaceMatch]:
-    """The ~/pose and ~/match messages of one localisation (stamp = the camera's)."""
+    """Make the ~/pose and ~/match messages of one localisation (stamp = the camera's)."""
     header = Header(stamp=camera_header.stamp, frame_id=map_frame)
     pose = PoseWithCovarianceStamped(header=header)
     pose.pose.pose = reference_pose(result.reference)

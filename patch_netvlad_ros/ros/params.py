@@ -37,7 +37,7 @@ class Param:
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error or None
 
     def descriptor(self) -> ParameterDescriptor:
-        """The rcl descriptor advertised to `ros2 param describe`."""
+        """Build the rcl descriptor advertised to `ros2 param describe`."""
         text = self.description
         if self.choices is not None:
             text += f' (one of: {", ".join(map(str, self.choices))})'
@@ -79,6 +79,13 @@ def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
     for spec in specs:
         # An empty list has no element type; declare it as a double array explicitly.
         default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
+        # `-p name:=1` and YAML `name: 1` arrive as integers, which rclpy refuses for a
+        # double parameter: hand a float parameter its integer override as a float.
+        overrides = getattr(node, '_parameter_overrides', {})
+        given = overrides.get(spec.name)
+        if isinstance(spec.default, float) and given is not None \
+                and isinstance(given.value, int) and not isinstance(given.value, bool):
+            overrides[spec.name] = Parameter(spec.name, value=float(given.value))
         try:
             param = node.declare_parameter(spec.name, default, spec.descriptor())
         except Exception as exc:  # rclpy raises several types for a wrong type or range

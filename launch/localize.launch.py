@@ -1,0 +1,128 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Launch the Patch-NetVLAD localizer: camera_batcher, descriptor_node and localizer_node.
+
+    ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map
+    ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map one_process:=true
+
+Parameters come from ``params_file`` (config/localize.yaml: every parameter, documented);
+the launch arguments below override the ones they name. ``one_process:=true`` runs the
+three nodes in one process (the ``localize_graph`` executable) instead of three.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = 'patch_netvlad_ros'
+
+
+def generate_launch_description():
+    """Declare the arguments and start the three nodes (or localize_graph)."""
+    namespace = LaunchConfiguration('namespace')
+    params_file = LaunchConfiguration('params_file')
+    one_process = LaunchConfiguration('one_process')
+    log_level = LaunchConfiguration('log_level')
+
+    arguments = [
+        DeclareLaunchArgument(
+            'map', default_value='',
+            description='map database folder (built by the demo or build-map); required'),
+        DeclareLaunchArgument(
+            'checkpoint', default_value='',
+            description="model checkpoint (*.pth.tar, authors' layout); empty: the model "
+                        'bootstrapped from the shipped corridor references'),
+        DeclareLaunchArgument(
+            'preset', default_value='speed', choices=['performance', 'speed', 'storage'],
+            description='Patch-NetVLAD preset (must match the map)'),
+        DeclareLaunchArgument(
+            'image_width', default_value='0',
+            description="network input width in px (0: the preset's; must match the map)"),
+        DeclareLaunchArgument(
+            'image_height', default_value='0',
+            description="network input height in px (0: the preset's; must match the map)"),
+        DeclareLaunchArgument(
+            'camera_topic', default_value='/camera/image_raw',
+            description='camera image topic (relative names follow the namespace)'),
+        DeclareLaunchArgument(
+            'transport', default_value='raw', choices=['raw', 'compressed'],
+            description="'raw': sensor_msgs/Image on camera_topic; 'compressed': "
+                        'sensor_msgs/CompressedImage on <camera_topic>/compressed'),
+        DeclareLaunchArgument(
+            'device', default_value='auto', choices=['auto', 'cuda', 'cpu'],
+            description="'auto': CUDA when available, else CPU"),
+        DeclareLaunchArgument(
+            'precision', default_value='fp32', choices=['fp32', 'fp16', 'bf16'],
+            description='backbone precision (fp16 needs CUDA)'),
+        DeclareLaunchArgument(
+            'use_sim_time', default_value='false',
+            description='use the /clock topic (simulation or bag playback) if true'),
+        DeclareLaunchArgument(
+            'namespace', default_value='',
+            description='namespace of the nodes'),
+        DeclareLaunchArgument(
+            'params_file',
+            default_value=PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
+                                                'localize.yaml']),
+            description='ROS 2 parameters file of the three nodes'),
+        DeclareLaunchArgument(
+            'one_process', default_value='false',
+            description='run the three nodes in one process (localize_graph) if true'),
+        DeclareLaunchArgument(
+            'log_level', default_value='info',
+            description='log level (debug, info, warn, error, fatal)'),
+    ]
+
+    # Overrides from the launch arguments; they follow params_file, so they take precedence.
+    # ROS parameters are typed: ParameterValue gives each one the type its node declares.
+    common = {
+        'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool),
+    }
+    image_size = {
+        'preset': ParameterValue(LaunchConfiguration('preset'), value_type=str),
+        'image_width': ParameterValue(LaunchConfiguration('image_width'), value_type=int),
+        'image_height': ParameterValue(LaunchConfiguration('image_height'), value_type=int),
+    }
+    camera_batcher = {
+        'image_topic': ParameterValue(LaunchConfiguration('camera_topic'), value_type=str),
+        'transport': ParameterValue(LaunchConfiguration('transport'), value_type=str),
+        **image_size,
+    }
+    descriptor_node = {
+        'checkpoint': ParameterValue(LaunchConfiguration('checkpoint'), value_type=str),
+        'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+        'precision': ParameterValue(LaunchConfiguration('precision'), value_type=str),
+        **image_size,
+    }
+    localizer_node = {
+        'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
+    }
+    ros_arguments = ['--ros-args', '--log-level', log_level]
+
+    nodes = [
+        Node(package=PACKAGE, executable='camera_batcher', name='camera_batcher',
+             namespace=namespace, parameters=[params_file, common, camera_batcher],
+             arguments=ros_arguments, output='screen',
+             condition=UnlessCondition(one_process)),
+        Node(package=PACKAGE, executable='descriptor_node', name='descriptor_node',
+             namespace=namespace, parameters=[params_file, common, descriptor_node],
+             arguments=ros_arguments, output='screen',
+             condition=UnlessCondition(one_process)),
+        Node(package=PACKAGE, executable='localizer_node', name='localizer_node',
+             namespace=namespace, parameters=[params_file, common, localizer_node],
+             arguments=ros_arguments, output='screen',
+             condition=UnlessCondition(one_process)),
+        # One process, three nodes: no name here (it would rename all three). The dicts go
+        # to every node of the process; each node reads only the parameters it declares.
+        Node(package=PACKAGE, executable='localize_graph',
+             namespace=namespace,
+             parameters=[params_file, common, camera_batcher, descriptor_node, localizer_node],
+             arguments=ros_arguments, output='screen',
+             condition=IfCondition(one_process)),
+    ]
+
+    return LaunchDescription(arguments + nodes)

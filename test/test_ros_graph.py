@@ -1,0 +1,401 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""The ROS 2 graph on real rclpy over Fast DDS: corridor queries in, poses and matches out.
+
+Nothing here is mocked: the nodes are the package's own, the messages are the rosidl
+interfaces built by the set-up, and frames travel over DDS on the loopback interface (a
+ROS_DOMAIN_ID of this test run's own, see conftest.py). The expected places come from the
+core run offline on the same frames.
+"""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List
+
+import cv2
+from geometry_msgs.msg import PoseWithCovarianceStamped
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+import torch
+
+from conftest import CORRIDOR_SIZE
+from patch_netvlad_ros.core.database import ReferenceMap
+from patch_netvlad_ros.core.errors import MapError
+from patch_netvlad_ros.core.image import load_image
+from patch_netvlad_ros.core.localizer import Localizer
+from patch_netvlad_ros.msg import PlaceDescriptors, PlaceMatch
+from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
+from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode
+from patch_netvlad_ros.nodes.localizer_node import LocalizerNode
+from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
+from patch_netvlad_ros.ros.params import ParameterError
+
+SIZE = [Parameter('image_width', value=CORRIDOR_SIZE['image_width']),
+        Parameter('image_height', value=CORRIDOR_SIZE['image_height'])]
+#: Queries sent through the graph: every 7th corridor query (16 frames).
+FRAMES = list(range(3, 111, 7))
+STAMP0 = 1_700_000_000
+
+
+def stamp_of(i: int) -> Header:
+    """Camera header of query i: a distinct stamp with nanoseconds, an optical frame."""
+    h = Header(frame_id='camera_optical')
+    h.stamp.sec, h.stamp.nanosec = STAMP0 + i, 1000 * i + 7
+    return h
+
+
+def key(header: Header) -> tuple:
+    """A stamp as a hashable pair."""
+    return header.stamp.sec, header.stamp.nanosec
+
+
+@pytest.fixture(scope='module')
+def map_dir(corridor_map, tmp_path_factory) -> Path:
+    """The corridor reference map saved as a map database folder."""
+    return corridor_map.save(tmp_path_factory.mktemp('ros') / 'corridor_map')
+
+
+@pytest.fixture(scope='module')
+def offline(corridor_map, corridor_query_descriptors) -> Dict[int, str]:
+    """Best reference id per sent query, from the core offline (localize_descriptors)."""
+    localizer = Localizer(corridor_map)
+    g, patches = corridor_query_descriptors
+    return {i: localizer.localize_descriptors(g[i], [p[i] for p in patches]).reference.id
+            for i in FRAMES}
+
+
+def correct(query: int, reference_id: str) -> bool:
+    """Corridor ground truth: query i shows references i-2 .. i+2."""
+    return abs(int(reference_id) - query) <= 2
+
+
+class Graph:
+    """Nodes plus a probe node spinning on one MultiThreadedExecutor in a thread."""
+
+    def __init__(self, nodes: List[Node], context) -> None:
+        self.context = context
+        self.nodes = nodes
+        self.probe = Node('probe', context=context)
+        self.poses: List[PoseWithCovarianceStamped] = []
+        self.matches: List[PlaceMatch] = []
+        self.probe.create_subscription(PoseWithCovarianceStamped, '/localizer_node/pose',
+                                       self.poses.append, 100)
+        self.probe.create_subscription(PlaceMatch, '/localizer_node/match',
+                                       self.matches.append, 100)
+        self.image_pub = self.probe.create_publisher(Image, '/camera/image_raw', 10)
+        self.compressed_pub = self.probe.create_publisher(
+            CompressedImage, '/camera/image_raw/compressed', 10)
+        self.executor = MultiThreadedExecutor(num_threads=6, context=context)
+        for node in [*nodes, self.probe]:
+            self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` or the timeout; return done()."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not done():
+            time.sleep(0.05)
+        return done()
+
+    def connected(self, topic: str = '/camera/image_raw') -> bool:
+        """Discovery finished: someone subscribes the camera topic, someone publishes match."""
+        return (self.probe.count_subscribers(topic) > 0
+                and self.probe.count_publishers('/localizer_node/match') > 0)
+
+    def close(self) -> None:
+        """Stop spinning and destroy the nodes."""
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
+        for node in [*self.nodes, self.probe]:
+            node.destroy_node()
+
+
+@pytest.fixture
+def context():
+    """A ROS context of the test's own."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    ctx.try_shutdown()
+
+
+def start_graph(context, map_dir, batcher=(), descriptor=(), localizer=()) -> Graph:
+    """The three nodes in this process (the one-process runner's arrangement)."""
+    return Graph([
+        CameraBatcher(context=context, parameter_overrides=[
+            *SIZE, Parameter('image_topic', value='/camera/image_raw'),
+            Parameter('buffer_capacity', value=64), *batcher]),
+        DescriptorNode(context=context, parameter_overrides=[*SIZE, *descriptor]),
+        LocalizerNode(context=context, parameter_overrides=[
+            Parameter('map_path', value=str(map_dir)), *localizer]),
+    ], context)
+
+
+def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int]) -> None:
+    """One pose and one match per frame, stamps and frames right, places as offline."""
+    assert graph.wait(lambda: len(graph.matches) >= len(sent), 240), \
+        f'{len(graph.matches)} of {len(sent)} matches within the deadline'
+    time.sleep(0.3)  # anything extra would arrive now
+    by_stamp = {key(m.header): m for m in graph.matches}
+    assert len(graph.matches) == len(sent) == len(by_stamp)
+    assert sorted(by_stamp) == sorted(key(stamp_of(i)) for i in sent)
+    assert sorted(key(p.header) for p in graph.poses) == sorted(by_stamp)
+    for p in graph.poses:
+        assert p.header.frame_id == 'map'
+        m = by_stamp[key(p.header)]
+        assert m.pose_published and m.candidates[0].reference_id == m.best_reference_id
+        # The pose is the best reference's: corridor references stand at x = index.
+        assert p.pose.pose.position.x == pytest.approx(float(int(m.best_reference_id)))
+    live = {i: by_stamp[key(stamp_of(i))] for i in sent}
+    for m in live.values():
+        assert m.header.frame_id == 'map' and m.camera_frame_id == 'camera_optical'
+        assert 0.0 <= m.confidence <= 1.0
+        assert m.latency_ms > 0 and m.extraction_ms > 0
+    right_live = sum(correct(i, m.best_reference_id) for i, m in live.items())
+    right_offline = sum(correct(i, queries[i]) for i in sent)
+    same = sum(m.best_reference_id == queries[i] for i, m in live.items())
+    # Live frames are resized to uint8 by the batcher (offline: float), so a near-tie may
+    # flip; the rate of right places must match the offline rate within two frames.
+    assert right_live >= right_offline - 2, (right_live, right_offline)
+    assert same >= len(sent) - 3, f'only {same} of {len(sent)} best references as offline'
+
+
+def test_one_process_raw_images(context, map_dir, offline, corridor_set):
+    """Image messages through the three nodes in one process: poses as the core offline."""
+    graph = start_graph(context, map_dir)
+    try:
+        assert graph.wait(graph.connected, 20)
+        for i in FRAMES:
+            rgb = load_image(corridor_set.queries[i])
+            graph.image_pub.publish(_bgr8(rgb, stamp_of(i)))
+            time.sleep(0.05)
+        check_answers(graph, offline, FRAMES)
+        stats = graph.nodes[0].stats
+        assert stats.received == len(FRAMES) and stats.dropped_backpressure == 0
+    finally:
+        graph.close()
+
+
+def _bgr8(rgb: np.ndarray, header: Header) -> Image:
+    """A camera driver's usual bgr8 message (the graph must convert it)."""
+    msg = rgb_to_image(rgb[:, :, ::-1], header)
+    msg.encoding = 'bgr8'
+    return msg
+
+
+def _jpeg(rgb: np.ndarray, header: Header) -> CompressedImage:
+    ok, data = cv2.imencode('.jpg', rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    msg = CompressedImage(header=header, format='jpeg')
+    msg.data = data.tobytes()
+    return msg
+
+
+def _node_process(module: str, *params: str) -> subprocess.Popen:
+    args = [sys.executable, '-m', f'patch_netvlad_ros.nodes.{module}', '--ros-args']
+    for p in params:
+        args += ['-p', p]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=os.environ.copy())
+
+
+def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
+    """Three node processes (console-script mains), CompressedImage JPEG frames."""
+    size = [f'image_width:={CORRIDOR_SIZE["image_width"]}',
+            f'image_height:={CORRIDOR_SIZE["image_height"]}']
+    procs = [
+        _node_process('camera_batcher', *size, 'transport:=compressed',
+                      'image_topic:=/camera/image_raw', 'buffer_capacity:=64'),
+        _node_process('descriptor_node', *size),
+        _node_process('localizer_node', f'map_path:={map_dir}'),
+    ]
+    graph = Graph([], context)
+    sent = FRAMES[::2]
+    try:
+        assert graph.wait(lambda: graph.connected('/camera/image_raw/compressed')
+                          and graph.probe.count_subscribers('/image_batch') > 0, 120), \
+            'the node processes did not come up'
+        time.sleep(1.0)  # let the three processes discover each other too
+        for i in sent:
+            graph.compressed_pub.publish(_jpeg(load_image(corridor_set.queries[i]),
+                                               stamp_of(i)))
+            time.sleep(0.05)
+        check_answers(graph, offline, sent)
+    finally:
+        graph.close()
+        outputs = []
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                outputs.append(proc.communicate(timeout=30)[0])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                outputs.append(proc.communicate()[0])
+    # Ctrl-C is a clean shutdown: every process exits 0.
+    assert [p.returncode for p in procs] == [0, 0, 0], '\n'.join(outputs)
+
+
+def _rss_mb() -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    return float('nan')
+
+
+def test_backpressure_drops_oldest(context, map_dir, corridor_set):
+    """A flood far faster than the descriptor node: bounded buffer, counted drops."""
+    capacity = 4
+    graph = start_graph(context, map_dir, batcher=[
+        Parameter('batch_size', value=2), Parameter('buffer_capacity', value=capacity),
+        Parameter('max_batch_age', value=0.05), Parameter('max_in_flight', value=1),
+        Parameter('qos_reliability', value='reliable'), Parameter('qos_depth', value=1000)])
+    batcher = graph.nodes[0]
+    try:
+        assert graph.wait(graph.connected, 20)
+        # 640x480 frames: 0.9 MB each, 200 of them would be 184 MB if anything queued them.
+        big = cv2.resize(load_image(corridor_set.queries[50]), (640, 480))
+        graph.image_pub.publish(rgb_to_image(big, stamp_of(0)))
+        assert graph.wait(lambda: len(graph.matches) == 1, 60)  # warm: model ran once
+        rss0, peak_buffer = _rss_mb(), 0
+        flood = list(range(1, 201))
+        for i in flood:
+            graph.image_pub.publish(rgb_to_image(big, stamp_of(i)))
+            peak_buffer = max(peak_buffer, len(batcher.batcher))
+            time.sleep(0.002)
+        rss1 = _rss_mb()
+        stats = batcher.stats
+        assert graph.wait(lambda: stats.received == len(flood) + 1, 30)
+        assert graph.wait(lambda: len(batcher.batcher) == 0
+                          and len(graph.matches) == stats.batched, 60)
+        assert stats.dropped_backpressure > len(flood) / 2  # most frames had to go
+        assert stats.received == stats.batched + stats.dropped_backpressure
+        assert peak_buffer <= capacity
+        assert rss1 - rss0 < 120, f'RSS grew {rss1 - rss0:.0f} MB during the flood'
+        answered = {key(m.header)[0] - STAMP0 for m in graph.matches}
+        # The newest frames win: the last frames of the flood are answered.
+        assert flood[-1] in answered and flood[-2] in answered
+        assert all(0 <= m.confidence <= 1 for m in graph.matches)
+    finally:
+        graph.close()
+
+
+def test_bad_frames_are_dropped_and_the_graph_keeps_going(context, map_dir, corridor_set,
+                                                          capfd):
+    """Unknown encoding, wrong step, empty data: no pose, counted, next frame answered."""
+    graph = start_graph(context, map_dir)
+    try:
+        assert graph.wait(graph.connected, 20)
+        good = rgb_to_image(load_image(corridor_set.queries[40]), stamp_of(40))
+        unknown = rgb_to_image(load_image(corridor_set.queries[41]), stamp_of(41))
+        unknown.encoding = 'hsv8'
+        short_step = rgb_to_image(load_image(corridor_set.queries[42]), stamp_of(42))
+        short_step.step = short_step.width  # a mono step for rgb8 data
+        empty = rgb_to_image(load_image(corridor_set.queries[43]), stamp_of(43))
+        empty.data = b''
+        for msg in (unknown, short_step, empty, good):
+            graph.image_pub.publish(msg)
+            time.sleep(0.05)
+        assert graph.wait(lambda: len(graph.matches) >= 1, 60)
+        time.sleep(0.5)
+        assert [key(m.header) for m in graph.matches] == [key(stamp_of(40))]
+        assert [key(p.header) for p in graph.poses] == [key(stamp_of(40))]
+        assert graph.nodes[0].stats.dropped_invalid == 3
+        log = capfd.readouterr().err
+        assert 'hsv8' in log  # the first bad frame's error names the encoding
+    finally:
+        graph.close()
+
+
+def test_descriptors_of_another_model_are_refused(context, map_dir, corridor_model, capfd):
+    """A PlaceDescriptors from another preset/model: error logged, no pose, still alive."""
+    graph = start_graph(context, map_dir)
+    pub = graph.probe.create_publisher(PlaceDescriptors, '/place_descriptors', 10)
+    try:
+        assert graph.wait(lambda: pub.get_subscription_count() > 0, 20)
+        other = corridor_model.config.override(patch_sizes=[3])
+        foreign = descriptors_to_msg(stamp_of(1), other, 'f' * 64,
+                                     torch.ones(other.num_pcs) / other.num_pcs ** 0.5,
+                                     [torch.zeros(other.num_patches(0), other.num_pcs)])
+        pub.publish(foreign)
+        localizer = graph.nodes[2]
+        assert graph.wait(lambda: localizer.rejected == 1, 10)
+        time.sleep(0.3)
+        assert not graph.matches and not graph.poses
+        log = capfd.readouterr().err
+        assert 'another model or preset' in log and 'model_digest' in log
+        assert 'patch_sizes' in log
+        # Still alive: a real frame after it is answered.
+        good = corridor_model.config
+        g = torch.zeros(good.num_pcs)
+        g[0] = 1.0
+        own = descriptors_to_msg(stamp_of(2), good, localizer.map.identity['model_digest'],
+                                 g, [torch.zeros(good.num_patches(i), good.num_pcs) + g
+                                     for i in range(len(good.patch_sizes))])
+        pub.publish(own)
+        assert graph.wait(lambda: len(graph.matches) == 1, 20)
+    finally:
+        graph.close()
+
+
+def test_empty_map_answers_nothing_and_stays_up(context, corridor_model, tmp_path, capfd):
+    """A map without references: clear errors at start and per frame, no pose, no crash."""
+    from patch_netvlad_ros.core.checkpoint import model_digest
+    empty = ReferenceMap.empty(corridor_model.config, model_digest(corridor_model))
+    path = empty.save(tmp_path / 'empty_map')
+    node = LocalizerNode(context=context,
+                         parameter_overrides=[Parameter('map_path', value=str(path))])
+    graph = Graph([node], context)
+    pub = graph.probe.create_publisher(PlaceDescriptors, '/place_descriptors', 10)
+    try:
+        assert graph.wait(lambda: pub.get_subscription_count() > 0, 20)
+        cfg = corridor_model.config
+        pub.publish(descriptors_to_msg(stamp_of(3), cfg, empty.identity['model_digest'],
+                                       torch.ones(cfg.num_pcs) / cfg.num_pcs ** 0.5,
+                                       [torch.zeros(cfg.num_patches(0), cfg.num_pcs)]))
+        assert graph.wait(lambda: node.rejected == 1, 10)
+        assert not graph.matches and not graph.poses
+        assert 'holds no references' in capfd.readouterr().err
+    finally:
+        graph.close()
+
+
+def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
+    """A bad value stops the node, naming the parameter and the allowed values."""
+    with pytest.raises(ParameterError, match="'transport' = 'mjpeg'.*'raw', 'compressed'"):
+        CameraBatcher(context=context,
+                      parameter_overrides=[Parameter('transport', value='mjpeg')])
+    with pytest.raises(ParameterError, match="'batch_size'.*out of range. Min: 1, Max: 256"):
+        CameraBatcher(context=context, parameter_overrides=[Parameter('batch_size', value=0)])
+    with pytest.raises(ParameterError, match="'map_path' is empty"):
+        LocalizerNode(context=context)
+    with pytest.raises(ParameterError, match="'patch_weights'.*the map has 1 patch scales"):
+        LocalizerNode(context=context, parameter_overrides=[
+            Parameter('map_path', value=str(map_dir)),
+            Parameter('patch_weights', value=[0.5, 0.5])])
+    with pytest.raises(MapError, match='missing|does not exist|not found|no map'):
+        LocalizerNode(context=context, parameter_overrides=[
+            Parameter('map_path', value=str(map_dir.parent / 'nowhere'))])
+    if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="'precision' = 'fp16' needs CUDA"):
+            DescriptorNode(context=context, parameter_overrides=[
+                *SIZE, Parameter('precision', value='fp16')])
+    # The executable exits non-zero with the reason on its log.
+    proc = subprocess.run([sys.executable, '-m', 'patch_netvlad_ros.nodes.camera_batcher',
+                           '--ros-args', '-p', 'qos_reliability:=sometimes'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "'qos_reliability' = 'sometimes'" in proc.stderr + proc.stdout
