@@ -30,6 +30,7 @@ from ..msg import MatchCandidate, PatchBlock, PlaceDescriptors, PlaceMatch
 CONVERTERS = ('auto', 'cv_bridge', 'builtin')
 PATCH_DTYPES = {'float16': PatchBlock.FLOAT16, 'float32': PatchBlock.FLOAT32}
 _NP_DTYPES = {PatchBlock.FLOAT16: np.dtype('<f2'), PatchBlock.FLOAT32: np.dtype('<f4')}
+_TORCH_DTYPES = {PatchBlock.FLOAT16: torch.float16, PatchBlock.FLOAT32: torch.float32}
 
 
 def _cv_bridge():
@@ -112,7 +113,8 @@ def descriptors_to_msg(header: Header, config: PatchNetVLADConfig, digest: str,
         block = PatchBlock(patch_size=config.patch_sizes[i], stride=config.strides[i],
                            rows=rows, cols=cols, dim=p.shape[-1], dtype=code)
         if not shared_key:
-            block.data = p.detach().cpu().numpy().astype(_NP_DTYPES[code]).tobytes()
+            # torch converts to half several times faster than numpy's astype.
+            block.data = p.detach().to(_TORCH_DTYPES[code]).cpu().numpy().tobytes()
         msg.patches.append(block)
     return msg
 
@@ -172,16 +174,20 @@ def msg_to_descriptors(msg: PlaceDescriptors,
             raise ImageError(f'patch block {i} has unknown dtype code {b.dtype}; expected '
                              f'{PatchBlock.FLOAT32} (float32) or {PatchBlock.FLOAT16} (float16)')
         dt = _NP_DTYPES[b.dtype]
-        raw = b.data.tobytes() if hasattr(b.data, 'tobytes') else bytes(b.data)
+        # array.array exposes its buffer: view it without a copy (read-only bytes are not).
+        raw = b.data if isinstance(b.data, array.array) else bytearray(b.data)
         expect = b.rows * b.cols * b.dim * dt.itemsize
         if b.dim != dim or len(raw) != expect:
             raise ImageError(f'patch block {i} holds {len(raw)} bytes; {b.rows}x{b.cols} '
                              f'patches of {b.dim} {dt.name} values need {expect} (global '
                              f'descriptor has {dim} dims)')
-        p = np.frombuffer(raw, dtype=dt).reshape(b.rows * b.cols, b.dim).astype(np.float32)
-        if not np.isfinite(p).all():
+        p = torch.frombuffer(raw, dtype=_TORCH_DTYPES[b.dtype]) if len(raw) else \
+            torch.empty(0, dtype=_TORCH_DTYPES[b.dtype])
+        # float() copies half data; float32 data is cloned so the message can go.
+        p = p.float() if b.dtype == PatchBlock.FLOAT16 else p.clone()
+        if not torch.isfinite(p).all():
             raise ImageError(f'patch block {i} contains NaN or Inf')
-        patches.append(torch.from_numpy(p))
+        patches.append(p.view(b.rows * b.cols, b.dim))
     return torch.from_numpy(g.copy()), patches
 
 

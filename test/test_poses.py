@@ -1,0 +1,370 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Poses: interpolation, keyframes and GNSS to local metres, against hand-computed values."""
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from patch_netvlad_ros.core.errors import MapError
+from patch_netvlad_ros.core.poses import (
+    geodetic_to_enu, mercator_scale_xy, navsat_trajectory, PoseSample, quaternion_from_yaw,
+    select_keyframes, Trajectory, yaw_of)
+
+KITTI_DIR = Path(os.environ.get('PATCH_NETVLAD_KITTI_0005',
+                                '/work/shared/data/kitti_raw_0005'))
+KITTI_CSV = KITTI_DIR / 'gps_poses_derived.csv'
+
+#: WGS84, written out here so the expected values do not come from the module under test.
+A = 6378137.0
+F = 1.0 / 298.257223563
+E2 = F * (2.0 - F)
+
+S45 = math.sqrt(0.5)  # sin 45 deg = cos 45 deg
+
+
+def yawed(stamp, x, y, z, yaw_deg):
+    """Return a PoseSample at (x, y, z) turned yaw_deg about +z (quaternion written by hand)."""
+    half = math.radians(yaw_deg) / 2.0
+    return PoseSample(stamp, x, y, z, 0.0, 0.0, math.sin(half), math.cos(half))
+
+
+def components(sample):
+    """Return the 7 pose values (x, y, z, qx, qy, qz, qw) of a sample."""
+    return (sample.x, sample.y, sample.z, sample.qx, sample.qy, sample.qz, sample.qw)
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+def test_position_halfway():
+    traj = Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0), PoseSample(2.0, 2.0, 4.0, 0.0)])
+    mid = traj.interpolate(1.0, max_gap=5.0)
+    assert mid.stamp == 1.0
+    assert (mid.x, mid.y, mid.z) == pytest.approx((1.0, 2.0, 0.0), abs=1e-12)
+    quarter = traj.interpolate(0.5, max_gap=5.0)
+    assert (quarter.x, quarter.y, quarter.z) == pytest.approx((0.5, 1.0, 0.0), abs=1e-12)
+
+
+def test_slerp_midpoint_of_0_and_90_degrees_is_45():
+    traj = Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+                       PoseSample(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, S45, S45)])
+    mid = traj.interpolate(0.5, max_gap=1.0)
+    s, c = math.sin(math.radians(22.5)), math.cos(math.radians(22.5))
+    assert (mid.qx, mid.qy, mid.qz, mid.qw) == pytest.approx((0.0, 0.0, s, c), abs=1e-12)
+    assert yaw_of(mid) == pytest.approx(math.radians(45.0), abs=1e-12)
+
+
+def test_slerp_takes_the_short_way():
+    """-q is the same rotation as q: slerp to -q(90 deg) must still pass through 45 deg."""
+    traj = Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+                       PoseSample(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -S45, -S45)])
+    mid = traj.interpolate(0.5, max_gap=1.0)
+    s, c = math.sin(math.radians(22.5)), math.cos(math.radians(22.5))
+    assert (mid.qx, mid.qy, mid.qz, mid.qw) == pytest.approx((0.0, 0.0, s, c), abs=1e-12)
+    # Across +-180 deg: 170 deg to -170 deg passes through 180 deg, not through 0.
+    traj = Trajectory([yawed(0.0, 0, 0, 0, 170.0), yawed(1.0, 0, 0, 0, -170.0)])
+    mid = traj.interpolate(0.5, max_gap=1.0)
+    assert abs(yaw_of(mid)) == pytest.approx(math.pi, abs=1e-12)
+
+
+def test_exact_stamp_returns_the_sample():
+    samples = [yawed(0.0, 0, 0, 0, 0), yawed(1.0, 1, 2, 3, 30), yawed(2.0, 4, 5, 6, 60)]
+    traj = Trajectory(samples)
+    for s in samples:
+        assert traj.interpolate(s.stamp, max_gap=0.1) == s  # even with a tiny max_gap
+    assert traj.interpolate_many([1.0], max_gap=0.1) == [samples[1]]
+
+
+def test_outside_the_trajectory_is_none():
+    traj = Trajectory([PoseSample(1.0, 0, 0, 0), PoseSample(2.0, 1, 0, 0)])
+    assert traj.interpolate(0.999, max_gap=10.0) is None
+    assert traj.interpolate(2.001, max_gap=10.0) is None
+    assert traj.interpolate(float('nan'), max_gap=10.0) is None
+    assert traj.interpolate_many([0.999, 2.001, float('nan')], max_gap=10.0) == [None] * 3
+
+
+def test_max_gap():
+    traj = Trajectory([PoseSample(0.0, 0, 0, 0), PoseSample(1.0, 1, 0, 0),
+                       PoseSample(4.0, 4, 0, 0)])
+    assert traj.interpolate(0.5, max_gap=1.0).x == pytest.approx(0.5)  # gap 1 <= 1
+    assert traj.interpolate(2.5, max_gap=1.0) is None                   # gap 3 > 1
+    assert traj.interpolate(2.5, max_gap=3.0).x == pytest.approx(2.5)   # gap 3 <= 3
+    assert traj.interpolate(2.5, max_gap=math.inf).x == pytest.approx(2.5)
+    many = traj.interpolate_many([0.5, 2.5], max_gap=1.0)
+    assert many[0].x == pytest.approx(0.5) and many[1] is None
+
+
+def test_interpolate_many_equals_interpolate():
+    rng = np.random.default_rng(3)
+    stamps = np.cumsum(rng.uniform(0.05, 0.5, size=40))
+    samples = [yawed(float(t), *rng.normal(size=3), rng.uniform(-180, 180)) for t in stamps]
+    rng.shuffle(samples)  # the constructor sorts
+    traj = Trajectory(samples)
+    assert np.all(np.diff(traj.stamps) > 0)
+    queries = list(rng.uniform(stamps[0] - 1.0, stamps[-1] + 1.0, size=200))
+    queries += list(stamps[::5]) + [float('nan')]
+    many = traj.interpolate_many(queries, max_gap=0.3)
+    assert len(many) == len(queries)
+    assert any(m is None for m in many) and any(m is not None for m in many)
+    for q, m in zip(queries, many):
+        one = traj.interpolate(q, max_gap=0.3)
+        if one is None:
+            assert m is None
+        else:
+            assert m.stamp == one.stamp
+            assert components(m) == pytest.approx(components(one), abs=1e-12)
+
+
+def test_single_sample_trajectory():
+    traj = Trajectory([PoseSample(5.0, 1, 2, 3)])
+    assert len(traj) == 1
+    assert traj.interpolate(5.0, max_gap=1.0) == PoseSample(5.0, 1, 2, 3)
+    assert traj.interpolate(5.5, max_gap=1.0) is None
+    assert traj.interpolate_many([4.0, 5.0, 6.0], max_gap=1.0) == [
+        None, PoseSample(5.0, 1, 2, 3), None]
+
+
+def test_duplicates_and_normalisation():
+    same = PoseSample(1.0, 1, 1, 1)
+    traj = Trajectory([PoseSample(0.0, 0, 0, 0), same, same])
+    assert len(traj) == 2
+    np.testing.assert_array_equal(traj.stamps, [0.0, 1.0])
+    scaled = Trajectory([PoseSample(0.0, 0, 0, 0, 0.0, 0.0, 0.0, 2.0)])
+    assert scaled.samples[0].qw == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- yaw helpers
+
+
+def test_yaw_helpers():
+    assert quaternion_from_yaw(0.0) == pytest.approx((0.0, 0.0, 0.0, 1.0))
+    assert quaternion_from_yaw(math.pi / 2) == pytest.approx((0.0, 0.0, S45, S45))
+    assert yaw_of(PoseSample(0, 0, 0, 0, 0.0, 0.0, S45, S45)) == pytest.approx(math.pi / 2)
+    assert yaw_of((0.0, 0.0, 1.0, 0.0)) == pytest.approx(math.pi)
+    assert yaw_of((0.0, 0.0, -0.5, 0.5)) == pytest.approx(-math.pi / 2)  # scale-invariant
+
+
+# ---------------------------------------------------------------- keyframes
+
+
+def test_keyframes_distance_from_last_keyframe():
+    """0.4 m steps, 1.0 m: 0 (0.0 m); 3 (1.2 m from 0); 6 (1.2 m from 3); 9."""
+    line = [PoseSample(0.1 * i, 0.4 * i, 0.0, 0.0) for i in range(11)]
+    assert select_keyframes(line, min_distance=1.0) == [0, 3, 6, 9]
+    # Distances are 3-D: steps of (0.3, 0, 0.4) are 0.5 m, so every second sample.
+    ramp = [PoseSample(i, 0.3 * i, 0.0, 0.4 * i) for i in range(6)]
+    assert select_keyframes(ramp, min_distance=0.9) == [0, 2, 4]
+
+
+def test_keyframes_turn_in_place():
+    """10 deg steps, 25 deg: 0; 3 (30 deg from 0); 6 (30 deg from 3)."""
+    turn = [yawed(i, 0, 0, 0, 10.0 * i) for i in range(8)]
+    assert select_keyframes(turn, min_heading=math.radians(25.0)) == [0, 3, 6]
+    # The difference is wrapped: 170 -> -170 deg is a 20 deg turn, not 340 deg.
+    wrap = [yawed(0, 0, 0, 0, 170.0), yawed(1, 0, 0, 0, -170.0), yawed(2, 0, 0, 0, -150.0)]
+    assert select_keyframes(wrap, min_heading=math.radians(30.0)) == [0, 2]
+
+
+def test_keyframes_time_based():
+    """0.1 s steps, 0.25 s: 0; 3 (0.3 s after 0); 6; 9."""
+    still = [PoseSample(0.1 * i, 0.0, 0.0, 0.0) for i in range(10)]
+    assert select_keyframes(still, min_interval=0.25) == [0, 3, 6, 9]
+
+
+def test_keyframes_any_criterion():
+    """Distance 1.0 m OR heading 45 deg OR 3 s, all measured from the last keyframe.
+
+    i (stamp s): x (m), yaw (deg)
+    0: 0.0, 0     first sample: always a keyframe
+    1: 0.5, 0
+    2: 0.6, 50
+    3: 0.9, 50
+    4: 1.7, 60
+    5: 1.8, 60
+    distance only: 4 (1.7 m from 0); 5 is 0.1 m from 4            -> [0, 4]
+    heading only: 2 (50 deg from 0); 3..5 within 10 deg of 2       -> [0, 2]
+    distance or heading: 2 (heading); 3 (0.3 m, 0 deg from 2) no;
+        4 (1.1 m from 2) yes; 5 no                                 -> [0, 2, 4]
+    3 s only: 3 (3 s from 0); 4, 5 (1 s, 2 s from 3) no            -> [0, 3]
+    distance or 3 s: 3 (time, 0.9 m); 4 (0.8 m, 1 s from 3) no;
+        5 (0.9 m, 2 s from 3) no                                   -> [0, 3]
+    """
+    xs_yaws = [(0.0, 0), (0.5, 0), (0.6, 50), (0.9, 50), (1.7, 60), (1.8, 60)]
+    samples = [yawed(float(i), x, 0, 0, yaw) for i, (x, yaw) in enumerate(xs_yaws)]
+    heading = math.radians(45.0)
+    assert select_keyframes(samples, min_distance=1.0) == [0, 4]
+    assert select_keyframes(samples, min_heading=heading) == [0, 2]
+    assert select_keyframes(samples, min_distance=1.0, min_heading=heading) == [0, 2, 4]
+    assert select_keyframes(samples, min_interval=3.0) == [0, 3]
+    assert select_keyframes(samples, min_distance=1.0, min_interval=3.0) == [0, 3]
+    assert select_keyframes(samples, min_distance=1.0, min_heading=heading,
+                            min_interval=3.0) == [0, 2, 4]
+
+
+def test_keyframes_all_zero_and_empty():
+    samples = [PoseSample(i, 0.0, 0.0, 0.0) for i in range(5)]
+    assert select_keyframes(samples) == [0, 1, 2, 3, 4]
+    assert select_keyframes([]) == []
+    with pytest.raises(MapError, match='min_distance'):
+        select_keyframes(samples, min_distance=-1.0)
+
+
+# ---------------------------------------------------------------- GNSS
+
+
+def test_enu_origin_is_zero():
+    enu = geodetic_to_enu(49.0, 8.4, 112.0, 49.0, 8.4, 112.0)
+    assert enu.shape == (1, 3)
+    np.testing.assert_allclose(enu, [[0.0, 0.0, 0.0]], atol=1e-9)
+
+
+def test_enu_north_is_the_meridian_arc():
+    """0.001 deg north at 49 deg: M dphi, M = a(1 - e^2) / (1 - e^2 sin^2 phi)^1.5."""
+    phi = math.radians(49.0005)  # mid-latitude of the arc
+    m = A * (1.0 - E2) / (1.0 - E2 * math.sin(phi) ** 2) ** 1.5
+    expected = m * math.radians(0.001)
+    assert expected == pytest.approx(111.2, abs=0.1)
+    enu = geodetic_to_enu(49.001, 8.4, 0.0, 49.0, 8.4, 0.0)[0]
+    assert enu[1] == pytest.approx(expected, abs=0.01)
+    assert enu[0] == pytest.approx(0.0, abs=1e-6)
+    # The chord dips below the tangent plane by about d^2 / (2R) = 1 mm.
+    assert enu[2] == pytest.approx(-expected ** 2 / (2 * 6.37e6), abs=2e-4)
+
+
+def test_enu_up_and_arrays():
+    enu = geodetic_to_enu(49.0, 8.4, 100.0, 49.0, 8.4, 0.0)
+    np.testing.assert_allclose(enu, [[0.0, 0.0, 100.0]], atol=1e-3)
+    many = geodetic_to_enu([49.0, 49.0, 49.001], [8.4, 8.4, 8.4], [0.0, 100.0, 0.0],
+                           49.0, 8.4, 0.0)
+    assert many.shape == (3, 3)
+    np.testing.assert_allclose(many[1], [0.0, 0.0, 100.0], atol=1e-3)
+
+
+def test_navsat_travel_heading():
+    """East for 3 fixes, then north; a stop keeps the previous heading."""
+    lat0, lon0 = 49.0, 8.4
+    d_lon = 1e-5  # about 0.73 m east at 49 deg
+    d_lat = 1e-5  # about 1.11 m north
+    lat = [lat0, lat0, lat0, lat0, lat0 + d_lat, lat0 + 2 * d_lat, lat0 + 2 * d_lat,
+           lat0 + 2 * d_lat]
+    lon = [lon0, lon0 + d_lon, lon0 + 2 * d_lon, lon0 + 3 * d_lon, lon0 + 3 * d_lon,
+           lon0 + 3 * d_lon, lon0 + 3 * d_lon, lon0 + 3 * d_lon]
+    traj, origin = navsat_trajectory(np.arange(8) * 0.1, lat, lon, None)
+    assert origin == (lat0, lon0, 0.0)
+    yaws = [math.degrees(yaw_of(s)) for s in traj.samples]
+    # 0: copies 1; 1, 2: east; 3: from 2 (east) to 4 (north-east of it); 4: north;
+    # 5: from 4 to 6 north; 6: 5 and 7 coincide -> keeps 5's; 7: copies 6.
+    # Fix 3's heading, from fix 2 to fix 4: one d_lon east and one d_lat north, in metres
+    # by the ellipsoid's radii of curvature N (east) and M (north).
+    e4 = A / math.sqrt(1 - E2 * math.sin(math.radians(lat0)) ** 2) \
+        * math.cos(math.radians(lat0)) * math.radians(d_lon)
+    n4 = A * (1 - E2) / (1 - E2 * math.sin(math.radians(lat0)) ** 2) ** 1.5 \
+        * math.radians(d_lat)
+    expected = [0.0, 0.0, 0.0, math.degrees(math.atan2(n4, e4)), 90.0, 90.0, 90.0, 90.0]
+    assert yaws == pytest.approx(expected, abs=0.01)
+    # NaN fixes are dropped; the origin is the first kept fix.
+    traj, origin = navsat_trajectory([0.0, 1.0, 2.0], [math.nan, lat0, lat0 + d_lat],
+                                     [lon0, lon0, lon0], [5.0, 6.0, 7.0])
+    assert len(traj) == 2 and origin == (lat0, lon0, 6.0)
+    assert traj.samples[1].z == pytest.approx(1.0, abs=1e-6)
+
+
+def test_navsat_errors():
+    with pytest.raises(MapError, match='no GNSS fix'):
+        navsat_trajectory([0.0], [math.nan], [8.4], [0.0])
+    with pytest.raises(MapError, match='one value per fix'):
+        navsat_trajectory([0.0, 1.0], [49.0], [8.4], [0.0])
+
+
+# ---------------------------------------------------------------- KITTI drive 0005
+
+
+@pytest.fixture(scope='module')
+def kitti():
+    """Load the derived GNSS poses of KITTI raw 2011_09_26_drive_0005 (91 frames)."""
+    if not KITTI_CSV.is_file():
+        pytest.skip(f'KITTI drive 0005 data not found at {KITTI_CSV} '
+                    '(set PATCH_NETVLAD_KITTI_0005 to its folder)')
+    with open(KITTI_CSV, newline='') as f:
+        rows = list(csv.DictReader(f))
+    col = {k: np.array([float(r[k]) for r in rows])
+           for k in ('lat_deg', 'lon_deg', 'alt_m', 'yaw_rad', 'x_east_m', 'y_north_m')}
+    times = np.array([np.datetime64(r['timestamp'].replace(' ', 'T'), 'ns') for r in rows])
+    col['stamp'] = (times - times[0]).astype(np.int64) * 1e-9
+    return col
+
+
+def test_kitti_mercator_reproduces_the_devkit(kitti):
+    xy = mercator_scale_xy(kitti['lat_deg'], kitti['lon_deg'],
+                           kitti['lat_deg'][0], kitti['lon_deg'][0])
+    assert xy.shape == (91, 2)
+    diff = np.abs(xy - np.stack([kitti['x_east_m'], kitti['y_north_m']], axis=1)).max()
+    print(f'max |Mercator - csv| = {diff * 1000:.2f} mm')
+    assert diff < 0.002
+
+
+def test_kitti_enu_within_centimetres_of_the_derived_poses(kitti):
+    enu = geodetic_to_enu(kitti['lat_deg'], kitti['lon_deg'], kitti['alt_m'],
+                          kitti['lat_deg'][0], kitti['lon_deg'][0], kitti['alt_m'][0])
+    csv_xy = np.stack([kitti['x_east_m'], kitti['y_north_m']], axis=1)
+    diff = np.abs(enu[:, :2] - csv_xy)
+    print(f'max |ENU - csv Mercator|: east {diff[:, 0].max() * 100:.2f} cm, '
+          f'north {diff[:, 1].max() * 100:.2f} cm')
+    assert diff.max() < 0.05
+    # The difference is the sphere of the devkit's projection (radius a) against the
+    # ellipsoid's radii of curvature at the origin: scaled by N/a east and M/a north the
+    # csv agrees with ENU to its rounding.
+    s2 = math.sin(math.radians(kitti['lat_deg'][0])) ** 2
+    n = A / math.sqrt(1 - E2 * s2)
+    m = A * (1 - E2) / (1 - E2 * s2) ** 1.5
+    np.testing.assert_allclose(enu[:, 0], csv_xy[:, 0] * n / A, atol=0.002)
+    np.testing.assert_allclose(enu[:, 1], csv_xy[:, 1] * m / A, atol=0.002)
+
+
+def test_kitti_navsat_trajectory(kitti):
+    traj, origin = navsat_trajectory(kitti['stamp'], kitti['lat_deg'], kitti['lon_deg'],
+                                     kitti['alt_m'], yaw=kitti['yaw_rad'])
+    assert len(traj) == 91
+    assert origin == (kitti['lat_deg'][0], kitti['lon_deg'][0], kitti['alt_m'][0])
+    yaws = np.array([yaw_of(s) for s in traj.samples])
+    wrapped = np.angle(np.exp(1j * (yaws - kitti['yaw_rad'])))
+    assert np.abs(wrapped).max() < 1e-9
+    steps = np.diff(np.array([[s.x, s.y, s.z] for s in traj.samples]), axis=0)
+    length = np.linalg.norm(steps, axis=1).sum()
+    print(f'path length {length:.3f} m')
+    assert 33.0 < length < 34.0
+    # Heading of travel (no yaw) against the vehicle's yaw: a few degrees of sideslip/noise.
+    travel, _ = navsat_trajectory(kitti['stamp'], kitti['lat_deg'], kitti['lon_deg'],
+                                  kitti['alt_m'])
+    diff = np.degrees(np.abs(np.angle(np.exp(
+        1j * (np.array([yaw_of(s) for s in travel.samples]) - kitti['yaw_rad'])))))
+    print(f'travel heading vs yaw: median {np.median(diff):.1f} deg, max {diff.max():.1f} deg')
+    assert np.median(diff) < 5.0 and diff.max() < 15.0
+    # Interpolating halfway between two frames lands halfway between them.
+    s0, s1 = traj.samples[10], traj.samples[11]
+    mid = traj.interpolate(0.5 * (s0.stamp + s1.stamp), max_gap=0.2)
+    assert (mid.x, mid.y) == pytest.approx((0.5 * (s0.x + s1.x), 0.5 * (s0.y + s1.y)))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_trajectory_errors():
+    with pytest.raises(MapError, match='at least one pose'):
+        Trajectory([])
+    with pytest.raises(MapError, match='NaN'):
+        Trajectory([PoseSample(0.0, math.nan, 0.0, 0.0)])
+    with pytest.raises(MapError, match='NaN'):
+        Trajectory([PoseSample(math.nan, 0.0, 0.0, 0.0)])
+    with pytest.raises(MapError, match='zero quaternion'):
+        Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)])
+    with pytest.raises(MapError, match='two different poses'):
+        Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0), PoseSample(0.0, 1.0, 0.0, 0.0)])
+    traj = Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0)])
+    with pytest.raises(MapError, match='max_gap'):
+        traj.interpolate(0.0, max_gap=-1.0)
