@@ -41,6 +41,9 @@ setup(
             'pnv-demo = patch_netvlad_ros.cli.demo:main',
             'pnv-bootstrap = patch_netvlad_ros.cli.bootstrap:main',
             'pnv-bench = patch_netvlad_ros.cli.bench:main',
+            'pnv-bench-graph = patch_netvlad_ros.cli.bench_graph:main',
+            'pnv-build-map = patch_netvlad_ros.cli.build_map:main',
+            'pnv-evaluate = patch_netvlad_ros.cli.evaluate:main',
             # The graph's executables; the same names as `ros2 run` and the launch file use.
             'camera_batcher = patch_netvlad_ros.nodes.camera_batcher:main',
             'descriptor_node = patch_netvlad_ros.nodes.descriptor_node:main',

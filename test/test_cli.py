@@ -41,6 +41,6 @@ def test_bootstrap_cli_errors_exit_non_zero(tmp_path):
     assert result.returncode == 2 and 'image size must look like 640x480' in result.stderr
 
 
-def test_demo_cli_rejects_bad_preset():
-    result = run('patch_netvlad_ros.cli.demo', '--preset', 'fastest')
+def test_demo_cli_rejects_bad_mode():
+    result = run('patch_netvlad_ros.cli.demo', '--mode', 'fastest')
     assert result.returncode == 2 and "invalid choice: 'fastest'" in result.stderr

@@ -3,6 +3,7 @@
 """Map folder round trip, identity checks and corruption errors; Localizer on a map."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.database import Reference, ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import build_reference_map
+from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
 from patch_netvlad_ros.core.localizer import descriptor_identity, Localizer
+from patch_netvlad_ros.core.retrieval import build_index, index_kind_of, top_k
 
 CFG = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=64)
 
@@ -80,6 +82,8 @@ def corrupt(path, name, how):
     ('patches_0.npy', 'truncate', 'patches_0.npy has .* bytes, the manifest says'),
     ('global.npy', 'flip', 'global.npy fails its SHA-256 check'),
     ('references.csv', 'flip', 'references.csv fails its SHA-256 check'),
+    ('global.faiss', 'truncate', 'global.faiss has .* bytes, the manifest says'),
+    ('global.faiss', 'flip', 'global.faiss fails its SHA-256 check'),
 ])
 def test_corruption_is_named(small, tmp_path, name, how, message):
     _, ref_map, _ = small
@@ -116,3 +120,174 @@ def test_localizer_rejects_bad_descriptors(small):
         loc.localize_descriptors(good.global_desc[0], [bad])
     with pytest.raises(MapError, match='place_radius must be positive'):
         Localizer(ref_map, model, place_radius=0)
+
+
+# ------------------------------------------------------------ the global index on disk
+def synthetic_map(n, seed=0):
+    """A map of n references with clustered unit-norm random descriptors (CFG's shapes)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, CFG.num_pcs))
+    g = centres[rng.integers(0, 50, n)] + 0.3 * rng.normal(size=(n, CFG.num_pcs))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    patches = rng.normal(size=(n, CFG.num_patches(0), CFG.num_pcs)).astype(np.float16)
+    refs = [Reference(id=f'r{i}', x=float(i)) for i in range(n)]
+    return ReferenceMap(CFG, 'digest', refs, g.astype(np.float32), [patches])
+
+
+def brute_force(db, queries, k):
+    """Indices [M, k] of the k nearest rows of db [N, D] per query [M, D] (numpy, exact)."""
+    d2 = ((queries[:, None, :].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1)
+    return np.argsort(d2, axis=1, kind='stable')[:, :k]
+
+
+def edit_manifest(path, change):
+    manifest = json.loads((path / 'manifest.json').read_text())
+    change(manifest)
+    (path / 'manifest.json').write_text(json.dumps(manifest))
+
+
+def test_saved_index_is_loaded_and_exact(small, tmp_path):
+    model, ref_map, queries = small
+    path = ref_map.save(tmp_path / 'map')
+    manifest = json.loads((path / 'manifest.json').read_text())
+    assert manifest['format_version'] == 2 and manifest['index_kind'] == 'flat'
+    assert set(manifest['files']) == {'global.npy', 'patches_0.npy', 'references.csv',
+                                      'global.faiss'}
+    loaded = ReferenceMap.load(path)
+    assert loaded._index is not None and index_kind_of(loaded.index) == 'flat'
+    q = np.concatenate([b.global_desc.numpy() for b in describe_batches(model, queries)])
+    _, idx = top_k(loaded.index, q, 12)
+    assert np.array_equal(idx, brute_force(np.asarray(ref_map.global_desc), q, 12))
+
+
+def test_ivf_map_round_trip(tmp_path):
+    ref_map = synthetic_map(3000)
+    path = ref_map.save(tmp_path / 'map', index_kind='ivf')
+    assert json.loads((path / 'manifest.json').read_text())['index_kind'] == 'ivf'
+    loaded = ReferenceMap.load(path)
+    assert index_kind_of(loaded.index) == 'ivf'
+    assert loaded.index.nprobe == ref_map.index.nprobe == 8
+    rng = np.random.default_rng(1)
+    q = np.asarray(loaded.global_desc[rng.choice(3000, 50)]) + 0.05 * rng.normal(size=(50, 64))
+    _, a = top_k(ref_map.index, q, 10)
+    _, b = top_k(loaded.index, q, 10)
+    assert np.array_equal(a, b)                     # the very index that was saved
+    truth = brute_force(np.asarray(ref_map.global_desc), q, 10)
+    assert np.mean([len(set(x) & set(t)) / 10 for x, t in zip(b, truth)]) >= 0.95
+    ivfpq = ReferenceMap.load(ref_map.save(tmp_path / 'pq', index_kind='ivfpq'))
+    _, c = top_k(ivfpq.index, q, 10)
+    assert index_kind_of(ivfpq.index) == 'ivfpq' and c.min() >= 0 and c.max() < 3000
+    with pytest.raises(MapError, match="unknown index kind 'hnsw'"):
+        ref_map.save(tmp_path / 'bad', index_kind='hnsw')
+    assert not (tmp_path / 'bad').exists()
+
+
+def test_version_1_map_still_loads(small, tmp_path):
+    model, ref_map, queries = small
+    path = ref_map.save(tmp_path / 'map')
+    (path / 'global.faiss').unlink()
+
+    def to_v1(manifest):
+        manifest['format_version'] = 1
+        del manifest['files']['global.faiss'], manifest['index_kind']
+    edit_manifest(path, to_v1)
+    loaded = ReferenceMap.load(path, expect=descriptor_identity(model))
+    assert loaded._index is None                    # built on first use, exact
+    q = np.asarray(ref_map.global_desc[:4]) + 0.01
+    _, idx = top_k(loaded.index, q, 12)
+    assert index_kind_of(loaded.index) == 'flat'
+    assert np.array_equal(idx, brute_force(np.asarray(ref_map.global_desc), q, 12))
+    a, b = Localizer(ref_map, model), Localizer(loaded, model)
+    for query in queries[:2]:
+        assert a.localize(query).retrieval_order == b.localize(query).retrieval_order
+    resaved = ReferenceMap.load(loaded.save(tmp_path / 'again'))     # upgraded to 2
+    assert index_kind_of(resaved.index) == 'flat'
+
+
+def garbage(path, name):
+    f = path / name
+    f.write_bytes(np.random.default_rng(0).integers(0, 256, f.stat().st_size,
+                                                    dtype=np.uint8).tobytes())
+
+
+def keep_header_garble_rest(path, name):
+    f = path / name
+    data = f.read_bytes()
+    f.write_bytes(data[:41] + bytes(b ^ 0x5A for b in data[41:]))
+
+
+@pytest.mark.parametrize('damage', [garbage, keep_header_garble_rest])
+def test_unreadable_index_without_verify_names_the_file(small, tmp_path, damage):
+    _, ref_map, _ = small
+    path = ref_map.save(tmp_path / 'map')
+    damage(path, 'global.faiss')
+    with pytest.raises(MapError, match='fails its SHA-256 check'):
+        ReferenceMap.load(path)
+    with pytest.raises(MapError, match=r'map/global\.faiss: .*rebuild the map'):
+        ReferenceMap.load(path, verify=False)
+
+
+def replace_index(path, index):
+    import faiss
+    faiss.write_index(index, str(path / 'global.faiss'))
+    f = path / 'global.faiss'
+    from patch_netvlad_ros.core.backbone import sha256_file
+
+    def update(manifest):
+        manifest['files']['global.faiss'] = {'sha256': sha256_file(f),
+                                             'bytes': f.stat().st_size}
+    edit_manifest(path, update)
+
+
+def test_index_of_another_map_is_refused(small, tmp_path):
+    _, ref_map, _ = small
+    path = ref_map.save(tmp_path / 'map')
+    g = np.asarray(ref_map.global_desc)
+    replace_index(path, build_index(g[:5]))
+    with pytest.raises(MapError, match='global.faiss: the faiss index holds 5 references, '
+                                       'the map 12'):
+        ReferenceMap.load(path)
+    replace_index(path, build_index(np.ascontiguousarray(g[:, :32])))
+    with pytest.raises(MapError, match='the faiss index has 32 dims, the map 64'):
+        ReferenceMap.load(path)
+    replace_index(path, build_index(g, 'ivf'))
+    with pytest.raises(MapError, match='the faiss index is ivf, the manifest says flat'):
+        ReferenceMap.load(path)
+
+
+def test_extended_map_rebuilds_its_index(small, corridor_images, tmp_path):
+    model, ref_map, _ = small
+    loaded = ReferenceMap.load(ref_map.save(tmp_path / 'map'))
+    assert loaded.index.ntotal == 12
+    more = build_reference_map(model, corridor_images[0][12:14],
+                               [Reference(id=f's{i}') for i in range(2)], base=loaded)
+    assert more.index.ntotal == 14
+    again = ReferenceMap.load(more.save(tmp_path / 'map'))
+    assert again.index.ntotal == 14 and len(again) == 14
+    q = np.asarray(more.global_desc[12:14])
+    assert list(top_k(again.index, q, 1)[1][:, 0]) == [12, 13]
+
+
+def test_interrupted_saves_leave_the_good_map(small, tmp_path, monkeypatch):
+    model, ref_map, queries = small
+    path = ref_map.save(tmp_path / 'map')
+    before = Localizer(ReferenceMap.load(path), model).localize(queries[0]).retrieval_order
+    # a build killed mid-way leaves its temporary folder (half written) beside the map
+    partial = tmp_path / '.map.tmp-999999'
+    partial.mkdir()
+    (partial / 'global.npy').write_bytes(b'\x93NUMPY half')
+    loaded = ReferenceMap.load(path)
+    assert Localizer(loaded, model).localize(queries[0]).retrieval_order == before
+    # a save that fails part-way cleans up after itself and keeps the previous map
+
+    def fail(*args):
+        raise OSError('disk full')
+    import faiss
+    monkeypatch.setattr(faiss, 'write_index', fail)
+    bigger = synthetic_map(20)
+    with pytest.raises(OSError, match='disk full'):
+        bigger.save(path)
+    monkeypatch.undo()
+    assert len(ReferenceMap.load(path)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.map.tmp-999999', 'map']
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(f'-{os.getpid()}')]

@@ -41,10 +41,10 @@ def config_from_args(args: argparse.Namespace) -> PatchNetVLADConfig:
     return get_config(args.preset, **overrides)
 
 
-def progress_bar(total: int, desc: str) -> Callable[[int], None]:
-    """Start a tqdm bar on stderr; return its update callable."""
+def progress_bar(total: Optional[int], desc: str) -> Callable[[int], None]:
+    """Start a tqdm bar on stderr (total None or 0: a counter); return its update callable."""
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total or None, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
     return bar.update
 
 

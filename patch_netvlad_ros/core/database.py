@@ -5,11 +5,14 @@
 On disk a map is one folder:
     manifest.json      format version, model/preset identity, counts, file checksums
     references.csv     id, source, stamp, frame_id, x, y, z, qx, qy, qz, qw
-    global.npy         [N, Dp] float32 global descriptors (the faiss index is rebuilt
-                       from them on load: exact search, no second copy to keep in sync)
+    global.npy         [N, Dp] float32 global descriptors, memory-mapped
+    global.faiss       faiss index over them (format 2), its kind chosen by N
+                       (manifest ``index_kind``; see :mod:`.retrieval`): loaded as saved,
+                       so a large map's IVF training is not repeated at every start
     patches_<i>.npy    [N, P_i, Dp] float16 patch descriptors of scale i, memory-mapped
 It is written to a temporary sibling folder and renamed into place, so a crash never
-leaves a half-written map where a map is expected.
+leaves a half-written map where a map is expected. Format 1 (no global.faiss) is still
+read: its exact index is built in memory on first use.
 """
 
 import csv
@@ -18,6 +21,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import struct
 import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -27,7 +31,10 @@ from .backbone import sha256_file
 from .config import PatchNetVLADConfig
 from .errors import MapError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Map format versions :meth:`ReferenceMap.load` reads.
+READABLE_VERSIONS = (1, 2)
+INDEX_FILE = 'global.faiss'
 PATCH_DTYPE = np.float16
 PathLike = Union[str, Path]
 
@@ -63,6 +70,7 @@ class ReferenceMap:
 
     global_desc: [N, Dp] float32. patches: per scale [N, P_s, Dp] (float16, possibly a
     read-only memory map). identity: the model/preset identity the map was built with.
+    The faiss index over global_desc is :attr:`index`.
     """
 
     config: PatchNetVLADConfig
@@ -85,6 +93,7 @@ class ReferenceMap:
             if arr.shape != want:
                 raise MapError(f'patch array {i} has shape {arr.shape}, expected {want}')
         self._index = None
+        self._index_kind = 'auto'          # what :attr:`index` builds when there is none
 
     def __len__(self) -> int:
         """Return the number of references."""
@@ -97,10 +106,14 @@ class ReferenceMap:
 
     @property
     def index(self):
-        """Exact faiss index over the global descriptors, built on first use."""
+        """Faiss index over the global descriptors: as loaded from disk, else built.
+
+        A map built in memory (or extended) gets the kind 'auto' picks for its size on
+        first use; a format-1 map from disk gets the exact (flat) index it always had.
+        """
         if self._index is None:
             from .retrieval import build_index
-            self._index = build_index(self.global_desc)
+            self._index = build_index(self.global_desc, self._index_kind)
         return self._index
 
     def positions(self) -> np.ndarray:
@@ -117,7 +130,10 @@ class ReferenceMap:
 
     def extended(self, references: Sequence[Reference], global_desc: np.ndarray,
                  patches: Sequence[np.ndarray]) -> 'ReferenceMap':
-        """Return a new map with more references appended (an incremental build)."""
+        """Return a new map with more references appended (an incremental build).
+
+        The new map has no index yet: it is built for the new size on first use or save.
+        """
         ids = {r.id for r in self.references}
         clash = [r.id for r in references if r.id in ids]
         if clash:
@@ -129,13 +145,38 @@ class ReferenceMap:
              for old, new in zip(self.patches, patches)], dict(self.meta))
 
     # ------------------------------------------------------------------- disk
-    def save(self, path: PathLike) -> Path:
-        """Write the map folder atomically (temporary folder + rename); return its path."""
+    def save(self, path: PathLike, index_kind: str = 'auto') -> Path:
+        """Write the map folder atomically (temporary folder + rename); return its path.
+
+        index_kind: the faiss index written to global.faiss: 'flat', 'ivf', 'ivfpq' or
+        'auto' (by the number of references, see :func:`.retrieval.index_kind_for`).
+        The map's current index is written as is when it has that kind; else one is
+        built (and kept as :attr:`index` if the map had none yet). An empty map has no
+        index file.
+        """
+        from .retrieval import resolve_kind
         path = Path(path)
+        kind = resolve_kind(index_kind, len(self)) if len(self) else None
+        index = self._index_for_save(kind)
         tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        try:
+            self._write_folder(tmp, kind, index)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)     # the previous map stays as it was
+            raise
+        backup = path.with_name(f'.{path.name}.old-{os.getpid()}')
+        if path.exists():
+            os.rename(path, backup)
+        os.rename(tmp, path)
+        if backup.exists():
+            shutil.rmtree(backup)
+        return path
+
+    def _write_folder(self, tmp: Path, kind: Optional[str], index) -> None:
+        """Write every file of the map and its manifest into the (new) folder tmp."""
         files = {'global.npy': self.global_desc.astype(np.float32)}
         for i, arr in enumerate(self.patches):
             files[f'patches_{i}.npy'] = arr
@@ -148,7 +189,12 @@ class ReferenceMap:
             writer.writerow(_REF_FIELDS)
             for ref in self.references:
                 writer.writerow([repr(v) if isinstance(v, float) else v for v in astuple(ref)])
-        for name in list(files) + ['references.csv']:
+        names = list(files) + ['references.csv']
+        if index is not None:
+            import faiss
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+            names.append(INDEX_FILE)
+        for name in names:
             checksums[name] = {'sha256': sha256_file(tmp / name),
                                'bytes': (tmp / name).stat().st_size}
         manifest = {
@@ -159,25 +205,34 @@ class ReferenceMap:
             'config': self.config.to_dict(),
             'identity': self.identity,
             'patch_dtype': np.dtype(PATCH_DTYPE).name,
+            'index_kind': kind,
             'files': checksums,
             'meta': self.meta,
         }
         (tmp / 'manifest.json').write_text(json.dumps(manifest, indent=2))
-        backup = path.with_name(f'.{path.name}.old-{os.getpid()}')
-        if path.exists():
-            os.rename(path, backup)
-        os.rename(tmp, path)
-        if backup.exists():
-            shutil.rmtree(backup)
-        return path
+
+    def _index_for_save(self, kind: Optional[str]):
+        """Index of the given kind to write (None for none): the current one, or a new one."""
+        if kind is None:
+            return None
+        from .retrieval import build_index, index_kind_of
+        if (self._index is not None and index_kind_of(self._index) == kind
+                and self._index.ntotal == len(self)):
+            return self._index
+        index = build_index(self.global_desc, kind)
+        if self._index is None:
+            self._index = index
+        return index
 
     @classmethod
     def load(cls, path: PathLike, verify: bool = True,
              expect: Optional[Dict[str, Any]] = None) -> 'ReferenceMap':
-        """Load and validate a map folder; patch arrays are memory-mapped read-only.
+        """Load and validate a map folder; descriptor arrays are memory-mapped read-only.
 
-        verify: check every file's SHA-256 against the manifest. expect: an identity
-        (see :attr:`identity`) the map must have, e.g. the running model's.
+        verify: check every file's SHA-256 against the manifest (sizes are always
+        checked). expect: an identity (see :attr:`identity`) the map must have, e.g. the
+        running model's. The faiss index (format 2) is read here, so a broken one fails
+        the load rather than the first query.
         """
         path = Path(path)
         manifest_path = path / 'manifest.json'
@@ -194,9 +249,10 @@ class ReferenceMap:
             raise MapError(f'{manifest_path} is not valid JSON: {exc}') from exc
         if manifest.get('format') != 'patch_netvlad_ros.map':
             raise MapError(f'{path} is not a patch_netvlad_ros map')
-        if manifest.get('format_version') != FORMAT_VERSION:
-            raise MapError(f"{path} has map format version {manifest.get('format_version')}; "
-                           f'this package reads version {FORMAT_VERSION}: rebuild the map')
+        version = manifest.get('format_version')
+        if version not in READABLE_VERSIONS:
+            raise MapError(f'{path} has map format version {version}; this package reads '
+                           f'versions {", ".join(map(str, READABLE_VERSIONS))}: rebuild the map')
         config = PatchNetVLADConfig(**manifest['config'])
         for name, info in manifest['files'].items():
             f = path / name
@@ -214,16 +270,59 @@ class ReferenceMap:
         refs = [Reference(**{k: (float(v) if types[k] in (float, 'float') else v)
                              for k, v in row.items()}) for row in rows]
         try:
-            global_desc = np.load(path / 'global.npy')
+            global_desc = np.load(path / 'global.npy', mmap_mode='r')
             patches = [np.load(path / f'patches_{i}.npy', mmap_mode='r')
                        for i in range(len(config.patch_sizes))]
         except ValueError as exc:
             raise MapError(f'{path}: unreadable descriptor array: {exc}') from exc
         ref_map = cls(config, manifest['identity']['model_digest'], refs, global_desc,
                       patches, manifest.get('meta', {}))
+        if version == 1:
+            ref_map._index_kind = 'flat'                # what format 1 always searched with
+        elif INDEX_FILE in manifest['files']:
+            ref_map._index = read_index(path / INDEX_FILE, len(refs), config.num_pcs,
+                                        manifest.get('index_kind'))
         if expect is not None:
             check_identity(ref_map.identity, expect, str(path))
         return ref_map
+
+
+def read_index(path: Path, n: int, d: int, kind: Optional[str] = None):
+    """Read a map's faiss index file, which must index n references of d dims.
+
+    kind: the kind the manifest names, if any. The header (signature, d, ntotal) is
+    checked before faiss reads the file, so a damaged one (verify=False) becomes a
+    :class:`MapError` naming the file instead of a huge allocation or a crash.
+    """
+    import faiss
+    from .retrieval import FOURCC_KINDS, index_kind_of
+    try:
+        with open(path, 'rb') as handle:
+            header = handle.read(16)
+        fourcc, have_d, have_n = struct.unpack('<4siq', header)
+    except (OSError, struct.error) as exc:
+        raise MapError(f'{path}: unreadable faiss index ({exc}): rebuild the map') from exc
+    if fourcc not in FOURCC_KINDS:
+        raise MapError(f'{path}: not a faiss index of a kind this package writes (signature '
+                       f'{fourcc!r}): corrupted; rebuild the map')
+    if have_d != d:
+        raise MapError(f'{path}: the faiss index has {have_d} dims, the map {d}: rebuild the '
+                       'map')
+    if have_n != n:
+        raise MapError(f'{path}: the faiss index holds {have_n} references, the map {n}: '
+                       'rebuild the map')
+    try:
+        index = faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as exc:
+        detail = ' '.join(str(exc).split()).rsplit('Error: ', 1)[-1][:200]
+        raise MapError(f'{path}: unreadable faiss index ({detail}): rebuild the map') from exc
+    if index.d != d or index.ntotal != n:
+        raise MapError(f'{path}: the faiss index holds {index.ntotal} references of '
+                       f'{index.d} dims, the map {n} of {d}: rebuild the map')
+    if kind is not None and index_kind_of(index) != kind:
+        raise MapError(f'{path}: the faiss index is {index_kind_of(index)}, the manifest '
+                       f'says {kind}: rebuild the map')
+    return index
 
 
 def check_identity(have: Dict[str, Any], want: Dict[str, Any], what: str) -> None:

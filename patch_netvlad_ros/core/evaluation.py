@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Recall@N and ground truth, the one implementation used by tests, CLI and nodes."""
 
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def positives_by_frame(num_queries: int, num_refs: int, tolerance: int) -> List[
             for i in range(num_queries)]
 
 
-def recall_at_n(predictions: Sequence[Sequence[int]], positives: Sequence[np.ndarray],
+def recall_at_n(predictions: Sequence[Sequence[int]], positives: Sequence[Collection[int]],
                 ns: Optional[Sequence[int]] = None) -> Dict[int, float]:
     """Fraction of queries with a positive among their first N predictions, per N.
 
@@ -42,6 +42,8 @@ def recall_at_n(predictions: Sequence[Sequence[int]], positives: Sequence[np.nda
     hits = np.zeros(len(ns))
     for pred, pos in zip(predictions, positives):
         pred = np.asarray(pred)
+        # np.isin takes a set as one object value: compare against its elements.
+        pos = np.fromiter(pos, dtype=np.int64) if isinstance(pos, (set, frozenset)) else pos
         found = np.flatnonzero(np.isin(pred, pos))
         if found.size:
             hits += found[0] < np.asarray(ns)

@@ -1,0 +1,151 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+r"""pnv-evaluate: localise a query drive against a map and report how well it went.
+
+    pnv-evaluate --map maps/office --bag query.mcap --image-topic /camera/image_raw \\
+        --pose-topic /odom --mode graph --rate 2.0
+
+Modes: 'offline' runs the core straight over the drive; 'graph' replays the drive's
+images (and /clock) through camera_batcher -> descriptor_node -> localizer_node on real
+rclpy/DDS at --rate times the recorded speed and records ~/match. Ground truth: the
+drive's poses (NavSatFix drives use the map's ENU origin). Output: recall@N by distance
+(--radius, default 25 m) or by frame tolerance, position and heading error of the chosen
+reference, latency percentiles, confidence against correctness; a JSON report and PNG
+plots (trajectory, recall@N, confidence histogram, precision-recall) in --output.
+"""
+
+import argparse
+from pathlib import Path
+import sys
+from typing import List, Optional, Set
+
+import numpy as np
+
+from .build_map import add_drive_options, check_drive_args, read_drive
+from .common import progress_bar, run_main
+from ..core.checkpoint import model_digest
+from ..core.database import check_identity, ReferenceMap
+from ..core.drives import Drive
+from ..core.errors import MapError
+from ..core.localize_drive import localize_offline, outcome_of
+from ..core.localizer import descriptor_identity, Localizer
+from ..core.map_building import map_model_path, map_origin, resolve_map_model
+from ..core.poses import yaw_of
+from ..core.report import evaluate, format_summary, write_plots, write_report
+
+NS = (1, 5, 10, 20)
+
+
+def frame_positives(drive: Drive, ref_map: ReferenceMap, tolerance: int) -> List[Set[int]]:
+    """Positives by frame index: references whose drive index is within tolerance.
+
+    For drives recorded in lock-step (query frame i shows the place of reference frame i),
+    like the shipped corridor drives.
+    """
+    ref_index = np.array([int(r.id.rsplit('#', 1)[-1]) for r in ref_map.references])
+    return [set(np.flatnonzero(np.abs(ref_index - f.index) <= tolerance).tolist())
+            for f in drive.frames]
+
+
+def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap,
+                   checkpoint: Path):
+    """Replay the drive through the ROS graph; one outcome per frame (None: unanswered)."""
+    from rclpy.parameter import Parameter
+    from ..ros.replay import replay_through_graph
+    params = [Parameter('max_candidates', value=max(NS)),
+              Parameter('verify_map', value=False)]
+    if args.top_k:
+        params.append(Parameter('top_k', value=args.top_k))
+    cfg = ref_map.config
+    record = replay_through_graph(drive.frames, str(args.map), str(checkpoint), cfg.preset,
+                                  (cfg.image_height, cfg.image_width), args.rate, params,
+                                  progress=progress_bar(len(drive.frames), 'replay'))
+    ids = {r.id: i for i, r in enumerate(ref_map.references)}
+    outcomes = []
+    for frame, (key, sent) in zip(drive.frames, record.published.items()):
+        got = record.matches.get(key)
+        if got is None:
+            outcomes.append(outcome_of(frame, [], float('nan'), None, {}))
+            continue
+        msg, arrived = got
+        ranked = [ids[c.reference_id] for c in msg.candidates]
+        outcomes.append(outcome_of(frame, ranked, msg.confidence, 1e3 * (arrived - sent),
+                                   {'extraction': msg.extraction_ms,
+                                    'retrieval': msg.retrieval_ms, 'rerank': msg.rerank_ms,
+                                    'node_latency': msg.latency_ms}))
+    stats = record.batcher_stats
+    extra = {'published': len(record.published), 'answered': len(record.matches),
+             'poses_published': len(record.poses), 'rate': args.rate,
+             'replay_seconds': record.seconds,
+             'batcher': {k: getattr(stats, k) for k in ('received', 'batched',
+                                                        'dropped_backpressure',
+                                                        'dropped_invalid')}}
+    return outcomes, extra
+
+
+@run_main
+def main(argv: Optional[list] = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.splitlines()[1:]))
+    parser.add_argument('--map', type=Path, required=True, help='map folder')
+    add_drive_options(parser, 'query')
+    parser.add_argument('--checkpoint', type=Path,
+                        help="the map's model (default: the model the map folder keeps)")
+    parser.add_argument('--mode', choices=('offline', 'graph'), default='offline')
+    parser.add_argument('--rate', type=float, default=1.0,
+                        help='graph mode: replay speed relative to the recording')
+    parser.add_argument('--radius', type=float, default=25.0,
+                        help='a reference within this many metres is right (default 25)')
+    parser.add_argument('--frame-tolerance', type=int, default=None,
+                        help='instead of --radius: right when the reference frame index '
+                        'is within this of the query frame index (lock-step drives)')
+    parser.add_argument('--top-k', type=int, default=None, help="default: the map's")
+    parser.add_argument('--output', type=Path, default=Path('out/evaluate'))
+    args = parser.parse_args(argv)
+    check_drive_args(parser, args)
+    ref_map = ReferenceMap.load(args.map)
+    if len(ref_map) == 0:
+        raise MapError(f'{args.map} holds no references: nothing to evaluate against')
+    cfg = ref_map.config
+    model = resolve_map_model(args.map, cfg, args.checkpoint)
+    check_identity(ref_map.identity, descriptor_identity(model), str(args.map))
+    drive = read_drive(args, (cfg.image_height, cfg.image_width), origin=map_origin(ref_map),
+                       desc='read queries')
+    if not drive.frames:
+        raise MapError(f'query drive {drive.name} has no posed frames: {drive.summary()}')
+    print(f'{drive.name}: {drive.summary()}; map {len(ref_map)} references, '
+          f'{args.mode} mode', file=sys.stderr)
+    extra = {}
+    if args.mode == 'offline':
+        matching = {'top_k': args.top_k} if args.top_k else {}
+        localizer = Localizer(ref_map, model, **matching)
+        outcomes = localize_offline(localizer, model, drive.frames,
+                                    progress=progress_bar(len(drive.frames), 'localise'))
+    else:
+        ckpt = args.checkpoint or map_model_path(args.map)
+        outcomes, extra = graph_outcomes(drive, args, ref_map, ckpt)
+    positives = (frame_positives(drive, ref_map, args.frame_tolerance)
+                 if args.frame_tolerance is not None else None)
+    ref_yaws = np.array([yaw_of((r.qx, r.qy, r.qz, r.qw)) for r in ref_map.references])
+    report = evaluate(outcomes, ref_map.positions(), ref_yaws, args.radius, NS, positives)
+    report.update(mode=args.mode, map=str(args.map), drive=drive.name,
+                  drive_summary=drive.summary(), model_digest=model_digest(model)[:16],
+                  criterion=(f'frame tolerance {args.frame_tolerance}'
+                             if positives is not None else f'radius {args.radius} m'),
+                  **extra)
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = write_report(report, args.output / 'report.json')
+    plots = write_plots(report, outcomes, ref_map.positions(), args.output,
+                        title=f'{drive.name} vs {args.map.name} ({args.mode})')
+    print(format_summary(report))
+    if extra:
+        print(f"graph: published {extra['published']}, answered {extra['answered']}, "
+              f"poses {extra['poses_published']}, batcher {extra['batcher']}")
+    print(f'report: {path}; plots: {", ".join(p.name for p in plots)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,195 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Recorded drives: posed, keyframed images from a bag or from an image folder.
+
+A drive is read in one streaming pass: every image gets the pose interpolated at its
+stamp from the drive's pose source (no extrapolation; no pose across a gap longer than
+``max_gap``), frames without a pose are dropped and counted, and a frame is kept when it
+is a keyframe (travelled distance, heading change and/or time since the last keyframe).
+Kept frames are resized to the network size at once, so memory grows with the number of
+keyframes at network resolution, not with the drive.
+
+Pose sources: nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped (their frame is
+the map frame), or sensor_msgs/NavSatFix converted to a local ENU frame (x east, y north,
+z up; REP 103/105) around an origin that the map keeps, so that query drives of the same
+map use the same origin.
+"""
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .bags import BagFix, read_images, read_poses
+from .errors import ImageError, MapError
+from .image import load_image, resize_rgb
+from .poses import navsat_trajectory, PoseSample, select_keyframes, Trajectory
+
+Origin = Tuple[float, float, float]
+PathLike = Union[str, Path]
+
+
+@dataclass
+class KeyframeRule:
+    """Keyframe thresholds relative to the last keyframe; all 0 keeps every frame."""
+
+    min_distance: float = 0.0   # metres
+    min_heading: float = 0.0    # radians
+    min_interval: float = 0.0   # seconds
+
+    def keep(self, last: Optional[PoseSample], pose: PoseSample) -> bool:
+        """Whether ``pose`` is a keyframe after ``last`` (the first frame always is)."""
+        if last is None:
+            return True
+        return select_keyframes([last, pose], self.min_distance, self.min_heading,
+                                self.min_interval) == [0, 1]
+
+
+@dataclass
+class DriveFrame:
+    """A kept frame: where it came from, its pose, and the image at network size."""
+
+    index: int           # index among the drive's images
+    stamp: float
+    frame_id: str
+    source: str          # 'bag.mcap:/camera/image_raw#12' or the image file name
+    pose: PoseSample
+    rgb: np.ndarray      # [H, W, 3] uint8 at the network size
+
+
+@dataclass
+class Drive:
+    """Kept frames of a drive plus what was dropped and why."""
+
+    name: str
+    frames: List[DriveFrame] = field(default_factory=list)
+    origin: Optional[Origin] = None   # ENU origin (lat, lon, alt) of a NavSatFix source
+    images: int = 0
+    no_pose: int = 0
+    not_keyframe: int = 0
+    invalid: int = 0
+
+    def summary(self) -> Dict[str, int]:
+        """Return the counts, for logs and reports."""
+        return {'images': self.images, 'kept': len(self.frames), 'no_pose': self.no_pose,
+                'not_keyframe': self.not_keyframe, 'invalid': self.invalid}
+
+
+def bag_trajectory(path: PathLike, pose_topic: str,
+                   origin: Optional[Origin] = None) -> Tuple[Trajectory, Optional[Origin]]:
+    """Trajectory of a bag's pose topic; NavSatFix -> ENU around ``origin`` (or the first fix).
+
+    Returns the trajectory and the ENU origin (None for metric pose sources).
+    """
+    poses = read_poses(path, pose_topic)
+    if not poses:
+        raise MapError(f'{path}: pose topic {pose_topic} has no messages')
+    if isinstance(poses[0], BagFix):
+        fixes = [f for f in poses if f.status >= 0]  # NavSatStatus.STATUS_NO_FIX = -1
+        if not fixes:
+            raise MapError(f'{path}: every NavSatFix on {pose_topic} has status NO_FIX')
+        return navsat_trajectory([f.stamp for f in fixes], [f.latitude for f in fixes],
+                                 [f.longitude for f in fixes], [f.altitude for f in fixes],
+                                 origin=origin)
+    return Trajectory([PoseSample(p.stamp, p.x, p.y, p.z, p.qx, p.qy, p.qz, p.qw)
+                       for p in poses]), None
+
+
+def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarray]],
+             trajectory: Trajectory, size: Tuple[int, int], rule: KeyframeRule,
+             max_gap: float, progress: Optional[Callable[[int], None]]) -> Drive:
+    last: Optional[PoseSample] = None
+    for index, stamp, frame_id, source, rgb in items:
+        drive.images += 1
+        if progress is not None:
+            progress(1)
+        pose = trajectory.interpolate(stamp, max_gap)
+        if pose is None:
+            drive.no_pose += 1
+            continue
+        if not rule.keep(last, pose):
+            drive.not_keyframe += 1
+            continue
+        last = pose
+        drive.frames.append(DriveFrame(index, stamp, frame_id, source, pose,
+                                       resize_rgb(rgb, *size)))
+    return drive
+
+
+def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
+                   size: Tuple[int, int], rule: KeyframeRule = KeyframeRule(),
+                   max_gap: float = 0.5, origin: Optional[Origin] = None,
+                   progress: Optional[Callable[[int], None]] = None,
+                   on_error: Optional[Callable[[int, str], None]] = None) -> Drive:
+    """Read a bag drive: posed keyframes at ``size`` = (height, width)."""
+    trajectory, origin = bag_trajectory(path, pose_topic, origin)
+    name = Path(path).name
+    drive = Drive(name, origin=origin)
+
+    def invalid(index: int, message: str) -> None:
+        drive.invalid += 1
+        if on_error is not None:
+            on_error(index, message)
+
+    items = ((im.index, im.stamp, im.frame_id, f'{name}:{image_topic}#{im.index}', im.rgb)
+             for im in read_images(path, image_topic, skip_invalid=True, on_error=invalid))
+    return _collect(drive, items, trajectory, size, rule, max_gap, progress)
+
+
+POSES_COLUMNS = ('image', 'stamp', 'x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
+
+
+def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, int],
+                      rule: KeyframeRule = KeyframeRule(),
+                      progress: Optional[Callable[[int], None]] = None,
+                      on_error: Optional[Callable[[int, str], None]] = None) -> Drive:
+    """Read an image folder with a poses CSV: one row per image.
+
+    Columns: ``image`` (file name in the folder), ``stamp`` (s), ``x, y`` and optionally
+    ``z, qx, qy, qz, qw`` (metres, unit quaternion; default 0 and identity), in the map
+    frame. Rows are taken in stamp order; every image has its own pose, so nothing is
+    interpolated.
+    """
+    folder, poses_file = Path(folder), Path(poses_file)
+    if not folder.is_dir():
+        raise MapError(f'image folder {folder} does not exist')
+    if not poses_file.is_file():
+        raise MapError(f'poses file {poses_file} does not exist')
+    with open(poses_file, newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [c for c in ('image', 'stamp', 'x', 'y') if rows and c not in rows[0]]
+    if not rows or missing:
+        raise MapError(f'{poses_file}: needs a header with columns image, stamp, x, y '
+                       f'(optional z, qx, qy, qz, qw) and one row per image; missing '
+                       f'{missing or "rows"}')
+    try:
+        samples = [PoseSample(float(r['stamp']), float(r['x']), float(r['y']),
+                              float(r.get('z') or 0.0), float(r.get('qx') or 0.0),
+                              float(r.get('qy') or 0.0), float(r.get('qz') or 0.0),
+                              float(r.get('qw') or 1.0)) for r in rows]
+    except ValueError as exc:
+        raise MapError(f'{poses_file}: a value is not a number: {exc}') from None
+    order = np.argsort([s.stamp for s in samples], kind='stable')
+    trajectory = Trajectory(samples)
+    drive = Drive(folder.name)
+
+    def items():
+        for index, i in enumerate(order):
+            name = rows[i]['image']
+            try:
+                rgb = load_image(folder / name)
+            except ImageError as exc:
+                drive.invalid += 1
+                if on_error is not None:
+                    on_error(index, str(exc))
+                continue
+            yield index, samples[i].stamp, 'camera', name, rgb
+
+    return _collect(drive, items(), trajectory, size, rule, 0.0, progress)
+
+
+def positions_of(frames: Sequence[DriveFrame]) -> np.ndarray:
+    """[N, 3] positions of frames."""
+    return np.array([[f.pose.x, f.pose.y, f.pose.z] for f in frames]).reshape(-1, 3)
