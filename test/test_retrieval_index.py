@@ -101,6 +101,16 @@ def test_k_beyond_what_the_probed_lists_hold(data, kind):
     assert top_k(index, queries[0], 3)[1].shape == (1, 3)
 
 
+def test_single_queries_match_the_batch_and_threads_are_restored(data):
+    db, queries, _ = data
+    index = build_index(db[:5000])
+    threads = faiss.omp_get_max_threads()
+    batch = top_k(index, queries[:40], 10)[1]                 # multi-threaded batch
+    single = np.concatenate([top_k(index, q, 10)[1] for q in queries[:40]])
+    assert np.array_equal(batch, single)
+    assert faiss.omp_get_max_threads() == threads
+
+
 def test_bad_input():
     rng = np.random.default_rng(0)
     with pytest.raises(MapError, match="unknown index kind 'hnsw'"):

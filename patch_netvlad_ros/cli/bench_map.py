@@ -11,7 +11,8 @@ build    ``build_reference_map`` on real corridor images resized to 640x480 with
 storage  recall of the speed preset at 320x240 (the bootstrapped corridor model) on the
          real corridor set when the map's patch descriptors are stored as float32, float16
          (what the map stores) or int8 (per-vector symmetric: q = round(127 v / max|v|),
-         a float32 scale per vector; dequantised before matching).
+         a float32 scale per vector; dequantised before matching), reranked with the
+         preset's spatial matcher and with RANSAC.
 latency  synthetic maps (clustered unit-norm global descriptors, random unit-norm
          patches, float16 memory-mapped, written by ``ReferenceMap.save``) of increasing
          size: top-k retrieval with the index 'auto' picks (and an exact one to compare),
@@ -116,7 +117,7 @@ def dequantise_int8(codes, scales):
     return codes.astype(np.float32) * (scales[..., None] / 127.0)
 
 
-def case_storage() -> Dict:
+def case_storage(matchers: List[str]) -> Dict:
     """Reranked recall on the real corridor with the patch store in three precisions."""
     import numpy as np
     import torch
@@ -148,28 +149,31 @@ def case_storage() -> Dict:
               'float16': ([p.astype(np.float16) for p in db_p], n_vec * d * 2),
               'int8': ([dequantise_int8(*quantise_int8(p)) for p in db_p],
                        n_vec * d + n_vec * 4)}
-    rows = [{'store': 'global only', 'bytes_per_reference': d * 4,
+    rows = [{'store': 'global only', 'matcher': '-', 'bytes_per_reference': d * 4,
              'recall': recall_at_n(list(cand), data.positives, ns)}]
-    best32 = None
-    for name, (store, patch_bytes) in stores.items():
-        start = time.perf_counter()
-        orders = []
-        for i in range(len(q_g)):
-            result = rerank([torch.from_numpy(p[i]) for p in q_p], store, cand[i], cfg)
-            orders.append(cand[i][result.order])
-        seconds = time.perf_counter() - start
-        best = np.array([o[0] for o in orders])
-        best32 = best if best32 is None else best32
-        cos = float(np.mean([np.mean((np.asarray(s, np.float32) * p).sum(-1)
-                                     / (np.linalg.norm(np.asarray(s, np.float32), axis=-1)
-                                        * np.linalg.norm(p, axis=-1)))
-                             for s, p in zip(store, db_p)]))
-        rows.append({'store': name, 'bytes_per_reference': patch_bytes + d * 4,
-                     'patch_bytes_per_reference': patch_bytes,
-                     'recall': recall_at_n(orders, data.positives, ns),
-                     'same_top1_as_float32': float(np.mean(best == best32)),
-                     'mean_cosine_to_float32': cos,
-                     'rerank_ms_per_query': 1e3 * seconds / len(q_g)})
+    for matcher in matchers:
+        mcfg = cfg.override(matcher=matcher)
+        best32 = None
+        for name, (store, patch_bytes) in stores.items():
+            start = time.perf_counter()
+            orders = []
+            for i in range(len(q_g)):
+                result = rerank([torch.from_numpy(p[i]) for p in q_p], store, cand[i], mcfg)
+                orders.append(cand[i][result.order])
+            seconds = time.perf_counter() - start
+            best = np.array([o[0] for o in orders])
+            best32 = best if best32 is None else best32
+            cos = float(np.mean([np.mean((np.asarray(s, np.float32) * p).sum(-1)
+                                         / (np.linalg.norm(np.asarray(s, np.float32), axis=-1)
+                                            * np.linalg.norm(p, axis=-1)))
+                                 for s, p in zip(store, db_p)]))
+            rows.append({'store': name, 'matcher': matcher,
+                         'bytes_per_reference': patch_bytes + d * 4,
+                         'patch_bytes_per_reference': patch_bytes,
+                         'recall': recall_at_n(orders, data.positives, ns),
+                         'same_top1_as_float32': float(np.mean(best == best32)),
+                         'mean_cosine_to_float32': cos,
+                         'rerank_ms_per_query': 1e3 * seconds / len(q_g)})
     return {'config': {'preset': 'speed', 'image_size': [cfg.image_width, cfg.image_height],
                        'num_pcs': d, 'num_patches': [cfg.num_patches(i) for i in
                                                      range(len(cfg.patch_sizes))],
@@ -381,14 +385,14 @@ def print_storage(result: Dict) -> None:
     print(f'\n(b) recall against storage: corridor, {c["preset"]} preset at '
           f'{c["image_size"][0]}x{c["image_size"][1]}, {c["references"]} refs x '
           f'{c["num_patches"]} patches x {c["num_pcs"]} dims, top-{c["top_k"]} {c["matcher"]}')
-    print(f'{"patch store":12s} {"bytes/ref":>10s} {"R@1":>6s} {"R@5":>6s} {"R@10":>6s} '
-          f'{"top-1 = f32":>11s} {"cosine":>8s}')
+    print(f'{"patch store":12s} {"matcher":8s} {"bytes/ref":>10s} {"R@1":>6s} {"R@5":>6s} '
+          f'{"R@10":>6s} {"top-1 = f32":>11s} {"cosine":>8s}')
     for r in result['rows']:
         rec = r['recall']
         extra = (f'{r["same_top1_as_float32"]:11.3f} {r["mean_cosine_to_float32"]:8.5f}'
                  if 'same_top1_as_float32' in r else '')
-        print(f'{r["store"]:12s} {r["bytes_per_reference"]:10d} {rec[1]:6.3f} {rec[5]:6.3f} '
-              f'{rec[10]:6.3f} {extra}')
+        print(f'{r["store"]:12s} {r["matcher"]:8s} {r["bytes_per_reference"]:10d} '
+              f'{rec[1]:6.3f} {rec[5]:6.3f} {rec[10]:6.3f} {extra}')
 
 
 def print_latency(rows: List[Dict], label: str) -> None:
@@ -422,6 +426,9 @@ def main(argv: Optional[list] = None) -> int:
                              'their size')
     parser.add_argument('--skip-authors', action='store_true',
                         help="skip writing the authors' feature files")
+    parser.add_argument('--matchers', nargs='+', choices=('spatial', 'ransac'),
+                        default=['spatial', 'ransac'],
+                        help='matchers of the storage part (the preset uses spatial)')
     parser.add_argument('--sizes', nargs='+', type=int, default=(1000, 10_000, 100_000),
                         help='references per synthetic map in the latency part')
     parser.add_argument('--latency-image', nargs=2, type=int, default=(320, 240),
@@ -447,7 +454,7 @@ def main(argv: Optional[list] = None) -> int:
                                for p in args.presets]
             print_build(result['build'])
         if 'storage' in args.parts:
-            result['storage'] = run_case('storage')
+            result['storage'] = run_case('storage', matchers=args.matchers)
             print_storage(result['storage'])
         if 'latency' in args.parts:
             w, h = args.latency_image
