@@ -15,6 +15,7 @@ if ! command -v cmake > /dev/null; then
   "$VENV/bin/pip" install --quiet cmake  # Kitware's PyPI build; Debian's cmake works too
 fi
 rm -rf "$BUILD"
+mkdir -p "$(dirname "$BUILD")"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
   -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
   -DPython3_EXECUTABLE="$VENV/bin/python" -DPython3_FIND_VIRTUALENV=ONLY \
