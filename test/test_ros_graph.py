@@ -399,3 +399,37 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "'qos_reliability' = 'sometimes'" in proc.stderr + proc.stdout
+
+
+def test_localize_graph_runner_with_params_file_and_shared_patches(context, map_dir, offline,
+                                                                   corridor_set):
+    """The one-process executable with config/localize.yaml and patches kept out of band."""
+    params = Path(__file__).resolve().parent.parent / 'config' / 'localize.yaml'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'patch_netvlad_ros.nodes.graph', '--ros-args',
+         '--params-file', str(params), '-p', f'map_path:={map_dir}',
+         '-p', f'image_width:={CORRIDOR_SIZE["image_width"]}',
+         '-p', f'image_height:={CORRIDOR_SIZE["image_height"]}',
+         '-p', 'image_topic:=/camera/image_raw', '-p', 'patch_transport:=shared'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    graph = Graph([], context)
+    sent = FRAMES[1::4]
+    try:
+        assert graph.wait(graph.connected, 120), 'localize_graph did not come up'
+        time.sleep(0.5)
+        for i in sent:
+            graph.image_pub.publish(rgb_to_image(load_image(corridor_set.queries[i]),
+                                                 stamp_of(i)))
+            time.sleep(0.05)
+        check_answers(graph, offline, sent)
+    finally:
+        graph.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    # Patches stayed in the process (only their key went over DDS), and none went missing.
+    assert 'patches shared in process' in output and 'out of band' not in output, output

@@ -85,9 +85,11 @@ class DescriptorNode(Node):
         self.create_subscription(ImageBatch, 'image_batch', self.on_batch, pipeline_qos(4),
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.frames = 0
+        patches = ('patches shared in process' if p['patch_transport'] == 'shared'
+                   else f"patches as {p['patch_dtype']} in messages")
         log.info(f'model: {source}; preset {config.preset} {config.image_width}x'
                  f'{config.image_height}; {device.type} {p["precision"]}; '
-                 f'digest {self.digest[:12]}')
+                 f'digest {self.digest[:12]}; {patches}')
 
     def decode(self, msg: ImageBatch) -> List[np.ndarray]:
         """Decode the batch's images into RGB arrays (ImageError if one is malformed)."""
