@@ -42,6 +42,7 @@ setup(
             'pnv-bootstrap = patch_netvlad_ros.cli.bootstrap:main',
             'pnv-bench = patch_netvlad_ros.cli.bench:main',
             'pnv-bench-graph = patch_netvlad_ros.cli.bench_graph:main',
+            'pnv-bench-map = patch_netvlad_ros.cli.bench_map:main',
             'pnv-build-map = patch_netvlad_ros.cli.build_map:main',
             'pnv-evaluate = patch_netvlad_ros.cli.evaluate:main',
             # The graph's executables; the same names as `ros2 run` and the launch file use.

@@ -166,7 +166,7 @@ def test_ivf_map_round_trip(tmp_path):
     assert json.loads((path / 'manifest.json').read_text())['index_kind'] == 'ivf'
     loaded = ReferenceMap.load(path)
     assert index_kind_of(loaded.index) == 'ivf'
-    assert loaded.index.nprobe == ref_map.index.nprobe == 8
+    assert loaded.index.nprobe == ref_map.index.nprobe == 16
     rng = np.random.default_rng(1)
     q = np.asarray(loaded.global_desc[rng.choice(3000, 50)]) + 0.05 * rng.normal(size=(50, 64))
     _, a = top_k(ref_map.index, q, 10)

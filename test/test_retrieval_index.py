@@ -45,7 +45,7 @@ def test_kind_by_size_and_parameters():
     assert ivf_nlist(20_000) == 512                  # 4 sqrt(N) = 566, at most N / 39
     assert ivf_nlist(1_000_000) == 4000 and ivf_nlist(10 ** 10) == 65536
     assert ivf_nlist(100) == 2 and ivf_nlist(5) == 1
-    assert default_nprobe(512) == 32 and default_nprobe(40) == 8 and default_nprobe(2) == 2
+    assert default_nprobe(512) == 64 and default_nprobe(40) == 16 and default_nprobe(2) == 2
     assert [pq_subquantizers(d) for d in (64, 128, 512, 4096, 100)] == [8, 16, 64, 64, 10]
 
 
@@ -62,7 +62,7 @@ def test_ivf_recall_against_brute_force(data):
     db, queries, truth = data
     index = build_index(db)                                       # auto: 20,000 -> ivf
     assert index_kind_of(index) == 'ivf'
-    assert (index.nlist, index.nprobe) == (512, 32)
+    assert (index.nlist, index.nprobe) == (512, 64)
     _, idx = top_k(index, queries, 10)
     assert idx.shape == (200, 10)
     assert recall(idx, truth) >= 0.95

@@ -54,6 +54,21 @@ def _rss_mb() -> float:
     return pages * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
 
 
+def _rss_parts_mb() -> Dict[str, float]:
+    """Resident memory now (MB): anonymous (the process' own) and file-backed.
+
+    File-backed pages are the memory-mapped map files (and libraries): page cache that
+    the kernel can drop under pressure, not memory the process needs.
+    """
+    out = {}
+    with open('/proc/self/status') as handle:
+        for line in handle:
+            key, _, value = line.partition(':')
+            if key in ('RssAnon', 'RssFile'):
+                out[f'{key[3:].lower()}_mb'] = int(value.split()[0]) / 1024
+    return out
+
+
 # ------------------------------------------------------------------------- build
 def case_build(preset: str, count: int, authors_images: int, workdir: str) -> Dict:
     """Build and save a map of ``count`` corridor images at 640x480; sizes on disk."""
@@ -290,6 +305,7 @@ def case_latency(path: str, queries: int, rerank_queries: int) -> Dict:
         rerank(patches, ref_map.patches, row, cfg)
         times.append(time.perf_counter() - start)
     out['rerank_ms_warm'] = _median_ms(times)
+    out.update({f'latency_rss_{k}': v for k, v in _rss_parts_mb().items()})
     return out
 
 
@@ -325,8 +341,10 @@ def case_rss(path: str, queries: int) -> Dict:
         idx = top_k(ref_map.index, row, RERANK_K)[1][0]
         rerank(patches, ref_map.patches, idx, cfg)
         times.append(time.perf_counter() - start)
+    parts = _rss_parts_mb()
     return {'page_cache_dropped': dropped, 'load_s_cold': load_s,
             'rss_after_imports_mb': rss_imports, 'rss_after_load_mb': rss_loaded,
+            'rss_end_anon_mb': parts['anon_mb'], 'rss_end_file_mb': parts['file_mb'],
             'query_ms_cold_median': _median_ms(times), 'query_ms_cold_first': 1e3 * times[0],
             'queries': queries}
 
@@ -345,6 +363,7 @@ def _worker(queue, name: str, kwargs: Dict) -> None:
         queue.put({'error': f'{type(exc).__name__}: {exc}'})
         raise
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result['load_average_1min'] = os.getloadavg()[0]   # > 1 busy core: others were running
     queue.put(result)
 
 
@@ -362,6 +381,13 @@ def run_case(name: str, **kwargs) -> Dict:
     return result
 
 
+def _busy(loads: List[float]) -> None:
+    """Warn below a table when the machine was busy with other work during its cases."""
+    if loads and max(loads) > 1.5:
+        print(f'(load average up to {max(loads):.1f} at the end of these cases: other '
+              'processes were running; timings are pessimistic)')
+
+
 def _mb(n: float) -> str:
     return f'{n / 1e6:.3f} MB' if n >= 1e5 else f'{n / 1e3:.1f} kB'
 
@@ -377,6 +403,7 @@ def print_build(rows: List[Dict]) -> None:
         print(f'{r["preset"]:12s} {r["images_per_s"]:6.3f} {r["save_s"]:7.2f} '
               f'{_mb(r["ours_bytes_per_image"]):>12s} {_mb(r["authors_bytes_per_image"]):>14s} '
               f'{written:>12s} {r["ratio"]:11.2f}x')
+    _busy([r['load_average_1min'] for r in rows])
 
 
 def print_storage(result: Dict) -> None:
@@ -393,23 +420,31 @@ def print_storage(result: Dict) -> None:
                  if 'same_top1_as_float32' in r else '')
         print(f'{r["store"]:12s} {r["matcher"]:8s} {r["bytes_per_reference"]:10d} '
               f'{rec[1]:6.3f} {rec[5]:6.3f} {rec[10]:6.3f} {extra}')
+    _busy([result['load_average_1min']])
 
 
 def print_latency(rows: List[Dict], label: str) -> None:
     """Print the latency-against-size table."""
     print(f'\n(c) search + rerank against map size: synthetic {label}')
-    print(f'{"refs":>8s} {"index":>14s} {"on disk":>10s} {"load s":>7s} {"top-k ms":>9s} '
-          f'{"flat ms":>8s} {"R@100/flat":>10s} {"rerank ms":>9s} {"cold q ms":>9s} '
-          f'{"peak RSS":>9s} {"imports":>8s}')
+    print('load: with SHA-256 verify / without; top-k: median of single queries, k=100, the '
+          "map's index, and an exact one; R@100/flat: share of the exact top-100 found; "
+          'rerank: top-100 from the warm memory map; cold: top-k + rerank after dropping the '
+          'page cache, in a fresh process whose peak RSS (anonymous + file-backed at the '
+          'end; after imports) follows')
+    print(f'{"refs":>8s} {"index":>14s} {"on disk":>9s} {"load s":>11s} {"top-k ms":>9s} '
+          f'{"flat ms":>8s} {"R@100/flat":>10s} {"rerank ms":>9s} {"cold ms":>8s} '
+          f'{"peak RSS":>9s} {"anon+file":>10s} {"imports":>8s}')
     for r in rows:
         kind = r['index_kind'] + (f' {r["nlist"]}/{r["nprobe"]}' if r['nlist'] else '')
         flat = f'{r["top_k_ms_flat"]:.3f}' if r['index_kind'] != 'flat' else '='
         rec = f'{r["recall_at_100_vs_flat"]:.3f}' if 'recall_at_100_vs_flat' in r else 'exact'
-        print(f'{r["references"]:8d} {kind:>14s} {r["map_bytes"] / 1e9:8.3f}GB '
-              f'{r["load_s_verify_true"]:7.2f} {r["top_k_ms_" + r["index_kind"]]:9.3f} '
-              f'{flat:>8s} {rec:>10s} {r["rerank_ms_warm"]:9.2f} '
-              f'{r["query_ms_cold_median"]:9.2f} {r["rss_peak_mb"]:7.0f}MB '
-              f'{r["rss_after_imports_mb"]:6.0f}MB')
+        load = f'{r["load_s_verify_true"]:.2f}/{r["load_s_verify_false"]:.2f}'
+        parts = f'{r["rss_end_anon_mb"]:.0f}+{r["rss_end_file_mb"]:.0f}'
+        print(f'{r["references"]:8d} {kind:>14s} {r["map_bytes"] / 1e9:7.3f}GB {load:>11s} '
+              f'{r["top_k_ms_" + r["index_kind"]]:9.3f} {flat:>8s} {rec:>10s} '
+              f'{r["rerank_ms_warm"]:9.2f} {r["query_ms_cold_median"]:8.2f} '
+              f'{r["rss_peak_rss_mb"]:7.0f}MB {parts:>10s} {r["rss_after_imports_mb"]:6.0f}MB')
+    _busy([r[f'{name}_load_average'] for r in rows for name in ('latency', 'rss')])
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -464,13 +499,15 @@ def main(argv: Optional[list] = None) -> int:
             rows = []
             for n in args.sizes:
                 row = run_case('make_map', n=n, width=w, height=h, workdir=str(workdir))
-                row['make_map_peak_rss_mb'] = row.pop('peak_rss_mb')
-                row.update(run_case('latency', path=row['path'], queries=args.queries,
-                                    rerank_queries=args.rerank_queries))
-                row['latency_peak_rss_mb'] = row.pop('peak_rss_mb')
-                rss = run_case('rss', path=row['path'], queries=args.rss_queries)
-                row['rss_peak_mb'] = rss.pop('peak_rss_mb')
-                row.update(rss)
+                for name, kwargs in (('make_map', {}),
+                                     ('latency', {'queries': args.queries,
+                                                  'rerank_queries': args.rerank_queries}),
+                                     ('rss', {'queries': args.rss_queries})):
+                    part = row if name == 'make_map' else run_case(name, path=row['path'],
+                                                                   **kwargs)
+                    row[f'{name}_peak_rss_mb'] = part.pop('peak_rss_mb')
+                    row[f'{name}_load_average'] = part.pop('load_average_1min')
+                    row.update(part)
                 shutil.rmtree(row.pop('path'))
                 rows.append(row)
                 print_latency(rows[-1:], label)

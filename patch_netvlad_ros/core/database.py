@@ -68,9 +68,9 @@ _REF_FIELDS = [f.name for f in fields(Reference)]
 class ReferenceMap:
     """Descriptors of N reference images and their :class:`Reference` records.
 
-    global_desc: [N, Dp] float32. patches: per scale [N, P_s, Dp] (float16, possibly a
-    read-only memory map). identity: the model/preset identity the map was built with.
-    The faiss index over global_desc is :attr:`index`.
+    global_desc: [N, Dp] float32. patches: per scale [N, P_s, Dp] float16. Both are
+    read-only memory maps when loaded from disk. identity: the model/preset identity the
+    map was built with. The faiss index over global_desc is :attr:`index`.
     """
 
     config: PatchNetVLADConfig

@@ -4,8 +4,10 @@
 
 The index type follows the map's size (:func:`index_kind_for`):
     flat    IndexFlatL2, exact; below 10,000 references
-    ivf     IndexIVFFlat, nlist ~ 4 sqrt(N) inverted lists, nprobe = max(8, nlist / 16)
-            of them searched per query; exact distances, approximate neighbours
+    ivf     IndexIVFFlat, nlist ~ 4 sqrt(N) inverted lists, nprobe = max(16, nlist / 8)
+            of them searched per query; exact distances, approximate neighbours (on
+            clustered synthetic maps the whole exact top-10 and 99.5% / 94.5% of the exact
+            top-100 at 10,000 / 100,000 references; nlist / 16 found 96% / 86%)
     ivfpq   IndexIVFPQ, the same lists with 8-bit product-quantised codes (m bytes per
             reference, m dividing the descriptor size); from 1,000,000 references
 Training (k-means of the coarse quantiser and of the PQ codebooks) is seeded, so the
@@ -59,8 +61,8 @@ def ivf_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Inverted lists searched per query: max(8, nlist / 16), at most nlist."""
-    return min(nlist, max(8, nlist // 16))
+    """Inverted lists searched per query: max(16, nlist / 8), at most nlist."""
+    return min(nlist, max(16, nlist // 8))
 
 
 def pq_subquantizers(d: int) -> int:
