@@ -113,26 +113,24 @@ def transport(preset: str, size, repeats: int) -> List[Dict]:
 
 def end_to_end(preset: str, size, frames: int, rate: float, map_size: int, batch: int,
                precision: str, workdir: Path) -> Dict:
-    """Latency and throughput of the in-process graph at a camera rate."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.node import Node
+    """Latency and throughput of the in-process graph at a camera rate.
+
+    The replay of :mod:`patch_netvlad_ros.ros.replay` plays the frames; the batcher keeps
+    its default buffer, so a camera faster than the graph shows up as drops.
+    """
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
 
     from ..core.bootstrap import seeded_model
     from ..core.checkpoint import save_checkpoint
     from ..core.config import get_config
     from ..core.database import Reference
     from ..core.datasets import corridor
+    from ..core.drives import DriveFrame
     from ..core.extraction import build_reference_map
-    from ..core.image import load_image
-    from ..msg import PlaceMatch
-    from ..nodes.camera_batcher import CameraBatcher
-    from ..nodes.descriptor_node import DescriptorNode
-    from ..nodes.localizer_node import LocalizerNode
-    from ..ros.conversions import rgb_to_image
+    from ..core.image import load_image, resize_rgb
+    from ..core.poses import PoseSample
+    from ..nodes.camera_batcher import PARAMS
+    from ..ros.replay import replay_through_graph
 
     cfg = get_config(preset, image_height=size[0], image_width=size[1])
     model = seeded_model(cfg, seed=0, imagenet_encoder=True)
@@ -145,75 +143,32 @@ def end_to_end(preset: str, size, frames: int, rate: float, map_size: int, batch
                                   progress=progress_bar(map_size, f'{preset}: map'))
     map_path = ref_map.save(workdir / f'{preset}_map')
     del ref_map, model
-    queries = [load_image(data.queries[(7 * i) % len(data.queries)]) for i in range(frames)]
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    size_params = [Parameter('image_width', value=size[1]),
-                   Parameter('image_height', value=size[0])]
-    try:
-        nodes = [
-            CameraBatcher(context=ctx, parameter_overrides=[
-                *size_params, Parameter('preset', value=preset),
-                Parameter('image_topic', value='/bench/image'),
-                Parameter('batch_size', value=batch),
-                Parameter('qos_reliability', value='reliable')]),
-            DescriptorNode(context=ctx, parameter_overrides=[
-                *size_params, Parameter('preset', value=preset),
-                Parameter('checkpoint', value=str(ckpt)),
-                Parameter('precision', value=precision)]),
-            LocalizerNode(context=ctx, parameter_overrides=[
-                Parameter('map_path', value=str(map_path))]),
-        ]
-        probe = Node('bench_probe', context=ctx)
-        sent: Dict[int, float] = {}
-        answers: List[tuple] = []
-
-        def on_match(m: PlaceMatch) -> None:
-            answers.append((m.header.stamp.sec, time.perf_counter(), m.latency_ms,
-                            m.extraction_ms, m.retrieval_ms, m.rerank_ms))
-
-        probe.create_subscription(PlaceMatch, '/localizer_node/match', on_match, 100)
-        pub = probe.create_publisher(Image, '/bench/image', 10)
-        executor = MultiThreadedExecutor(num_threads=6, context=ctx)
-        for node in [*nodes, probe]:
-            executor.add_node(node)
-        spin = threading.Thread(target=executor.spin, daemon=True)
-        spin.start()
-        end = time.monotonic() + 20
-        while pub.get_subscription_count() == 0 and time.monotonic() < end:
-            time.sleep(0.05)
-        messages = [rgb_to_image(q, Header(frame_id='camera')) for q in queries]
-        start = time.perf_counter()
-        for i, msg in enumerate(messages):
-            msg.header.stamp.sec = i + 1
-            due = start + i / rate
-            time.sleep(max(0.0, due - time.perf_counter()))
-            sent[i + 1] = time.perf_counter()
-            pub.publish(msg)
-        deadline = time.monotonic() + 120 + frames * 30
-        stats = nodes[0].stats
-        while time.monotonic() < deadline:
-            done = stats.batched + stats.dropped_backpressure + stats.dropped_invalid
-            if stats.received == frames and done == frames and len(answers) >= stats.batched:
-                break
-            time.sleep(0.05)
-        elapsed = max(a[1] for a in answers) - start if answers else float('nan')
-        executor.shutdown()
-        for node in [*nodes, probe]:
-            node.destroy_node()
-    finally:
-        ctx.try_shutdown()
-    e2e = [1e3 * (a[1] - sent[a[0]]) for a in answers]
+    queries = []
+    for i in range(frames):  # camera frames at `rate` Hz, already at the network size
+        stamp = 1.0 + i / rate
+        rgb = resize_rgb(load_image(data.queries[(7 * i) % len(data.queries)]), *size)
+        queries.append(DriveFrame(i, stamp, 'camera', f'query {i}',
+                                  PoseSample(stamp, 0.0, 0.0, 0.0), rgb))
+    default = {p.name: p.default for p in PARAMS}
+    record = replay_through_graph(
+        queries, str(map_path), str(ckpt), preset, size, rate,
+        batcher_params=[Parameter('batch_size', value=batch),
+                        Parameter('buffer_capacity', value=default['buffer_capacity'])],
+        descriptor_params=[Parameter('precision', value=precision)])
+    answers = [(arrived - record.published[key], msg)
+               for key, (msg, arrived) in record.matches.items()]
+    stats = record.batcher_stats
+    first = min(record.published.values())
+    last = max((arrived for _, arrived in record.matches.values()), default=first)
     return {'preset': preset, 'precision': precision, 'camera_hz': rate, 'frames': frames,
             'answered': len(answers), 'dropped': stats.dropped_backpressure,
             'batch_size': batch, 'map_size': map_size,
-            'latency_ms': _percentiles(e2e),
-            'node_latency_ms': _percentiles([a[2] for a in answers]),
-            'extraction_ms': _percentiles([a[3] for a in answers]),
-            'retrieval_ms': _percentiles([a[4] for a in answers]),
-            'rerank_ms': _percentiles([a[5] for a in answers]),
-            'throughput_hz': len(answers) / elapsed if answers else 0.0}
+            'latency_ms': _percentiles([1e3 * a[0] for a in answers]),
+            'node_latency_ms': _percentiles([a[1].latency_ms for a in answers]),
+            'extraction_ms': _percentiles([a[1].extraction_ms for a in answers]),
+            'retrieval_ms': _percentiles([a[1].retrieval_ms for a in answers]),
+            'rerank_ms': _percentiles([a[1].rerank_ms for a in answers]),
+            'throughput_hz': len(answers) / (last - first) if last > first else 0.0}
 
 
 @run_main

@@ -99,12 +99,15 @@ def replay_through_graph(frames: Sequence[DriveFrame], map_dir: str, checkpoint:
                          preset: str, size: Tuple[int, int], rate: float = 1.0,
                          localizer_params: Sequence[Parameter] = (),
                          timeout_per_frame: float = 30.0,
-                         progress: Optional[Callable[[int], None]] = None) -> ReplayRecord:
+                         progress: Optional[Callable[[int], None]] = None,
+                         batcher_params: Sequence[Parameter] = (),
+                         descriptor_params: Sequence[Parameter] = ()) -> ReplayRecord:
     """Run the three nodes in this process, replay the frames, collect the answers.
 
-    size: (height, width) of the network. The batcher holds every frame (nothing is
-    dropped), so the result covers the whole drive whatever the rate; latency then
-    includes queueing when the replay is faster than the graph.
+    size: (height, width) of the network. By default the batcher holds every frame
+    (nothing is dropped), so the result covers the whole drive whatever the rate; latency
+    then includes queueing when the replay is faster than the graph. The *_params
+    override any node parameter (e.g. buffer_capacity, to measure under back-pressure).
     """
     from ..nodes.camera_batcher import CameraBatcher
     from ..nodes.descriptor_node import DescriptorNode
@@ -121,9 +124,10 @@ def replay_through_graph(frames: Sequence[DriveFrame], map_dir: str, checkpoint:
                 *dims, Parameter('image_topic', value=CAMERA_TOPIC),
                 Parameter('qos_reliability', value='reliable'),
                 Parameter('qos_depth', value=min(1000, len(frames) + 1)),
-                Parameter('buffer_capacity', value=max(8, len(frames) + 1))]),
+                Parameter('buffer_capacity', value=max(8, len(frames) + 1)),
+                *batcher_params]),
             DescriptorNode(context=ctx, parameter_overrides=[
-                *dims, Parameter('checkpoint', value=str(checkpoint))]),
+                *dims, Parameter('checkpoint', value=str(checkpoint)), *descriptor_params]),
             LocalizerNode(context=ctx, parameter_overrides=[
                 Parameter('map_path', value=str(map_dir)), *localizer_params]),
         ]
@@ -146,6 +150,7 @@ def replay_through_graph(frames: Sequence[DriveFrame], map_dir: str, checkpoint:
             settled = stats.received == len(frames) and len(batcher.batcher) == 0
             answered = len(record.matches) + nodes[2].rejected
             if settled and answered >= stats.batched:
+                time.sleep(0.2)  # the last ~/match may still be on its way to the recorder
                 break
             time.sleep(0.05)
         record.seconds = time.perf_counter() - start
