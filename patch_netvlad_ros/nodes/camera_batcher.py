@@ -16,6 +16,7 @@ import threading
 import time
 from typing import List, Optional
 
+import cv2
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -105,7 +106,7 @@ class CameraBatcher(Node):
         received = wall_time()
         try:
             rgb = resize_rgb(self.decode(msg), *self.size)
-        except ImageError as exc:
+        except (ImageError, ValueError, cv2.error) as exc:
             with self._lock:
                 self.batcher.count_invalid()
             kind = 'CompressedImage' if isinstance(msg, CompressedImage) else 'Image'

@@ -105,6 +105,9 @@ class DescriptorNode(Node):
         except ImageError as exc:
             self.get_logger().error(f'dropped batch {msg.sequence}: {exc}',
                                     throttle_duration_sec=5.0)
+        except Exception as exc:  # noqa: B902 - log and keep serving (e.g. CUDA out of memory)
+            self.get_logger().error(f'dropped batch {msg.sequence}: internal error '
+                                    f'{type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
         finally:
             self.ack.publish(UInt64(data=msg.sequence))
 

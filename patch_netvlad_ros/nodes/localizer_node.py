@@ -70,7 +70,7 @@ class LocalizerNode(Node):
         self.params = p
         if not p['map_path']:
             raise ParameterError("parameter 'map_path' is empty: give the map folder "
-                                 '(build one with the demo or build-map)')
+                                 '(build one with pnv-build-map or the demo)')
         self.tf = None
         if p['publish_tf']:
             try:
@@ -128,6 +128,12 @@ class LocalizerNode(Node):
             self.get_logger().error(
                 f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: {exc}',
                 throttle_duration_sec=5.0)
+            return
+        except Exception as exc:  # noqa: B902 - a bug must not stop a robot's localizer
+            self.rejected += 1
+            self.get_logger().error(
+                f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: internal '
+                f'error {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
             return
         p = self.params
         accepted = result.confidence >= p['confidence_threshold']
