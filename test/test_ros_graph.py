@@ -211,6 +211,20 @@ def _node_process(module: str, *params: str) -> subprocess.Popen:
                             text=True, env=os.environ.copy())
 
 
+def _interrupt(procs: List[subprocess.Popen]) -> List[str]:
+    """Ctrl-C every process, wait for it (kill after 30 s), return their outputs."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=30)[0])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            outputs.append(proc.communicate()[0])
+    return outputs
+
+
 def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
     """Three node processes (console-script mains), CompressedImage JPEG frames."""
     size = [f'image_width:={CORRIDOR_SIZE["image_width"]}',
@@ -235,15 +249,7 @@ def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
         check_answers(graph, offline, sent)
     finally:
         graph.close()
-        outputs = []
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                outputs.append(proc.communicate(timeout=30)[0])
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                outputs.append(proc.communicate()[0])
+        outputs = _interrupt(procs)
     # Ctrl-C is a clean shutdown: every process exits 0.
     assert [p.returncode for p in procs] == [0, 0, 0], '\n'.join(outputs)
 
@@ -424,12 +430,7 @@ def test_localize_graph_runner_with_params_file_and_shared_patches(context, map_
         check_answers(graph, offline, sent)
     finally:
         graph.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            output = proc.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output = proc.communicate()[0]
+        output, = _interrupt([proc])
     assert proc.returncode == 0, output
     # Patches stayed in the process (only their key went over DDS), and none went missing.
     assert 'patches shared in process' in output and 'out of band' not in output, output
