@@ -5,6 +5,7 @@
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .checkpoint import model_digest
 from .database import PATCH_DTYPE, Reference, ReferenceMap
@@ -15,11 +16,16 @@ from .model import Descriptors, PatchNetVLAD
 
 def describe_batches(model: PatchNetVLAD, images: Sequence[np.ndarray], batch_size: int = 4,
                      with_patches: bool = True,
-                     progress: Optional[Callable[[int], None]] = None) -> Iterator[Descriptors]:
-    """Descriptors of RGB images, one :class:`Descriptors` per batch of batch_size."""
+                     progress: Optional[Callable[[int], None]] = None,
+                     encoder_dtype: Optional[torch.dtype] = None) -> Iterator[Descriptors]:
+    """Descriptors of RGB images, one :class:`Descriptors` per batch of batch_size.
+
+    encoder_dtype: backbone precision (see :meth:`PatchNetVLAD.extract`).
+    """
     for i in range(0, len(images), batch_size):
         batch = list(images[i:i + batch_size])
-        yield model.extract(to_tensor(batch, model.config), with_patches=with_patches)
+        yield model.extract(to_tensor(batch, model.config), with_patches=with_patches,
+                            encoder_dtype=encoder_dtype)
         if progress is not None:
             progress(len(batch))
 
@@ -27,10 +33,12 @@ def describe_batches(model: PatchNetVLAD, images: Sequence[np.ndarray], batch_si
 def build_reference_map(model: PatchNetVLAD, images: Sequence[np.ndarray],
                         references: Sequence[Reference], batch_size: int = 4,
                         base: Optional[ReferenceMap] = None,
-                        progress: Optional[Callable[[int], None]] = None) -> ReferenceMap:
+                        progress: Optional[Callable[[int], None]] = None,
+                        encoder_dtype: Optional[torch.dtype] = None) -> ReferenceMap:
     """Describe reference images and return a map (appended to ``base`` if given).
 
     images and references pair up one to one. Patch descriptors are stored as float16.
+    encoder_dtype: backbone precision (see :meth:`PatchNetVLAD.extract`).
     """
     if len(images) != len(references):
         raise MapError(f'{len(images)} images for {len(references)} references')
@@ -43,7 +51,8 @@ def build_reference_map(model: PatchNetVLAD, images: Sequence[np.ndarray],
         raise MapError('cannot extend a map built with another model or preset')
     globals_: List[np.ndarray] = []
     patches: List[List[np.ndarray]] = [[] for _ in model.config.patch_sizes]
-    for desc in describe_batches(model, images, batch_size, progress=progress):
+    for desc in describe_batches(model, images, batch_size, progress=progress,
+                                 encoder_dtype=encoder_dtype):
         globals_.append(desc.global_desc.cpu().numpy())
         for store, p in zip(patches, desc.patches):
             store.append(p.cpu().numpy().astype(PATCH_DTYPE))
