@@ -11,9 +11,10 @@ PACKAGE = 'patch_netvlad_ros'
 
 
 def package_data():
-    """Demo images shipped inside the package (relative to the package folder)."""
+    """Demo data and the matcher's C source, relative to the package folder."""
     root = os.path.join(PACKAGE, 'data')
     files = glob(os.path.join(root, '**', '*'), recursive=True)
+    files += glob(os.path.join(PACKAGE, 'core', 'native', '*.c'))
     return [os.path.relpath(p, PACKAGE) for p in files if os.path.isfile(p)]
 
 

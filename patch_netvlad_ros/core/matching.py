@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from . import screened_mnn
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .geometry import grids_for, PatchGrid
 
@@ -42,27 +43,51 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
     return torch.where(mutual, fw, torch.full_like(fw, -1))
 
 
+#: Matchers of :func:`match_candidates`: 'float32' is the straightforward path (float32
+#: GEMMs, any device); 'screened' the exact bf16-screened path of
+#: :mod:`patch_netvlad_ros.core.screened_mnn` (CPU with bf16 units and a C compiler);
+#: 'auto' takes 'screened' where it can run, else 'float32'.
+MNN_METHODS = ('auto', 'screened', 'float32')
+
+
+def resolve_mnn_method(method: str, device: torch.device) -> str:
+    """Return the matcher that ``method`` stands for on ``device`` (see :data:`MNN_METHODS`)."""
+    if method not in MNN_METHODS:
+        raise ValueError(f'unknown matcher method {method!r}; expected one of {MNN_METHODS}')
+    if method == 'auto':
+        return ('screened' if torch.device(device).type == 'cpu' and screened_mnn.available()
+                else 'float32')
+    return method
+
+
 def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
-                     chunk_bytes: int = 16 << 20) -> torch.Tensor:
+                     chunk_bytes: int = 16 << 20, method: str = 'auto') -> torch.Tensor:
     """:func:`mutual_nn` of a query against the references ``indices`` of a patch store.
 
     store: [N, Pd, D] array or tensor of any float dtype (e.g. a float16 memory map);
     candidates are read and converted in chunks so memory stays bounded (small blocks
     are also reused by the allocator instead of costing fresh page faults).
+    method: see :data:`MNN_METHODS`; both give the same matches.
     Returns match [C, Pd] in the order of ``indices``.
     """
     indices = np.asarray(indices, dtype=np.int64)
     pd, pq = store.shape[1], query.shape[0]
     # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count
     step = max(1, chunk_bytes // max(4 * pd * max(pq, store.shape[2]), 1))
+    screened = (screened_mnn.ScreenedQuery(query)
+                if resolve_mnn_method(method, query.device) == 'screened' else None)
     out = []
     for i in range(0, len(indices), step):
         block = store[indices[i:i + step]]
+        if screened is not None:
+            out.append(screened.match(block.cpu().numpy() if torch.is_tensor(block)
+                                      else np.asarray(block)))
+            continue
         block = torch.as_tensor(np.asarray(block) if not torch.is_tensor(block) else block)
         out.append(mutual_nn(query, block.to(device=query.device, dtype=query.dtype)))
     if not out:
         return torch.empty(0, pd, dtype=torch.long)
-    return torch.cat(out)
+    return torch.cat(out).to(query.device)
 
 
 def spatial_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:

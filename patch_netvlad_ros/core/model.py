@@ -87,7 +87,7 @@ class PatchNetVLAD(nn.Module):
         return features.float().contiguous()
 
     def _low_precision_encoder(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        """The backbone with weights in ``dtype`` on ``device`` (cached, not a submodule)."""
+        """Return the backbone in ``dtype`` on ``device`` (cached, not a submodule)."""
         # _version moves on every in-place write, e.g. load_state_dict's copy_
         key = (dtype, str(device), tuple(p._version for p in self.encoder.parameters()))
         cache = self.__dict__.setdefault('_encoder_copies', {})

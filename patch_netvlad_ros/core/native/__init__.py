@@ -1,0 +1,94 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""The C helper of the screened mutual-nearest-neighbour matcher, built on first use.
+
+``mutual_nn.c`` is compiled with the system C compiler (``$CC``, else ``cc``) for this
+CPU (``-O3 -march=native``) into the cache directory, keyed by the source, the flags,
+the compiler and the CPU, and loaded with ctypes (no Python headers needed). Building
+takes about a second, once per machine. Without a compiler, or with
+``PATCH_NETVLAD_NATIVE=0``, :func:`library` returns None and the matcher uses the
+plain float32 path (same matches, slower); the reason is in :func:`unavailable_reason`.
+"""
+
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Optional
+
+from ..backbone import cache_dir
+
+SOURCE = Path(__file__).with_name('mutual_nn.c')
+FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
+
+_lock = threading.Lock()
+_state = {'lib': None, 'tried': False, 'reason': ''}
+
+
+def _cpu_id() -> str:
+    """CPU model and flags (a binary built with -march=native runs only on such CPUs)."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(('model name', 'flags'))]
+    return '\n'.join(sorted(set(keep)))
+
+
+def _compiler() -> Optional[str]:
+    return shutil.which(os.environ.get('CC', 'cc')) or shutil.which('gcc')
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                             check=False).stdout
+    key = hashlib.sha256('\0'.join([SOURCE.read_text(), ' '.join(FLAGS), version,
+                                    _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / 'native' / f'mutual_nn-{key}.so'
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        proc = subprocess.run([compiler, *FLAGS, '-o', str(out), str(SOURCE), '-lm'],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f'{compiler} failed: {proc.stderr.strip()[-500:]}')
+        os.replace(out, target)  # atomic: parallel processes may race to build
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, p, p, p]
+    lib.pnv_to_bf16.restype = None
+    lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p]
+    lib.pnv_mutual_nn.restype = ctypes.c_int
+    return lib
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """Return the loaded helper, or None when it cannot be built here (see module doc)."""
+    with _lock:
+        if not _state['tried']:
+            _state['tried'] = True
+            if os.environ.get('PATCH_NETVLAD_NATIVE', '1') == '0':
+                _state['reason'] = 'disabled by PATCH_NETVLAD_NATIVE=0'
+            elif (compiler := _compiler()) is None:
+                _state['reason'] = 'no C compiler found (set CC, or install gcc)'
+            else:
+                try:
+                    _state['lib'] = _declare(ctypes.CDLL(str(_build(compiler))))
+                except (OSError, RuntimeError) as exc:
+                    _state['reason'] = f'building {SOURCE.name} failed: {exc}'
+        return _state['lib']
+
+
+def unavailable_reason() -> str:
+    """Why :func:`library` returned None ('' when it is available or not tried)."""
+    return _state['reason']

@@ -1,0 +1,125 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""The bf16-screened mutual nearest neighbours equal the exact ones.
+
+References: a float64 brute force (the exact mutual NN of the stored vectors) and the
+straightforward float32 path (:func:`matching.mutual_nn`).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from patch_netvlad_ros.core import matching, native, screened_mnn
+
+needs_screen = pytest.mark.skipif(
+    not screened_mnn.available(),
+    reason=f'no bf16 CPU units or C helper here ({native.unavailable_reason() or "no bf16"})')
+
+
+def brute_force_mnn(query: np.ndarray, db: np.ndarray) -> np.ndarray:
+    """Exact mutual NN in float64: match [C, Pd] (first index on ties), else -1."""
+    sim = np.einsum('cjd,id->cji', db.astype(np.float64), query.astype(np.float64))
+    fw, bw = sim.argmax(2), sim.argmax(1)
+    mutual = np.take_along_axis(bw, fw, 1) == np.arange(db.shape[1])
+    return np.where(mutual, fw, -1)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@needs_screen
+@pytest.mark.parametrize('dtype', [np.float16, np.float32])
+def test_near_ties_below_bf16_resolution_are_resolved_exactly(rng, dtype):
+    # candidates hold perturbed copies of query patches: similarities differ by ~1e-4,
+    # far below bf16's 4e-3, so only the exact refinement can order them
+    q = unit(rng.standard_normal((50, 96)))
+    q = unit(np.concatenate([q, q[:10] + 1e-4 * rng.standard_normal((10, 96))]))  # twins
+    db = np.repeat(q[None, :45], 4, 0) + 2e-3 * rng.standard_normal((4, 45, 96))
+    db = np.concatenate([db, db[:, :10] + 1e-4 * rng.standard_normal((4, 10, 96))], 1)
+    db = unit(db).astype(dtype)
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q))
+    match = screened.match(db).numpy()
+    expected = brute_force_mnn(q, db.astype(np.float32))
+    np.testing.assert_array_equal(match, expected)
+    assert (expected >= 0).sum() >= 100
+    assert screened.counts[0] > 0 and screened.counts[1] > 0   # rows and columns refined
+    assert screened.fallbacks == 0
+
+
+@needs_screen
+def test_tail_sizes_and_single_candidate(rng):
+    # sizes that are not multiples of the 16-lane vectors, and one candidate per block
+    for pq, pd, d in ((1, 1, 5), (17, 33, 31), (50, 7, 130)):
+        q = unit(rng.standard_normal((pq, d)))
+        db = unit(rng.standard_normal((3, pd, d))).astype(np.float16)
+        np.testing.assert_array_equal(
+            screened_mnn.ScreenedQuery(torch.from_numpy(q)).match(db).numpy(),
+            brute_force_mnn(q, db.astype(np.float32)))
+
+
+@needs_screen
+def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
+                                                          corridor_query_descriptors):
+    g, patches = corridor_query_descriptors
+    store = corridor_map.patches[0]                      # float16 memory map [N, P, D]
+    refined = rows = 0
+    for qi in range(0, g.shape[0], 10):
+        q = patches[0][qi]
+        cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
+        screened = screened_mnn.ScreenedQuery(q)
+        fast = screened.match(np.asarray(store[cands]))
+        plain = matching.match_candidates(q, store, cands, method='float32')
+        torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+        np.testing.assert_array_equal(
+            fast.numpy(), brute_force_mnn(q.numpy(), np.asarray(store[cands], np.float32)))
+        refined += screened.counts[0] + screened.counts[1]
+        rows += 2 * len(cands) * q.shape[0]
+        assert screened.fallbacks == 0
+    print(f'rows + columns refined exactly: {refined / rows:.3f}')
+    assert refined / rows < 0.5        # the screen decides most of them
+
+
+@needs_screen
+def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
+    # every vector close to one common direction: the bf16 screen cannot separate them
+    common = rng.standard_normal(64)
+    q = unit(common + 0.01 * rng.standard_normal((40, 64)))
+    db = unit(common + 0.01 * rng.standard_normal((3, 40, 64))).astype(np.float16)
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q))
+    match = screened.match(db)
+    assert screened.fallbacks == 3
+    torch.testing.assert_close(
+        match, matching.mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
+        rtol=0, atol=0)
+
+
+def test_method_names_are_checked():
+    with pytest.raises(ValueError, match='unknown matcher method'):
+        matching.resolve_mnn_method('fast', torch.device('cpu'))
+    assert matching.resolve_mnn_method('float32', torch.device('cpu')) == 'float32'
+    assert matching.resolve_mnn_method('auto', torch.device('meta')) == 'float32'
+
+
+def test_disabled_helper_uses_the_float32_path_and_says_why():
+    code = ('from patch_netvlad_ros.core import matching, native; import torch; '
+            'print(matching.resolve_mnn_method("auto", torch.device("cpu"))); '
+            'print(native.library()); print(native.unavailable_reason())')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
+    assert out.stdout.splitlines() == ['float32', 'None', 'disabled by PATCH_NETVLAD_NATIVE=0']
+
+
+def test_missing_compiler_is_reported(tmp_path):
+    code = ('from patch_netvlad_ros.core import native; '
+            'print(native.library()); print(native.unavailable_reason())')
+    env = {**os.environ, 'CC': str(tmp_path / 'no-such-cc'), 'PATH': str(tmp_path),
+           'PATCH_NETVLAD_CACHE': str(tmp_path / 'cache')}
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=env, check=True)
+    assert out.stdout.splitlines() == ['None', 'no C compiler found (set CC, or install gcc)']
