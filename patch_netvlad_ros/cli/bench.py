@@ -3,10 +3,19 @@
 """pnv-bench: extraction and rerank speed, ours vs the authors' code, side by side.
 
 Every case runs in a fresh subprocess on the same inputs (real corridor images at
-640x480, the same weights: ImageNet VGG16 + seeded NetVLAD/WPCA), reports the median of
-the repeats after one warm-up and the process's peak resident memory, prints a table and
-writes JSON. The authors' rerank is timed on descriptors already in memory (their
-pipeline also re-reads every candidate's .npy files per query; not counted here).
+640x480, the same weights), reports the median of the repeats after one warm-up and the
+process's peak resident memory, prints a table and writes JSON.
+
+Rows: ``ours`` (float32 backbone; rerank with the default matcher, the exact
+bf16-screened one where the CPU has bf16 units), ``ours-bf16`` (bf16 backbone),
+``ours-float32`` (rerank with the plain float32 matcher) and ``authors``.
+
+Extraction time does not depend on the weights (ImageNet VGG16 + seeded NetVLAD/WPCA).
+Rerank time does, for the screened matcher (how many similarities the bf16 screen
+leaves undecided): it uses the corridor model bootstrapped at 640x480 (k-means +
+whitened PCA, built into the cache on first use, about 7 minutes per preset). The
+authors' rerank is timed on descriptors already in memory (their pipeline also re-reads
+every candidate's .npy files per query; not counted here).
 """
 
 import argparse
@@ -30,6 +39,12 @@ def _model(preset: str):
     return seeded_model(get_config(preset), seed=0, imagenet_encoder=True)
 
 
+def _trained_model(preset: str):
+    from ..core.config import get_config
+    from ..core.models import corridor_model
+    return corridor_model(get_config(preset), log=lambda m: print(m, file=sys.stderr))[0]
+
+
 def _images(count: int):
     from ..core.datasets import corridor
     from ..core.image import load_image
@@ -49,13 +64,16 @@ def _time(fn, repeats: int) -> List[float]:
 
 def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
     """Time one batch of 640x480 images through the whole descriptor extraction."""
+    import torch
     from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
     model = _model(preset)
     x = to_tensor(_images(batch), model.config)
-    if impl == 'ours':
+    if impl.startswith('ours'):
+        dtype = torch.bfloat16 if impl == 'ours-bf16' else None
+
         def run():
-            model.extract(x)
+            model.extract(x, encoder_dtype=dtype)
     else:
         theirs = authors_model(model)
 
@@ -67,22 +85,35 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
 
 def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
     """Time reranking one query's top-`candidates` (real descriptors, repeated images)."""
+    import torch
     import numpy as np
+    from ..core import screened_mnn
     from ..core.database import PATCH_DTYPE
     from ..core.image import to_tensor
-    from ..core.matching import rerank
-    model = _model(preset)
+    from ..core.matching import rerank, resolve_mnn_method
+    model = _trained_model(preset)
     cfg = model.config
     distinct = 8
     desc = model.extract(to_tensor(_images(distinct + 1), cfg))
     q = [p[distinct] for p in desc.patches]
     idx = np.arange(candidates)
-    if impl == 'ours':
+    extra = {}
+    if impl.startswith('ours'):
         stores = [np.ascontiguousarray(p[np.arange(candidates) % distinct].numpy()
                                        .astype(PATCH_DTYPE)) for p in desc.patches]
+        method = 'float32' if impl == 'ours-float32' else 'auto'
+        extra['matcher'] = resolve_mnn_method(method, torch.device('cpu'))
 
         def run():
-            rerank(q, stores, idx, cfg)
+            rerank(q, stores, idx, cfg, mnn_method=method)
+        if extra['matcher'] == 'screened':
+            screened = [screened_mnn.ScreenedQuery(qs) for qs in q]
+            for sq, store in zip(screened, stores):
+                sq.match(store)
+            pairs = sum(2 * s.shape[0] * s.shape[1] for s in stores)
+            extra['refined_fraction'] = float(
+                sum(sq.counts[0] + sq.counts[1] for sq in screened) / pairs)
+            extra['fallback_candidates'] = sum(sq.fallbacks for sq in screened)
     else:
         from patchnetvlad.models.local_matcher import normalise_func
         from .authors import authors_matcher
@@ -96,7 +127,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
                 diffs[k, :], _, _ = matcher.match(q, db[k])
             np.argsort(normalise_func(diffs, len(cfg.patch_sizes), cfg.patch_weights))
     times = _time(run, repeats)
-    return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times)}
+    return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times), **extra}
 
 
 def _worker(queue, kind: str, impl: str, preset: str, arg: int, repeats: int) -> None:
@@ -131,30 +162,36 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--skip-authors', action='store_true')
     parser.add_argument('--output', type=Path, default=Path('out/bench.json'))
     args = parser.parse_args(argv)
-    impls = ['ours'] + ([] if args.skip_authors else ['authors'])
+    authors = [] if args.skip_authors else ['authors']
+    impls = {'extract': ['ours', 'ours-bf16'] + authors,
+             'rerank': ['ours', 'ours-float32'] + authors}
     rows = []
     for preset in args.presets:
         for kind, arg in (('extract', args.batch), ('rerank', args.candidates)):
             if kind not in args.stages:
                 continue
-            for impl in impls:
+            for impl in impls[kind]:
                 print(f'running {kind} {preset} {impl} ...', file=sys.stderr, flush=True)
                 rows.append({'stage': kind, 'preset': preset, 'impl': impl,
                              **run_case(kind, impl, preset, arg, args.repeats)})
-    print(f'\n{"stage":8s} {"preset":12s} {"impl":8s} {"median":>12s} {"peak MB":>9s} '
-          f'{"speed-up":>9s}')
+    print(f'\n{"stage":8s} {"preset":12s} {"impl":13s} {"median":>12s} {"peak MB":>9s} '
+          f'{"speed-up":>9s}  notes')
     for row in rows:
         value = (f'{row["images_per_s"]:.3f} im/s' if row['stage'] == 'extract'
                  else f'{row["ms_per_query"]:.0f} ms/q')
         ref = [r for r in rows if r['impl'] == 'authors' and r['stage'] == row['stage']
                and r['preset'] == row['preset']]
         ratio = ''
-        if ref and row['impl'] == 'ours':
+        if ref and row['impl'] != 'authors':
             ratio = (f'{row["images_per_s"] / ref[0]["images_per_s"]:.2f}x'
                      if row['stage'] == 'extract'
                      else f'{ref[0]["ms_per_query"] / row["ms_per_query"]:.2f}x')
-        print(f'{row["stage"]:8s} {row["preset"]:12s} {row["impl"]:8s} {value:>12s} '
-              f'{row["peak_rss_mb"]:9.0f} {ratio:>9s}')
+        notes = ''
+        if 'matcher' in row:
+            notes = row['matcher'] + (f', {100 * row["refined_fraction"]:.1f}% refined'
+                                      if 'refined_fraction' in row else '')
+        print(f'{row["stage"]:8s} {row["preset"]:12s} {row["impl"]:13s} {value:>12s} '
+              f'{row["peak_rss_mb"]:9.0f} {ratio:>9s}  {notes}')
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
             'batch': args.batch, 'candidates': args.candidates, 'repeats': args.repeats}

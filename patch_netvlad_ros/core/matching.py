@@ -169,17 +169,17 @@ class RerankResult:
 
 
 def score_candidates(query_patches: Sequence[torch.Tensor], stores: Sequence,
-                     indices: Sequence[int],
-                     config: PatchNetVLADConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+                     indices: Sequence[int], config: PatchNetVLADConfig,
+                     mnn_method: str = 'auto') -> Tuple[torch.Tensor, torch.Tensor]:
     """Raw scores [C, S] of candidates ``indices`` and the same scaled to [0, 1].
 
     query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp] (see
-    :func:`match_candidates`).
+    :func:`match_candidates`, also for mnn_method).
     """
     raw: List[torch.Tensor] = []
     scaled: List[torch.Tensor] = []
     for q, store, grid in zip(query_patches, stores, grids_for(config)):
-        match = match_candidates(q, store, indices)
+        match = match_candidates(q, store, indices, method=mnn_method)
         if config.matcher == 'ransac':
             s, top = ransac_scores(match, grid), 1.0
         else:
@@ -190,12 +190,13 @@ def score_candidates(query_patches: Sequence[torch.Tensor], stores: Sequence,
 
 
 def rerank(query_patches: Sequence[torch.Tensor], stores: Sequence, indices: Sequence[int],
-           config: PatchNetVLADConfig) -> RerankResult:
+           config: PatchNetVLADConfig, mnn_method: str = 'auto') -> RerankResult:
     """Rerank candidates ``indices`` for one query by fused Patch-NetVLAD scores.
 
-    query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp].
+    query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp]; mnn_method: see
+    :data:`MNN_METHODS`.
     """
-    raw, scaled = score_candidates(query_patches, stores, indices, config)
+    raw, scaled = score_candidates(query_patches, stores, indices, config, mnn_method)
     fused = fuse_scores(raw, config.patch_weights)
     order = torch.argsort(-fused, stable=True)
     quality = (scaled * torch.as_tensor(config.patch_weights, dtype=torch.float64)).sum(1)
