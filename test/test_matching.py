@@ -111,6 +111,26 @@ def test_ransac_score_is_inliers_over_patch_count(rng):
     assert matching.ransac_scores(torch.full((1, grid.num_patches), -1), grid).item() == 0
 
 
+def test_threaded_ransac_scores_equal_one_call_per_candidate(rng):
+    # many noisy candidates scored in parallel threads: each score must be exactly what a
+    # lone findHomography call gives (OpenCV seeds every call, threads change nothing)
+    grid = patch_grid(30, 40, 5, 1)
+    match = torch.full((24, grid.num_patches), -1)
+    for c in range(24):
+        db_idx = rng.choice(grid.num_patches, 200, replace=False)
+        match[c, db_idx] = torch.from_numpy(rng.choice(grid.num_patches, 200))
+    threshold = matching.RANSAC_CELLS * 16 * grid.stride
+    expected = []
+    for row in match.numpy():
+        db_idx = np.flatnonzero(row >= 0)
+        inliers = matching.ransac_inliers(grid.centres[db_idx], grid.centres[row[db_idx]],
+                                          threshold)
+        expected.append(inliers.sum() / grid.num_patches)
+    for _ in range(2):
+        np.testing.assert_array_equal(matching.ransac_scores(match, grid).numpy(), expected)
+    assert matching.ransac_scores(match[:0], grid).shape == (0,)
+
+
 def test_rerank_orders_by_fused_score(rng):
     from patch_netvlad_ros.core.config import get_config
     cfg = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=32)

@@ -11,6 +11,7 @@ Scores follow the paper with "larger is better" (the authors' code negates them)
 - fusion: per scale, z-score over the candidate list, then the weighted sum.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -129,15 +130,30 @@ def ransac_inliers(db_xy: np.ndarray, query_xy: np.ndarray,
 
 
 def ransac_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
-    """RANSAC scores [C] = homography inliers / n_p from mutual matches [C, P]."""
+    """RANSAC scores [C] = homography inliers / n_p from mutual matches [C, P].
+
+    Candidates run in parallel threads (OpenCV releases the GIL; each findHomography
+    call seeds its own generator, so the scores do not depend on the threads).
+    """
     threshold = RANSAC_CELLS * BACKBONE_STRIDE * grid.stride
     match_np = match.cpu().numpy()
-    scores = np.zeros(match_np.shape[0])
-    for i, row in enumerate(match_np):
+
+    def score(row: np.ndarray) -> float:
         db_idx = np.flatnonzero(row >= 0)
         inliers = ransac_inliers(grid.centres[db_idx], grid.centres[row[db_idx]], threshold)
-        scores[i] = inliers.sum() / grid.num_patches
-    return torch.from_numpy(scores)
+        return inliers.sum() / grid.num_patches
+
+    return torch.tensor(list(_ransac_pool().map(score, match_np)), dtype=torch.float64)
+
+
+_RANSAC_POOL: List[ThreadPoolExecutor] = []
+
+
+def _ransac_pool() -> ThreadPoolExecutor:
+    if not _RANSAC_POOL:
+        _RANSAC_POOL.append(ThreadPoolExecutor(max(1, torch.get_num_threads()),
+                                               thread_name_prefix='pnv-ransac'))
+    return _RANSAC_POOL[0]
 
 
 def fuse_scores(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:

@@ -169,6 +169,30 @@ static int64_t exact_col(const Candidate *c, int64_t i) {
   return arg;
 }
 
+typedef struct {
+  __m512 vmax, vsec, vabs;  /* per lane: top two and largest |s| of a row */
+} RowStats;
+
+static inline void row_stats_init(RowStats *r) {
+  r->vmax = r->vsec = _mm512_set1_ps(-INFINITY);
+  r->vabs = _mm512_setzero_ps();
+}
+
+/* Fold 16 similarities v of row j (-inf outside the row) into the column state (max, first
+ * argmax by strict >, runner-up, largest |s|) and the row's lane statistics. */
+static inline void update(__m512 v, __mmask16 m, __m512i j, __m512 *cm, __m512 *cs, __m512 *cb,
+                          __m512i *ca, RowStats *r) {
+  __m512 av = _mm512_abs_ps(_mm512_maskz_mov_ps(m, v));
+  __mmask16 gt = _mm512_cmp_ps_mask(v, *cm, _CMP_GT_OQ);
+  *cs = _mm512_mask_mov_ps(_mm512_max_ps(v, *cs), gt, *cm);
+  *cm = _mm512_mask_mov_ps(*cm, gt, v);
+  *ca = _mm512_mask_mov_epi32(*ca, gt, j);
+  *cb = _mm512_max_ps(*cb, av);
+  r->vsec = _mm512_max_ps(r->vsec, _mm512_min_ps(r->vmax, v));
+  r->vmax = _mm512_max_ps(r->vmax, v);
+  r->vabs = _mm512_max_ps(r->vabs, av);
+}
+
 /* Mutual nearest neighbours of n_cand candidates; see the file comment.
  *
  * sim [n_cand, pd, pq] bf16 bits; db [n_cand, pd, d] float16/float32; q [pq, d] float32;
@@ -208,40 +232,43 @@ int pnv_mutual_nn(const uint16_t *sim, const void *db, int is_half, const float 
       }
       double nd_max = 0.0, ed_max = 0.0;
       /* one pass: per row max, first argmax, runner-up, largest |s|; per column the same */
-      const __m512 ninf = _mm512_set1_ps(-INFINITY);
-      for (int64_t j = 0; j < pd; ++j) {
-        const uint16_t *row = s + j * pq;
-        __m512 vmax = ninf, vsec = ninf, vabs = _mm512_setzero_ps();
-        const __m512i jj = _mm512_set1_epi32((int)j);
+      /* rows two at a time: the column state is loaded and stored once per pair */
+      for (int64_t j = 0; j < pd; j += 2) {
+        const int nrows = j + 1 < pd ? 2 : 1;
+        RowStats rs[2];
+        const uint16_t *row0 = s + j * pq, *row1 = row0 + (nrows == 2 ? pq : 0);
+        const __m512i j0 = _mm512_set1_epi32((int)j), j1 = _mm512_set1_epi32((int)j + 1);
+        row_stats_init(&rs[0]);
+        row_stats_init(&rs[1]);
         for (int64_t i = 0; i < pq; i += 16) {
           __mmask16 m = tail_mask(pq - i);
-          __m512 v = sim16(row, i, m);
-          __m512 av = _mm512_abs_ps(_mm512_maskz_mov_ps(m, v));
-          /* columns: max, first argmax (strict >), runner-up, largest |s| */
           __m512 cm = _mm512_maskz_loadu_ps(m, cmax + i), cs = _mm512_maskz_loadu_ps(m, c2 + i);
-          __mmask16 gt = _mm512_cmp_ps_mask(v, cm, _CMP_GT_OQ);
-          _mm512_mask_storeu_ps(c2 + i, m, _mm512_mask_mov_ps(_mm512_max_ps(v, cs), gt, cm));
-          _mm512_mask_storeu_ps(cmax + i, m & gt, v);
-          _mm512_mask_storeu_epi32(carg + i, m & gt, jj);
-          _mm512_mask_storeu_ps(cabs + i, m, _mm512_max_ps(av, _mm512_maskz_loadu_ps(m, cabs + i)));
-          /* row: per-lane top two and largest |s| */
-          vsec = _mm512_max_ps(vsec, _mm512_min_ps(vmax, v));
-          vmax = _mm512_max_ps(vmax, v);
-          vabs = _mm512_max_ps(vabs, av);
+          __m512 cb = _mm512_maskz_loadu_ps(m, cabs + i);
+          __m512i ca = _mm512_maskz_loadu_epi32(m, carg + i);
+          update(sim16(row0, i, m), m, j0, &cm, &cs, &cb, &ca, &rs[0]);
+          const __mmask16 m1 = nrows == 2 ? m : 0;     /* no second row: no-op */
+          update(sim16(row1, i, m1), m1, j1, &cm, &cs, &cb, &ca, &rs[1]);
+          _mm512_mask_storeu_ps(cmax + i, m, cm);
+          _mm512_mask_storeu_ps(c2 + i, m, cs);
+          _mm512_mask_storeu_ps(cabs + i, m, cb);
+          _mm512_mask_storeu_epi32(carg + i, m, ca);
         }
-        float mx = _mm512_reduce_max_ps(vmax), mabs = _mm512_reduce_max_ps(vabs);
-        /* runner-up: the best lane's second, or any other lane's maximum */
-        __mmask16 at_max = _mm512_cmp_ps_mask(vmax, _mm512_set1_ps(mx), _CMP_EQ_OQ);
-        __mmask16 first = at_max & (__mmask16)(-(int)at_max);
-        float second = _mm512_reduce_max_ps(_mm512_mask_mov_ps(vmax, first, vsec));
-        int32_t arg = first_index_of(row, pq, mx);
-        rmax[j] = mx; r2[j] = second; rarg[j] = arg;
-        double ndj = ndc[j] + edc[j];
-        double e = edc[j] * nq_max + ndj * eq_max + gamma * ndj * (nq_max + eq_max)
-                   + out_rel * mabs;
-        rthr[j] = (float)(mx - 2.0 * e * 1.001 - 1e-7);
-        if (ndj > nd_max) nd_max = ndj;
-        if (edc[j] > ed_max) ed_max = edc[j];
+        for (int r = 0; r < nrows; ++r) {
+          const int64_t jr = j + r;
+          float mx = _mm512_reduce_max_ps(rs[r].vmax), mabs = _mm512_reduce_max_ps(rs[r].vabs);
+          /* runner-up: the best lane's second, or any other lane's maximum */
+          __mmask16 at_max = _mm512_cmp_ps_mask(rs[r].vmax, _mm512_set1_ps(mx), _CMP_EQ_OQ);
+          __mmask16 first = at_max & (__mmask16)(-(int)at_max);
+          r2[jr] = _mm512_reduce_max_ps(_mm512_mask_mov_ps(rs[r].vmax, first, rs[r].vsec));
+          rmax[jr] = mx;
+          rarg[jr] = first_index_of(s + jr * pq, pq, mx);
+          double ndj = ndc[jr] + edc[jr];
+          double e = edc[jr] * nq_max + ndj * eq_max + gamma * ndj * (nq_max + eq_max)
+                     + out_rel * mabs;
+          rthr[jr] = (float)(mx - 2.0 * e * 1.001 - 1e-7);
+          if (ndj > nd_max) nd_max = ndj;
+          if (edc[jr] > ed_max) ed_max = edc[jr];
+        }
       }
       for (int64_t i = 0; i < pq; ++i) {
         double e = ed_max * nq[i] + nd_max * eq[i] + gamma * nd_max * (nq[i] + eq[i])
