@@ -13,6 +13,7 @@ Scores follow the paper with "larger is better" (the authors' code negates them)
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+import functools
 from typing import List, Sequence, Tuple
 
 import cv2
@@ -146,14 +147,9 @@ def ransac_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
     return torch.tensor(list(_ransac_pool().map(score, match_np)), dtype=torch.float64)
 
 
-_RANSAC_POOL: List[ThreadPoolExecutor] = []
-
-
+@functools.lru_cache(maxsize=None)
 def _ransac_pool() -> ThreadPoolExecutor:
-    if not _RANSAC_POOL:
-        _RANSAC_POOL.append(ThreadPoolExecutor(max(1, torch.get_num_threads()),
-                                               thread_name_prefix='pnv-ransac'))
-    return _RANSAC_POOL[0]
+    return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix='pnv-ransac')
 
 
 def fuse_scores(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:

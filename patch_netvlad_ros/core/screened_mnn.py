@@ -17,6 +17,7 @@ the float32 path except where two similarities tie within float32 rounding (~1e-
 which float32 itself resolves arbitrarily.
 """
 
+import functools
 from pathlib import Path
 from typing import Tuple
 
@@ -34,6 +35,7 @@ CHUNK_BYTES = 2 << 20
 MAX_EXACT_FRACTION = 1 / 16
 
 
+@functools.lru_cache(maxsize=None)  # asked on every match: read /proc/cpuinfo once
 def bf16_is_fast() -> bool:
     """Whether this CPU has bf16 matrix/dot-product instructions (else bf16 is emulated)."""
     try:
