@@ -74,17 +74,13 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
     """
     indices = np.asarray(indices, dtype=np.int64)
     pd, pq = store.shape[1], query.shape[0]
+    if resolve_mnn_method(method, query.device) == 'screened':
+        return screened_mnn.ScreenedQuery(query).match(store, indices).to(query.device)
     # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count
     step = max(1, chunk_bytes // max(4 * pd * max(pq, store.shape[2]), 1))
-    screened = (screened_mnn.ScreenedQuery(query)
-                if resolve_mnn_method(method, query.device) == 'screened' else None)
     out = []
     for i in range(0, len(indices), step):
         block = store[indices[i:i + step]]
-        if screened is not None:
-            out.append(screened.match(block.cpu().numpy() if torch.is_tensor(block)
-                                      else np.asarray(block)))
-            continue
         block = torch.as_tensor(np.asarray(block) if not torch.is_tensor(block) else block)
         out.append(mutual_nn(query, block.to(device=query.device, dtype=query.dtype)))
     if not out:

@@ -19,7 +19,7 @@ which float32 itself resolves arbitrarily.
 
 import functools
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,15 +50,26 @@ def available() -> bool:
     return bf16_is_fast() and native.library() is not None
 
 
+def _block_pointers(blocks: np.ndarray) -> np.ndarray:
+    """Addresses [n] of the n contiguous [P, D] blocks of a C-contiguous array [n, P, D]."""
+    return np.uint64(blocks.ctypes.data) + np.arange(
+        blocks.shape[0], dtype=np.uint64) * np.uint64(blocks.strides[0])
+
+
 def _to_bf16(lib, rows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """bf16 copy [N, D] of float16/float32 rows [N, D], their norms and error norms [N]."""
     n, d = rows.shape
-    out = np.empty((n, d), dtype=np.int16)
+    rows = np.ascontiguousarray(rows)
+    out = torch.empty((n, d), dtype=torch.bfloat16)
     norm = np.empty(n, dtype=np.float32)
     err = np.empty(n, dtype=np.float32)
-    lib.pnv_to_bf16(rows.ctypes.data, int(rows.dtype == np.float16), n, d, out.ctypes.data,
-                    norm.ctypes.data, err.ctypes.data)
-    return torch.from_numpy(out).view(torch.bfloat16), norm, err
+    lib.pnv_to_bf16(_block_pointers(rows[None]).ctypes.data, int(rows.dtype == np.float16),
+                    1, n, d, out.data_ptr(), norm.ctypes.data, err.ctypes.data)
+    return out, norm, err
+
+
+#: bf16 rows [R, D], bf16 similarities [R, Pq], norms [R], error norms [R]
+_Scratch = Tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]
 
 
 class ScreenedQuery:
@@ -75,40 +86,82 @@ class ScreenedQuery:
         self.counts = np.zeros(3, dtype=np.int64)
         #: candidates handed to the float32 path (screen too coarse for them)
         self.fallbacks = 0
+        self._buffers: Dict[Tuple[int, int], _Scratch] = {}
 
-    def match(self, block: np.ndarray) -> torch.Tensor:
-        """Mutual matches [c, Pd] of candidate patches block [c, Pd, D] (float16/32).
+    def _scratch(self, rows: int, d: int) -> _Scratch:
+        """Reused bf16 rows [rows, D], similarities [rows, Pq], norms and error norms."""
+        key = (rows, d)
+        if key not in self._buffers:
+            # torch's allocator aligns to 64 bytes: oneDNN's bf16 GEMM runs at less than
+            # half speed on numpy's 16-byte-aligned buffers
+            self._buffers = {key: (torch.empty((rows, d), dtype=torch.bfloat16),
+                                   torch.empty((rows, self.q.shape[0]), dtype=torch.bfloat16),
+                                   np.empty(rows, np.float32), np.empty(rows, np.float32))}
+        return self._buffers[key]
 
+    def match(self, store, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Mutual matches [c, Pd] of candidates ``indices`` of store [N, Pd, D] (float16/32).
+
+        indices: rows of the store (default: all). A C-contiguous float16/float32 array or
+        memory map is read in place; anything else is gathered and converted per chunk.
         Same meaning as :func:`patch_netvlad_ros.core.matching.mutual_nn`.
         """
-        block = np.asarray(block)
-        if block.dtype not in (np.float16, np.float32):
-            block = block.astype(np.float32)
-        block = np.ascontiguousarray(block)
-        c, pd, d = block.shape
+        if torch.is_tensor(store):
+            store = store.detach().cpu()
+            store = (store.numpy() if store.dtype in (torch.float16, torch.float32)
+                     else store.float().numpy())
+        elif not isinstance(store, np.ndarray):
+            store = np.asarray(store)
+        indices = (np.arange(store.shape[0]) if indices is None
+                   else np.asarray(indices, dtype=np.int64).reshape(-1))
+        n_store, pd, d = store.shape
+        if len(indices) and (indices.min() < -n_store or indices.max() >= n_store):
+            # the C helper reads rows in place: an index outside the store must not reach it
+            raise IndexError(f'candidate indices must lie in [0, {n_store}); got '
+                             f'{indices.min()}..{indices.max()}')
+        indices = np.where(indices < 0, indices + n_store, indices)
+        c = len(indices)
         pq = self.q.shape[0]
         if d != self.q.shape[1]:
             raise ValueError(f'candidate dimension {d} != query dimension {self.q.shape[1]}')
+        in_place = store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
         match = np.empty((c, pd), dtype=np.int64)
         fallback = np.zeros(c, dtype=np.uint8)
         max_dots = int(MAX_EXACT_FRACTION * pd * pq)
-        step = max(1, CHUNK_BYTES // (2 * pd * pq))
+        # each OpenMP thread takes whole candidates; its similarities stay cache-sized
+        step = max(1, torch.get_num_threads()) * max(1, CHUNK_BYTES // (2 * pd * pq))
+        step = min(step, max(c, 1))
+        bf16, sim, nd, ed = self._scratch(step * pd, d)
         for c0 in range(0, c, step):
-            part = block[c0:c0 + step]
-            n = part.shape[0]
-            db_b, nd, ed = _to_bf16(self.lib, part.reshape(n * pd, d))
-            sim = (db_b @ self.qb_t).contiguous()       # [n*Pd, Pq] bf16, fp32 accumulation
+            ids = indices[c0:c0 + step]
+            n = len(ids)
+            if in_place:
+                blocks = store
+                ptrs = (np.uint64(store.ctypes.data)
+                        + ids.astype(np.uint64) * np.uint64(store.strides[0]))
+            else:
+                blocks = np.ascontiguousarray(store[ids])
+                if blocks.dtype not in (np.float16, np.float32):
+                    blocks = blocks.astype(np.float32)
+                ptrs = _block_pointers(blocks)
+            is_half = int(blocks.dtype == np.float16)
+            # both C calls spread the candidates over OpenMP threads
+            self.lib.pnv_to_bf16(ptrs.ctypes.data, is_half, n, pd, d, bf16.data_ptr(),
+                                 nd.ctypes.data, ed.ctypes.data)
+            torch.mm(bf16[:n * pd], self.qb_t, out=sim[:n * pd])  # bf16, fp32 accumulation
             rc = self.lib.pnv_mutual_nn(
-                sim.data_ptr(), part.ctypes.data, int(part.dtype == np.float16),
-                self.q.ctypes.data, nd.ctypes.data, ed.ctypes.data, self.nq.ctypes.data,
-                self.eq.ctypes.data, n, pd, pq, d, max_dots, match[c0:].ctypes.data,
-                self.counts.ctypes.data, fallback[c0:].ctypes.data)
+                sim.data_ptr(), ptrs.ctypes.data, is_half, self.q.ctypes.data, nd.ctypes.data,
+                ed.ctypes.data, self.nq.ctypes.data, self.eq.ctypes.data, n, pd, pq, d,
+                max_dots, match[c0:].ctypes.data, self.counts.ctypes.data,
+                fallback[c0:].ctypes.data)
             if rc != 0:
                 raise MemoryError('screened matcher: out of memory')
+            del blocks
         redo = np.flatnonzero(fallback)
         if len(redo):
             from .matching import mutual_nn
             self.fallbacks += len(redo)
             match[redo] = mutual_nn(torch.from_numpy(self.q),
-                                    torch.from_numpy(block[redo]).float()).numpy()
+                                    torch.from_numpy(np.asarray(store[indices[redo]],
+                                                                dtype=np.float32))).numpy()
         return torch.from_numpy(match)

@@ -25,6 +25,10 @@ from ..backbone import cache_dir
 
 SOURCE = Path(__file__).with_name('mutual_nn.c')
 FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
+#: OpenMP: candidates run on parallel threads. Inside a torch process the helper binds to
+#: the libgomp torch already loaded (same soname), so it shares torch's thread pool instead
+#: of competing with it. A compiler without OpenMP builds a single-threaded helper.
+OPENMP = ('-fopenmp',)
 
 _lock = threading.Lock()
 _state = {'lib': None, 'tried': False, 'reason': ''}
@@ -47,7 +51,7 @@ def _compiler() -> Optional[str]:
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
                              check=False).stdout
-    key = hashlib.sha256('\0'.join([SOURCE.read_text(), ' '.join(FLAGS), version,
+    key = hashlib.sha256('\0'.join([SOURCE.read_text(), ' '.join(FLAGS + OPENMP), version,
                                     _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / 'native' / f'mutual_nn-{key}.so'
     if target.is_file():
@@ -55,8 +59,11 @@ def _build(compiler: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        proc = subprocess.run([compiler, *FLAGS, '-o', str(out), str(SOURCE), '-lm'],
-                              capture_output=True, text=True, check=False)
+        for extra in (OPENMP, ()):
+            proc = subprocess.run([compiler, *FLAGS, *extra, '-o', str(out), str(SOURCE), '-lm'],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             raise RuntimeError(f'{compiler} failed: {proc.stderr.strip()[-500:]}')
         os.replace(out, target)  # atomic: parallel processes may race to build
@@ -65,7 +72,7 @@ def _build(compiler: str) -> Path:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, p, p, p]
+    lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, i64, p, p, p]
     lib.pnv_to_bf16.restype = None
     lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p]
     lib.pnv_mutual_nn.restype = ctypes.c_int
