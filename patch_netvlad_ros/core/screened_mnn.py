@@ -29,6 +29,8 @@ from . import native
 #: Screened similarities per chunk of candidates (bf16 bytes): small enough to stay in
 #: the L2 cache between the GEMM and the C pass.
 CHUNK_BYTES = 2 << 20
+#: The similarity matrix's columns are padded to a multiple of this.
+GEMM_COLUMNS = 64
 #: Exact dot products allowed per candidate, as a fraction of its Pd x Pq similarities.
 #: An exact (float64, gathered) dot costs a few times a GEMM entry, so past this the
 #: candidate is cheaper on the float32 path, which then computes it.
@@ -68,7 +70,7 @@ def _to_bf16(lib, rows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray, np.ndarra
     return out, norm, err
 
 
-#: bf16 rows [R, D], bf16 similarities [R, Pq], norms [R], error norms [R]
+#: bf16 rows [R, D], bf16 similarities [R, ld], norms [R], error norms [R]
 _Scratch = Tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]
 
 
@@ -81,7 +83,13 @@ class ScreenedQuery:
             raise RuntimeError(f'screened matcher unavailable: {native.unavailable_reason()}')
         self.q = np.ascontiguousarray(query.detach().cpu().numpy(), dtype=np.float32)
         qb, self.nq, self.eq = _to_bf16(self.lib, self.q)
-        self.qb_t = qb.t()                       # [D, Pq]
+        # zero columns pad the similarities to whole GEMM tiles (15-25% faster on oneDNN);
+        # the C helper reads only the first Pq
+        pq = qb.shape[0]
+        self.ld = -(-pq // GEMM_COLUMNS) * GEMM_COLUMNS
+        padded = torch.zeros((self.ld, qb.shape[1]), dtype=torch.bfloat16)
+        padded[:pq] = qb
+        self.qb_t = padded.t()                   # [D, ld]
         #: rows refined, columns refined, exact dot products (over all blocks)
         self.counts = np.zeros(3, dtype=np.int64)
         #: candidates handed to the float32 path (screen too coarse for them)
@@ -89,13 +97,13 @@ class ScreenedQuery:
         self._buffers: Dict[Tuple[int, int], _Scratch] = {}
 
     def _scratch(self, rows: int, d: int) -> _Scratch:
-        """Reused bf16 rows [rows, D], similarities [rows, Pq], norms and error norms."""
+        """Reused bf16 rows [rows, D], similarities [rows, ld], norms and error norms."""
         key = (rows, d)
         if key not in self._buffers:
             # torch's allocator aligns to 64 bytes: oneDNN's bf16 GEMM runs at less than
             # half speed on numpy's 16-byte-aligned buffers
             self._buffers = {key: (torch.empty((rows, d), dtype=torch.bfloat16),
-                                   torch.empty((rows, self.q.shape[0]), dtype=torch.bfloat16),
+                                   torch.empty((rows, self.ld), dtype=torch.bfloat16),
                                    np.empty(rows, np.float32), np.empty(rows, np.float32))}
         return self._buffers[key]
 
@@ -129,7 +137,7 @@ class ScreenedQuery:
         fallback = np.zeros(c, dtype=np.uint8)
         max_dots = int(MAX_EXACT_FRACTION * pd * pq)
         # each OpenMP thread takes whole candidates; its similarities stay cache-sized
-        step = max(1, torch.get_num_threads()) * max(1, CHUNK_BYTES // (2 * pd * pq))
+        step = max(1, torch.get_num_threads()) * max(1, CHUNK_BYTES // (2 * pd * self.ld))
         step = min(step, max(c, 1))
         bf16, sim, nd, ed = self._scratch(step * pd, d)
         for c0 in range(0, c, step):
@@ -151,7 +159,7 @@ class ScreenedQuery:
             torch.mm(bf16[:n * pd], self.qb_t, out=sim[:n * pd])  # bf16, fp32 accumulation
             rc = self.lib.pnv_mutual_nn(
                 sim.data_ptr(), ptrs.ctypes.data, is_half, self.q.ctypes.data, nd.ctypes.data,
-                ed.ctypes.data, self.nq.ctypes.data, self.eq.ctypes.data, n, pd, pq, d,
+                ed.ctypes.data, self.nq.ctypes.data, self.eq.ctypes.data, n, pd, pq, self.ld, d,
                 max_dots, match[c0:].ctypes.data, self.counts.ctypes.data,
                 fallback[c0:].ctypes.data)
             if rc != 0:

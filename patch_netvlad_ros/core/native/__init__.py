@@ -74,7 +74,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, i64, p, p, p]
     lib.pnv_to_bf16.restype = None
-    lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p]
+    lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p,
+                                  p]
     lib.pnv_mutual_nn.restype = ctypes.c_int
     return lib
 

@@ -101,11 +101,11 @@ static double exact_dot(const void *db, int is_half, int64_t row, const float *q
 }
 
 typedef struct {
-  const uint16_t *sim;   /* [pd, pq] of this candidate */
+  const uint16_t *sim;   /* [pd, ld] of this candidate (pq columns used) */
   const void *db;        /* [pd, d] of this candidate */
   int is_half;
   const float *q;        /* [pq, d] */
-  int64_t pd, pq, d;
+  int64_t pd, pq, ld, d;
   float *rthr, *cthr;    /* window thresholds: rmax - 2E_row, cmax - 2E_col */
   uint8_t *need;         /* per column: 1 when its exact argmax is needed */
   int32_t *col_arg;      /* per needed column: exact argmax row (exact_cols) */
@@ -122,7 +122,7 @@ static inline __m512 sim16(const uint16_t *row, int64_t i, __mmask16 m) {
 
 /* Exact argmax over row j's window (entries >= rthr[j]). */
 static int64_t exact_row(const Candidate *c, int64_t j) {
-  const uint16_t *row = c->sim + j * c->pq;
+  const uint16_t *row = c->sim + j * c->ld;
   const __m512 thr = _mm512_set1_ps(c->rthr[j]);
   double best = -INFINITY;
   int64_t arg = -1;
@@ -142,7 +142,7 @@ static int64_t exact_row(const Candidate *c, int64_t j) {
 
 /* Whether row j has an entry in both its own window and its column's window. */
 static int may_be_mutual(const Candidate *c, int64_t j) {
-  const uint16_t *row = c->sim + j * c->pq;
+  const uint16_t *row = c->sim + j * c->ld;
   const __m512 thr = _mm512_set1_ps(c->rthr[j]);
   for (int64_t i = 0; i < c->pq; i += 16) {
     __mmask16 m = tail_mask(c->pq - i);
@@ -179,7 +179,7 @@ static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots)
   if (!needed) return 1;
   c->counts[1] += needed;
   for (int64_t j = 0; j < c->pd; ++j) {
-    const uint16_t *row = c->sim + j * c->pq;
+    const uint16_t *row = c->sim + j * c->ld;
     for (int64_t i0 = 0; i0 < c->pq; i0 += 16) {
       const __mmask16 t = tail_mask(c->pq - i0);
       const __mmask16 want = _mm512_cmpneq_epi32_mask(
@@ -220,16 +220,17 @@ static inline __attribute__((always_inline)) void update(
 }
 
 /* Fold 16 columns [i, i + 16) of rows j, j + 1 (two = 0: row j only; m: the columns
- * present) into the column state arrays and the two rows' lane statistics. */
+ * present; ld: the row stride) into the column state arrays and the two rows' lane
+ * statistics. */
 static inline __attribute__((always_inline)) void fold_block(
-    const uint16_t *row0, int64_t pq, int64_t j, int two, int64_t i, __mmask16 m, int full,
+    const uint16_t *row0, int64_t ld, int64_t j, int two, int64_t i, __mmask16 m, int full,
     float *cmax, float *c2, int32_t *carg, __m512 *rm, __m512 *rs) {
   __m512 cm = _mm512_maskz_loadu_ps(m, cmax + i), cs = _mm512_maskz_loadu_ps(m, c2 + i);
   __m512i ca = _mm512_maskz_loadu_epi32(m, carg + i);
   update(full ? sim16_full(row0, i) : sim16(row0, i, m), _mm512_set1_epi32((int)j), &cm, &cs,
          &ca, &rm[0], &rs[0]);
   if (two)
-    update(full ? sim16_full(row0 + pq, i) : sim16(row0 + pq, i, m),
+    update(full ? sim16_full(row0 + ld, i) : sim16(row0 + ld, i, m),
            _mm512_set1_epi32((int)j + 1), &cm, &cs, &ca, &rm[1], &rs[1]);
   _mm512_mask_storeu_ps(cmax + i, m, cm);
   _mm512_mask_storeu_ps(c2 + i, m, cs);
@@ -238,12 +239,12 @@ static inline __attribute__((always_inline)) void fold_block(
 
 /* Rows j (and j + 1 when two) through all pq columns. */
 static inline __attribute__((always_inline)) void fold_rows(
-    const uint16_t *row0, int64_t pq, int64_t j, int two, float *cmax, float *c2,
+    const uint16_t *row0, int64_t pq, int64_t ld, int64_t j, int two, float *cmax, float *c2,
     int32_t *carg, __m512 *rm, __m512 *rs) {
   int64_t i = 0;
   for (; i + 16 <= pq; i += 16)
-    fold_block(row0, pq, j, two, i, (__mmask16)0xFFFF, 1, cmax, c2, carg, rm, rs);
-  if (i < pq) fold_block(row0, pq, j, two, i, tail_mask(pq - i), 0, cmax, c2, carg, rm, rs);
+    fold_block(row0, ld, j, two, i, (__mmask16)0xFFFF, 1, cmax, c2, carg, rm, rs);
+  if (i < pq) fold_block(row0, ld, j, two, i, tail_mask(pq - i), 0, cmax, c2, carg, rm, rs);
 }
 
 /* Scratch of one thread: per row and per column statistics of one candidate. */
@@ -288,7 +289,8 @@ static inline float window_threshold(float mx, double in_err, double out_rel) {
  * than max_dots exact products (out undefined then). */
 static int mutual_one(const uint16_t *s, const void *db, int is_half, const float *q,
                       const float *ndc, const float *edc, const float *nq, const float *eq,
-                      int64_t pd, int64_t pq, int64_t d, int64_t max_dots, const Bounds *b,
+                      int64_t pd, int64_t pq, int64_t ld, int64_t d, int64_t max_dots,
+                      const Bounds *b,
                       Scratch *w, int64_t *out, int64_t *counts) {
   for (int64_t i = 0; i < pq; ++i) {
     w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY; w->carg[i] = 0; w->need[i] = 0;
@@ -301,9 +303,9 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
     __m512 rm[2], rs[2];
     rm[0] = rm[1] = rs[0] = rs[1] = _mm512_set1_ps(-INFINITY);
     if (two)
-      fold_rows(s + j * pq, pq, j, 1, w->cmax, w->c2, w->carg, rm, rs);
+      fold_rows(s + j * ld, pq, ld, j, 1, w->cmax, w->c2, w->carg, rm, rs);
     else
-      fold_rows(s + j * pq, pq, j, 0, w->cmax, w->c2, w->carg, rm, rs);
+      fold_rows(s + j * ld, pq, ld, j, 0, w->cmax, w->c2, w->carg, rm, rs);
     for (int r = 0; r <= two; ++r) {
       const int64_t jr = j + r;
       const float mx = _mm512_reduce_max_ps(rm[r]);
@@ -312,7 +314,7 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
       const __mmask16 first = at_max & (__mmask16)(-(int)at_max);
       w->r2[jr] = _mm512_reduce_max_ps(_mm512_mask_mov_ps(rm[r], first, rs[r]));
       w->rmax[jr] = mx;
-      w->rarg[jr] = first_index_of(s + jr * pq, pq, mx);
+      w->rarg[jr] = first_index_of(s + jr * ld, pq, mx);
       const double ndj = ndc[jr] + edc[jr];
       const double in_err = edc[jr] * b->nq_max + ndj * b->eq_max
                             + b->gamma * ndj * (b->nq_max + b->eq_max);
@@ -325,7 +327,7 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
     const double in_err = ed_max * nq[i] + nd_max * eq[i] + b->gamma * nd_max * (nq[i] + eq[i]);
     w->cthr[i] = window_threshold(w->cmax[i], in_err, b->out_rel);
   }
-  Candidate c = {s, db, is_half, q, pd, pq, d, w->rthr, w->cthr, w->need, w->col_arg,
+  Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->rthr, w->cthr, w->need, w->col_arg,
                  w->col_best, counts};
   const int64_t dots_before = counts[2];
   for (int64_t j = 0; j < pd; ++j) {
@@ -338,7 +340,7 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
       if (!may_be_mutual(&c, j)) { out[j] = -1; continue; }
       i = exact_row(&c, j);
     }
-    if (bf16_to_float(s[j * pq + i]) < w->cthr[i]) { out[j] = -1; continue; }
+    if (bf16_to_float(s[j * ld + i]) < w->cthr[i]) { out[j] = -1; continue; }
     if (w->c2[i] < w->cthr[i]) {
       out[j] = w->carg[i] == j ? i : -1;          /* column decided by the screen */
     } else {
@@ -355,7 +357,8 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
 /* Mutual nearest neighbours of n_cand candidates; see the file comment. Candidates run in
  * parallel on OpenMP threads (torch's own pool when loaded into a torch process).
  *
- * sim [n_cand, pd, pq] bf16 bits; db[cand]: [pd, d] float16/float32; q [pq, d] float32;
+ * sim [n_cand, pd, ld] bf16 bits (columns pq..ld-1 unused: padding that lets the GEMM run
+ * on whole tiles); db[cand]: [pd, d] float16/float32; q [pq, d] float32;
  * nd, ed [n_cand, pd] and nq, eq [pq]: norms and bf16 rounding-error norms (pnv_to_bf16).
  * match [n_cand, pd] out; counts [3] accumulates rows refined, columns refined, exact dots.
  * A candidate that needs more than max_dots exact dot products (a screen too coarse for
@@ -364,8 +367,8 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
  * Returns 0, or -1 when out of memory. */
 int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const float *q,
                   const float *nd, const float *ed, const float *nq, const float *eq,
-                  int64_t n_cand, int64_t pd, int64_t pq, int64_t d, int64_t max_dots,
-                  int64_t *match, int64_t *counts, uint8_t *fallback) {
+                  int64_t n_cand, int64_t pd, int64_t pq, int64_t ld, int64_t d,
+                  int64_t max_dots, int64_t *match, int64_t *counts, uint8_t *fallback) {
   /* fp32 accumulation of d exact bf16 products: gamma_d, and the bf16 output rounding
    * |s~ - s| <= 2^-8 / (1 - 2^-8) |s~|; both with a little slack for float arithmetic */
   Bounds b = {(double)d * 0x1p-24 / (1.0 - (double)d * 0x1p-24) * 1.01,
@@ -387,9 +390,9 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
 #pragma omp for schedule(dynamic)
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
-      fallback[cand] = (uint8_t)mutual_one(sim + cand * pd * pq, db[cand], is_half, q,
-                                           nd + cand * pd, ed + cand * pd, nq, eq, pd, pq, d,
-                                           max_dots, &b, &w, match + cand * pd, local);
+      fallback[cand] = (uint8_t)mutual_one(sim + cand * pd * ld, db[cand], is_half, q,
+                                           nd + cand * pd, ed + cand * pd, nq, eq, pd, pq, ld,
+                                           d, max_dots, &b, &w, match + cand * pd, local);
     }
     scratch_free(&w);
 #pragma omp critical
