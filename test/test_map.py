@@ -10,7 +10,7 @@ import pytest
 
 from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference, ReferenceMap
+from patch_netvlad_ros.core.database import MapWriter, Reference, ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
 from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
 from patch_netvlad_ros.core.localizer import descriptor_identity, Localizer
@@ -291,3 +291,38 @@ def test_interrupted_saves_leave_the_good_map(small, tmp_path, monkeypatch):
     assert len(ReferenceMap.load(path)) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ['.map.tmp-999999', 'map']
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(f'-{os.getpid()}')]
+
+
+def test_map_writer_streams_rows_into_the_same_map_as_save(tmp_path):
+    ref_map = synthetic_map(30, seed=3)
+    saved = ReferenceMap.load(ref_map.save(tmp_path / 'saved'))
+    with MapWriter(tmp_path / 'streamed', CFG, 'digest', 30) as writer:
+        for start, stop in ((0, 7), (7, 8), (8, 30)):            # uneven batches
+            writer.append(ref_map.global_desc[start:stop],
+                          [p[start:stop].astype(np.float32) for p in ref_map.patches])
+        path = writer.commit(ref_map.references)
+    streamed = ReferenceMap.load(path)
+    np.testing.assert_array_equal(streamed.global_desc, saved.global_desc)
+    np.testing.assert_array_equal(streamed.patches[0], saved.patches[0])
+    assert streamed.references == saved.references
+    assert streamed.identity == saved.identity
+    q = np.asarray(ref_map.global_desc[:5])
+    np.testing.assert_array_equal(top_k(streamed.index, q, 3)[1], top_k(saved.index, q, 3)[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['saved', 'streamed']
+
+
+def test_map_writer_rejects_wrong_rows_and_leaves_nothing_behind(tmp_path):
+    ref_map = synthetic_map(4)
+    rows = (ref_map.global_desc[:3], [p[:3] for p in ref_map.patches])
+    with pytest.raises(MapError, match='has 3 rows and 4 references'):
+        with MapWriter(tmp_path / 'map', CFG, 'digest', 4) as writer:
+            writer.append(*rows)
+            writer.commit(ref_map.references)
+    with pytest.raises(MapError, match='map writer for 4 references got 6'):
+        with MapWriter(tmp_path / 'map', CFG, 'digest', 4) as writer:
+            writer.append(*rows)
+            writer.append(*rows)
+    with pytest.raises(MapError, match='do not fit the map'):
+        with MapWriter(tmp_path / 'map', CFG, 'digest', 4) as writer:
+            writer.append(ref_map.global_desc[:2], [ref_map.patches[0][:2, :3]])
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from patch_netvlad_ros.core.bags import write_bag
 from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
 from patch_netvlad_ros.core.errors import MapError
+from patch_netvlad_ros.core.extraction import build_reference_map
 from patch_netvlad_ros.core.map_building import build_map, map_model_path
 from patch_netvlad_ros.core.poses import geodetic_to_enu
 
@@ -195,3 +196,34 @@ def test_build_map_cli_errors(tmp_path, capsys):
                                '/camera/image_raw/compressed', '--append']) == 2
     assert 'no map at' in capsys.readouterr().err
     assert not (tmp_path / 'm').exists()
+
+
+def test_map_building_streams_descriptors_to_disk(corridor_images, corridor_model, tmp_path):
+    """Memory does not grow with the drive: each batch goes to disk before the next."""
+    import tracemalloc
+    images = corridor_images[0][:16]
+    bag = write_bag(tmp_path / 'd', 'mcap', [(float(i), 'cam', im) for i, im in
+                                             enumerate(images)],
+                    poses=_odom([float(i) for i in range(16)], [float(i) for i in range(16)]))
+    drive = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE)
+    assert len(drive.frames) == 16
+    traced = []                       # numpy memory in use after each batch of 2
+
+    def progress(n):
+        traced.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.start()
+    try:
+        ref_map, _ = build_map(drive, tmp_path / 'map', config=corridor_model.config,
+                               checkpoint=corridor_model.checkpoint_path, batch_size=2,
+                               progress=progress)
+    finally:
+        tracemalloc.stop()
+    patch_bytes = sum(p.nbytes for p in ref_map.patches)
+    growth = traced[-1] - traced[0]
+    print(f'memory growth over {len(traced)} batches: {growth / 1e6:.2f} MB '
+          f'({patch_bytes / 1e6:.1f} MB of patches)')
+    assert len(traced) == 8 and growth < patch_bytes / 4
+    expected = build_reference_map(corridor_model, [f.rgb for f in drive.frames],
+                                   list(ref_map.references))
+    np.testing.assert_array_equal(ref_map.patches[0], expected.patches[0])
+    np.testing.assert_allclose(ref_map.global_desc, expected.global_desc, rtol=0, atol=1e-6)

@@ -134,15 +134,22 @@ class ReferenceMap:
 
         The new map has no index yet: it is built for the new size on first use or save.
         """
-        ids = {r.id for r in self.references}
-        clash = [r.id for r in references if r.id in ids]
-        if clash:
-            raise MapError(f'reference ids already in the map: {clash[:5]}')
+        self.check_extension(self.model_digest, self.config, references)
         return ReferenceMap(
             self.config, self.model_digest, self.references + list(references),
             np.concatenate([self.global_desc, np.asarray(global_desc, np.float32)]),
             [np.concatenate([old, np.asarray(new, PATCH_DTYPE)])
              for old, new in zip(self.patches, patches)], dict(self.meta))
+
+    def check_extension(self, model_digest: str, config: PatchNetVLADConfig,
+                        references: Sequence[Reference]) -> None:
+        """Raise :class:`MapError` unless these references of this model may be appended."""
+        if model_digest != self.model_digest or config.identity() != self.config.identity():
+            raise MapError('cannot extend a map built with another model or preset')
+        ids = {r.id for r in self.references}
+        clash = [r.id for r in references if r.id in ids]
+        if clash:
+            raise MapError(f'reference ids already in the map: {clash[:5]}')
 
     # ------------------------------------------------------------------- disk
     def save(self, path: PathLike, index_kind: str = 'auto') -> Path:
@@ -155,61 +162,11 @@ class ReferenceMap:
         index file.
         """
         from .retrieval import resolve_kind
-        path = Path(path)
         kind = resolve_kind(index_kind, len(self)) if len(self) else None
         index = self._index_for_save(kind)
-        tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            self._write_folder(tmp, kind, index)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)     # the previous map stays as it was
-            raise
-        backup = path.with_name(f'.{path.name}.old-{os.getpid()}')
-        if path.exists():
-            os.rename(path, backup)
-        os.rename(tmp, path)
-        if backup.exists():
-            shutil.rmtree(backup)
-        return path
-
-    def _write_folder(self, tmp: Path, kind: Optional[str], index) -> None:
-        """Write every file of the map and its manifest into the (new) folder tmp."""
-        files = {'global.npy': self.global_desc.astype(np.float32)}
-        for i, arr in enumerate(self.patches):
-            files[f'patches_{i}.npy'] = arr
-        checksums = {}
-        for name, arr in files.items():
-            np.save(tmp / name, np.ascontiguousarray(arr, dtype=(
-                np.float32 if name == 'global.npy' else PATCH_DTYPE)))
-        with open(tmp / 'references.csv', 'w', newline='') as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_REF_FIELDS)
-            for ref in self.references:
-                writer.writerow([repr(v) if isinstance(v, float) else v for v in astuple(ref)])
-        names = list(files) + ['references.csv']
-        if index is not None:
-            import faiss
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-            names.append(INDEX_FILE)
-        for name in names:
-            checksums[name] = {'sha256': sha256_file(tmp / name),
-                               'bytes': (tmp / name).stat().st_size}
-        manifest = {
-            'format': 'patch_netvlad_ros.map',
-            'format_version': FORMAT_VERSION,
-            'created_unix': time.time(),
-            'num_references': len(self),
-            'config': self.config.to_dict(),
-            'identity': self.identity,
-            'patch_dtype': np.dtype(PATCH_DTYPE).name,
-            'index_kind': kind,
-            'files': checksums,
-            'meta': self.meta,
-        }
-        (tmp / 'manifest.json').write_text(json.dumps(manifest, indent=2))
+        with MapWriter(path, self.config, self.model_digest, len(self)) as writer:
+            writer.append_map(self)
+            return writer.commit(self.references, self.meta, index_kind, index)
 
     def _index_for_save(self, kind: Optional[str]):
         """Index of the given kind to write (None for none): the current one, or a new one."""
@@ -285,6 +242,132 @@ class ReferenceMap:
         if expect is not None:
             check_identity(ref_map.identity, expect, str(path))
         return ref_map
+
+
+class MapWriter:
+    """Write a map folder row by row, so that a map never has to fit in memory.
+
+    The descriptor files are created at their final size ([count, ...] .npy memory maps)
+    in a temporary sibling folder and filled by :meth:`append`; :meth:`commit` adds
+    references.csv, the faiss index and the manifest and renames the folder into place.
+    Used as a context manager, an exception (or a missing commit) removes the temporary
+    folder, and any previous map at ``path`` stays as it was. Extra files (e.g. the
+    model) go into :attr:`folder` before the commit.
+    """
+
+    #: references copied per step by :meth:`append_map` (bounds the memory of a copy)
+    COPY_ROWS = 64
+
+    def __init__(self, path: PathLike, config: PatchNetVLADConfig, model_digest: str,
+                 count: int) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.model_digest = model_digest
+        self.count = int(count)
+        self.filled = 0
+        self.folder = self.path.with_name(f'.{self.path.name}.tmp-{os.getpid()}')
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True)
+        shapes = {'global.npy': ((self.count, config.num_pcs), np.float32)}
+        for i in range(len(config.patch_sizes)):
+            shapes[f'patches_{i}.npy'] = ((self.count, config.num_patches(i), config.num_pcs),
+                                          PATCH_DTYPE)
+        self._arrays: Dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in shapes.items():
+            if self.count:
+                self._arrays[name] = np.lib.format.open_memmap(
+                    self.folder / name, mode='w+', dtype=dtype, shape=shape)
+            else:                               # mmap cannot map an empty file
+                np.save(self.folder / name, np.zeros(shape, dtype))
+
+    def __enter__(self) -> 'MapWriter':
+        """Return the writer; leaving the block without :meth:`commit` aborts it."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Remove the temporary folder unless the map was committed."""
+        self.abort()
+
+    def append(self, global_desc: np.ndarray, patches: Sequence[np.ndarray]) -> None:
+        """Write the next rows: global_desc [b, Dp]; patches per scale [b, P_s, Dp]."""
+        b = len(global_desc)
+        if self.filled + b > self.count:
+            raise MapError(f'map writer for {self.count} references got '
+                           f'{self.filled + b}')
+        if len(patches) != len(self.config.patch_sizes):
+            raise MapError(f'{len(patches)} patch arrays for '
+                           f'{len(self.config.patch_sizes)} scales')
+        rows = slice(self.filled, self.filled + b)
+        try:
+            self._arrays['global.npy'][rows] = global_desc
+            for i, p in enumerate(patches):
+                self._arrays[f'patches_{i}.npy'][rows] = p
+        except ValueError as exc:
+            raise MapError(f'descriptor rows do not fit the map ({exc})') from exc
+        self.filled += b
+
+    def append_map(self, ref_map: 'ReferenceMap') -> None:
+        """Copy all rows of another map (of the same model), a few at a time."""
+        for start in range(0, len(ref_map), self.COPY_ROWS):
+            rows = slice(start, start + self.COPY_ROWS)
+            self.append(ref_map.global_desc[rows], [p[rows] for p in ref_map.patches])
+
+    def commit(self, references: Sequence['Reference'], meta: Optional[Dict[str, Any]] = None,
+               index_kind: str = 'auto', index=None) -> Path:
+        """Finish the folder and move it to ``path`` (replacing a map there); return path.
+
+        index_kind: see :meth:`ReferenceMap.save`; index: one to write as is (built from
+        the written global descriptors when None).
+        """
+        from .retrieval import build_index, resolve_kind
+        if self.filled != self.count or len(references) != self.count:
+            raise MapError(f'map writer for {self.count} references has {self.filled} rows '
+                           f'and {len(references)} references')
+        for arr in self._arrays.values():
+            arr.flush()
+        kind = resolve_kind(index_kind, self.count) if self.count else None
+        if kind is not None and index is None:
+            index = build_index(np.asarray(self._arrays['global.npy']), kind)
+        self._arrays.clear()                   # unmap before the rename
+        names = ['global.npy'] + [f'patches_{i}.npy'
+                                  for i in range(len(self.config.patch_sizes))]
+        with open(self.folder / 'references.csv', 'w', newline='') as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_REF_FIELDS)
+            for ref in references:
+                writer.writerow([repr(v) if isinstance(v, float) else v for v in astuple(ref)])
+        names.append('references.csv')
+        if index is not None:
+            import faiss
+            faiss.write_index(index, str(self.folder / INDEX_FILE))
+            names.append(INDEX_FILE)
+        manifest = {
+            'format': 'patch_netvlad_ros.map',
+            'format_version': FORMAT_VERSION,
+            'created_unix': time.time(),
+            'num_references': self.count,
+            'config': self.config.to_dict(),
+            'identity': {'model_digest': self.model_digest, **self.config.identity()},
+            'patch_dtype': np.dtype(PATCH_DTYPE).name,
+            'index_kind': kind,
+            'files': {name: {'sha256': sha256_file(self.folder / name),
+                             'bytes': (self.folder / name).stat().st_size} for name in names},
+            'meta': dict(meta or {}),
+        }
+        (self.folder / 'manifest.json').write_text(json.dumps(manifest, indent=2))
+        backup = self.path.with_name(f'.{self.path.name}.old-{os.getpid()}')
+        if self.path.exists():
+            os.rename(self.path, backup)
+        os.rename(self.folder, self.path)
+        if backup.exists():
+            shutil.rmtree(backup)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary folder (nothing to do after a commit)."""
+        self._arrays.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def read_index(path: Path, n: int, d: int, kind: Optional[str] = None):

@@ -47,8 +47,7 @@ def build_reference_map(model: PatchNetVLAD, images: Sequence[np.ndarray],
     digest = model_digest(model)
     if base is None:
         base = ReferenceMap.empty(model.config, digest)
-    elif base.model_digest != digest or base.config.identity() != model.config.identity():
-        raise MapError('cannot extend a map built with another model or preset')
+    base.check_extension(digest, model.config, references)
     globals_: List[np.ndarray] = []
     patches: List[List[np.ndarray]] = [[] for _ in model.config.patch_sizes]
     for desc in describe_batches(model, images, batch_size, progress=progress,

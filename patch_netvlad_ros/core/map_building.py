@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
 
 from .bootstrap import bootstrap_model
-from .checkpoint import load_model, save_checkpoint
+from .checkpoint import load_model, model_digest, save_checkpoint
 from .config import PatchNetVLADConfig
-from .database import Reference, ReferenceMap
+from .database import MapWriter, Reference, ReferenceMap
 from .drives import Drive, Origin
 from .errors import MapError
-from .extraction import build_reference_map
+from .extraction import describe_batches
 from .model import PatchNetVLAD
 
 MODEL_FILE = 'model.pth.tar'
@@ -79,13 +79,26 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     refs = [Reference(id=f'{drive.name}#{f.index:06d}', source=f.source, stamp=f.stamp,
                       frame_id=map_frame, x=f.pose.x, y=f.pose.y, z=f.pose.z, qx=f.pose.qx,
                       qy=f.pose.qy, qz=f.pose.qz, qw=f.pose.qw) for f in drive.frames]
-    ref_map = build_reference_map(model, [f.rgb for f in drive.frames], refs, batch_size,
-                                  base, progress)
+    digest = model_digest(model)
+    meta = {}
+    if base is not None:
+        base.check_extension(digest, model.config, refs)
+        meta = dict(base.meta)
     if drive.origin is not None:
-        ref_map.meta['enu_origin'] = list(drive.origin)
-    ref_map.meta['drives'] = [*ref_map.meta.get('drives', []),
-                              {'name': drive.name, **drive.summary()}]
-    path = ref_map.save(output)
-    save_checkpoint(model, map_model_path(path))
+        meta['enu_origin'] = list(drive.origin)
+    meta['drives'] = [*meta.get('drives', []), {'name': drive.name, **drive.summary()}]
+    old_refs = base.references if base is not None else []
+    # descriptors stream to disk batch by batch: a performance-preset keyframe alone is
+    # 23 MB of patches, so a long drive would not fit in memory
+    with MapWriter(output, model.config, digest, len(old_refs) + len(refs)) as writer:
+        if base is not None:
+            writer.append_map(base)
+        for desc in describe_batches(model, [f.rgb for f in drive.frames], batch_size,
+                                     progress=progress):
+            writer.append(desc.global_desc.cpu().numpy(),
+                          [p.cpu().numpy() for p in desc.patches])
+        save_checkpoint(model, writer.folder / MODEL_FILE)   # renamed in with the map
+        path = writer.commit(old_refs + refs, meta)
+    ref_map = ReferenceMap.load(path, verify=False)
     log(f'map {path}: {len(ref_map)} references')
     return ref_map, model
