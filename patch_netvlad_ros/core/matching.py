@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import screened_mnn
+from . import batched_ransac, screened_mnn
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .geometry import grids_for, PatchGrid
 
@@ -126,13 +126,35 @@ def ransac_inliers(db_xy: np.ndarray, query_xy: np.ndarray,
     return mask.ravel().astype(bool)
 
 
-def ransac_scores(match: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+#: RANSAC implementations of :func:`ransac_scores`: 'opencv' is cv2.findHomography per
+#: candidate (the authors' scores exactly; CPU threads); 'batched' fits and scores all
+#: candidates' hypotheses at once in torch (:mod:`.batched_ransac`; the GPU path);
+#: 'auto' takes 'batched' for CUDA tensors, else 'opencv'.
+RANSAC_METHODS = ('auto', 'opencv', 'batched')
+
+
+def resolve_ransac_method(method: str, device: torch.device) -> str:
+    """Return the RANSAC implementation ``method`` stands for on ``device``."""
+    if method not in RANSAC_METHODS:
+        raise ValueError(f'unknown RANSAC method {method!r}; expected one of {RANSAC_METHODS}')
+    if method == 'auto':
+        return 'batched' if torch.device(device).type == 'cuda' else 'opencv'
+    return method
+
+
+def ransac_scores(match: torch.Tensor, grid: PatchGrid, method: str = 'auto') -> torch.Tensor:
     """RANSAC scores [C] = homography inliers / n_p from mutual matches [C, P].
 
-    Candidates run in parallel threads (OpenCV releases the GIL; each findHomography
-    call seeds its own generator, so the scores do not depend on the threads).
+    method: see :data:`RANSAC_METHODS`. With 'opencv' the candidates run in parallel
+    threads (OpenCV releases the GIL; each findHomography call seeds its own generator,
+    so the scores do not depend on the threads).
     """
     threshold = RANSAC_CELLS * BACKBONE_STRIDE * grid.stride
+    if resolve_ransac_method(method, match.device) == 'batched':
+        centres = torch.tensor(grid.centres, device=match.device)
+        src, dst, valid, _ = batched_ransac.pack_matches(match, centres)
+        counts, _ = batched_ransac.ransac_inlier_counts(src, dst, valid, threshold)
+        return counts.cpu().double() / grid.num_patches
     match_np = match.cpu().numpy()
 
     def score(row: np.ndarray) -> float:
@@ -178,18 +200,20 @@ class RerankResult:
 
 def score_candidates(query_patches: Sequence[torch.Tensor], stores: Sequence,
                      indices: Sequence[int], config: PatchNetVLADConfig,
-                     mnn_method: str = 'auto') -> Tuple[torch.Tensor, torch.Tensor]:
+                     mnn_method: str = 'auto', ransac_method: str = 'auto'
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Raw scores [C, S] of candidates ``indices`` and the same scaled to [0, 1].
 
     query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp] (see
-    :func:`match_candidates`, also for mnn_method).
+    :func:`match_candidates`, also for mnn_method); ransac_method: see
+    :data:`RANSAC_METHODS`.
     """
     raw: List[torch.Tensor] = []
     scaled: List[torch.Tensor] = []
     for q, store, grid in zip(query_patches, stores, grids_for(config)):
         match = match_candidates(q, store, indices, method=mnn_method)
         if config.matcher == 'ransac':
-            s, top = ransac_scores(match, grid), 1.0
+            s, top = ransac_scores(match, grid, ransac_method), 1.0
         else:
             s, top = spatial_scores(match, grid).cpu(), spatial_score_max(grid)
         raw.append(s.double())
@@ -198,13 +222,15 @@ def score_candidates(query_patches: Sequence[torch.Tensor], stores: Sequence,
 
 
 def rerank(query_patches: Sequence[torch.Tensor], stores: Sequence, indices: Sequence[int],
-           config: PatchNetVLADConfig, mnn_method: str = 'auto') -> RerankResult:
+           config: PatchNetVLADConfig, mnn_method: str = 'auto',
+           ransac_method: str = 'auto') -> RerankResult:
     """Rerank candidates ``indices`` for one query by fused Patch-NetVLAD scores.
 
     query_patches: per scale [P_s, Dp]; stores: per scale [N, P_s, Dp]; mnn_method: see
-    :data:`MNN_METHODS`.
+    :data:`MNN_METHODS`; ransac_method: see :data:`RANSAC_METHODS`.
     """
-    raw, scaled = score_candidates(query_patches, stores, indices, config, mnn_method)
+    raw, scaled = score_candidates(query_patches, stores, indices, config, mnn_method,
+                                   ransac_method)
     fused = fuse_scores(raw, config.patch_weights)
     order = torch.argsort(-fused, stable=True)
     quality = (scaled * torch.as_tensor(config.patch_weights, dtype=torch.float64)).sum(1)
