@@ -16,6 +16,11 @@ leaves undecided): it uses the corridor model bootstrapped at 640x480 (k-means +
 whitened PCA, built into the cache on first use, about 7 minutes per preset). The
 authors' rerank is timed on descriptors already in memory (their pipeline also re-reads
 every candidate's .npy files per query; not counted here).
+
+Ceiling: each row carries the method's FLOPs (:mod:`patch_netvlad_ros.core.flops`: per
+image for extraction, the similarity GEMMs per query for rerank) and the rate achieved;
+two ``peak`` rows measure this machine's float32 and bf16 GEMM rate (4096^3 matmul), the
+practical peak the achieved rates are set against.
 """
 
 import argparse
@@ -31,6 +36,8 @@ import time
 from typing import Dict, List, Optional
 
 PRESET_NAMES = ('performance', 'speed', 'storage')
+#: Side of the square GEMM timed as the practical peak.
+PEAK_SIZE = 4096
 
 
 def _model(preset: str):
@@ -65,6 +72,7 @@ def _time(fn, repeats: int) -> List[float]:
 def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
     """Time one batch of 640x480 images through the whole descriptor extraction."""
     import torch
+    from ..core.flops import extraction_flops
     from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
     model = _model(preset)
@@ -80,7 +88,19 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
         def run():  # their feature_extract.py, minus the .npy writes
             authors_describe(theirs, theirs.encoder(x), model.config.num_pcs)
     times = _time(run, repeats)
-    return {'seconds': times, 'images_per_s': batch / statistics.median(times)}
+    gflop = sum(extraction_flops(model.config).values()) / 1e9
+    rate = batch / statistics.median(times)
+    return {'seconds': times, 'images_per_s': rate, 'gflop_per_image': gflop,
+            'tflops': gflop * rate / 1e3}
+
+
+def case_peak(impl: str, preset: str, size: int, repeats: int) -> Dict:
+    """Time a size^3 GEMM in float32 or bf16 (impl 'fp32' / 'bf16'): the practical peak."""
+    import torch
+    dtype = torch.bfloat16 if impl == 'bf16' else torch.float32
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    times = _time(lambda: a @ b, repeats)
+    return {'seconds': times, 'tflops': 2 * size ** 3 / statistics.median(times) / 1e12}
 
 
 def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
@@ -89,6 +109,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
     import numpy as np
     from ..core import screened_mnn
     from ..core.database import PATCH_DTYPE
+    from ..core.flops import descriptor_bytes, matching_flops
     from ..core.image import to_tensor
     from ..core.matching import rerank, resolve_mnn_method
     model = _trained_model(preset)
@@ -127,13 +148,16 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
                 diffs[k, :], _, _ = matcher.match(q, db[k])
             np.argsort(normalise_func(diffs, len(cfg.patch_sizes), cfg.patch_weights))
     times = _time(run, repeats)
-    return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times), **extra}
+    gflop = matching_flops(cfg, candidates) / 1e9
+    return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times),
+            'matching_gflop': gflop, 'tflops': gflop / statistics.median(times) / 1e3,
+            'candidate_mb': candidates * descriptor_bytes(cfg) / 1e6, **extra}
 
 
 def _worker(queue, kind: str, impl: str, preset: str, arg: int, repeats: int) -> None:
     import torch
     torch.set_grad_enabled(False)
-    fn = case_extract if kind == 'extract' else case_rerank
+    fn = {'extract': case_extract, 'rerank': case_rerank, 'peak': case_peak}[kind]
     result = fn(impl, preset, arg, repeats)
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
@@ -166,6 +190,11 @@ def main(argv: Optional[list] = None) -> int:
     impls = {'extract': ['ours', 'ours-bf16'] + authors,
              'rerank': ['ours', 'ours-float32'] + authors}
     rows = []
+    for impl in ('fp32', 'bf16'):
+        print(f'running peak {impl} ...', file=sys.stderr, flush=True)
+        rows.append({'stage': 'peak', 'preset': '-', 'impl': impl,
+                     **run_case('peak', impl, '-', PEAK_SIZE, args.repeats)})
+    peak = {r['impl']: r['tflops'] for r in rows}
     for preset in args.presets:
         for kind, arg in (('extract', args.batch), ('rerank', args.candidates)):
             if kind not in args.stages:
@@ -175,10 +204,11 @@ def main(argv: Optional[list] = None) -> int:
                 rows.append({'stage': kind, 'preset': preset, 'impl': impl,
                              **run_case(kind, impl, preset, arg, args.repeats)})
     print(f'\n{"stage":8s} {"preset":12s} {"impl":13s} {"median":>12s} {"peak MB":>9s} '
-          f'{"speed-up":>9s}  notes')
+          f'{"speed-up":>9s} {"TFLOP/s":>8s}  notes')
     for row in rows:
-        value = (f'{row["images_per_s"]:.3f} im/s' if row['stage'] == 'extract'
-                 else f'{row["ms_per_query"]:.0f} ms/q')
+        value = {'extract': lambda r: f'{r["images_per_s"]:.3f} im/s',
+                 'rerank': lambda r: f'{r["ms_per_query"]:.0f} ms/q',
+                 'peak': lambda r: f'{r["tflops"]:.2f} TF/s'}[row['stage']](row)
         ref = [r for r in rows if r['impl'] == 'authors' and r['stage'] == row['stage']
                and r['preset'] == row['preset']]
         ratio = ''
@@ -187,11 +217,20 @@ def main(argv: Optional[list] = None) -> int:
                      if row['stage'] == 'extract'
                      else f'{ref[0]["ms_per_query"] / row["ms_per_query"]:.2f}x')
         notes = ''
+        if row['stage'] == 'extract':
+            ref_peak = peak['bf16' if row['impl'] == 'ours-bf16' else 'fp32']
+            notes = (f'{row["gflop_per_image"]:.0f} GFLOP/image, '
+                     f'{100 * row["tflops"] / ref_peak:.0f}% of the '
+                     f'{"bf16" if row["impl"] == "ours-bf16" else "fp32"} GEMM peak')
+        elif row['stage'] == 'rerank':
+            notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
         if 'matcher' in row:
-            notes = row['matcher'] + (f', {100 * row["refined_fraction"]:.1f}% refined'
-                                      if 'refined_fraction' in row else '')
+            notes += ', ' + row['matcher'] + (
+                f', {100 * row["refined_fraction"]:.1f}% refined'
+                if 'refined_fraction' in row else '')
+        rate = f'{row["tflops"]:.3f}' if row['stage'] != 'peak' else ''
         print(f'{row["stage"]:8s} {row["preset"]:12s} {row["impl"]:13s} {value:>12s} '
-              f'{row["peak_rss_mb"]:9.0f} {ratio:>9s}  {notes}')
+              f'{row["peak_rss_mb"]:9.0f} {ratio:>9s} {rate:>8s}  {notes}')
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
             'batch': args.batch, 'candidates': args.candidates, 'repeats': args.repeats}
