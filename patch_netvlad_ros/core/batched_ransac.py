@@ -31,7 +31,7 @@ CHUNK = 256
 
 def _distinct_samples(counts: torch.Tensor, hypotheses: int,
                       generator: torch.Generator) -> torch.Tensor:
-    """Indices [C, H, 4] of 4 distinct matches per hypothesis, uniform over [0, counts[c]).
+    """Draw indices [C, H, 4] of 4 distinct matches per hypothesis, uniform in [0, counts[c]).
 
     Candidates with fewer than 4 matches get indices too (all 0); the caller drops them.
     """
@@ -51,7 +51,7 @@ def _distinct_samples(counts: torch.Tensor, hypotheses: int,
 
 
 def _cross(o: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """z of (a - o) x (b - o) for points [..., 2]."""
+    """Return the z component of (a - o) x (b - o) for points [..., 2]."""
     return (a[..., 0] - o[..., 0]) * (b[..., 1] - o[..., 1]) - \
         (a[..., 1] - o[..., 1]) * (b[..., 0] - o[..., 0])
 
@@ -162,7 +162,7 @@ def ransac_inlier_counts(src: torch.Tensor, dst: torch.Tensor, valid: torch.Tens
 
 def pack_matches(match: torch.Tensor, centres: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Matched patch centres of C candidates, packed for :func:`ransac_inlier_counts`.
+    """Pack the matched patch centres of C candidates for :func:`ransac_inlier_counts`.
 
     match: [C, P] mutual matches (query index or -1, see matching.mutual_nn);
     centres: [P, 2] pixel centres of the patches (the same grid for query and database).

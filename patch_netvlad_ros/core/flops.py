@@ -25,7 +25,7 @@ VGG16_TO_CONV5_3 = ((3, 64), (64, 64), 'M', (64, 128), (128, 128), 'M', (128, 25
 
 
 def backbone_flops(height: int, width: int) -> int:
-    """FLOPs of VGG16 up to conv5_3 on one height x width image (3x3 convs, padding 1)."""
+    """Count the FLOPs of VGG16 to conv5_3 on one height x width image (padding 1)."""
     total, h, w = 0, height, width
     for layer in VGG16_TO_CONV5_3:
         if layer == 'M':
@@ -37,7 +37,7 @@ def backbone_flops(height: int, width: int) -> int:
 
 
 def extraction_flops(config: PatchNetVLADConfig) -> Dict[str, int]:
-    """FLOPs per image of descriptor extraction, by stage (see the module doc)."""
+    """Count the FLOPs per image of descriptor extraction, by stage (see the module doc)."""
     cells = config.feature_height * config.feature_width
     kd = config.num_clusters * config.encoder_dim
     patches = sum(config.num_patches(s) for s in range(len(config.patch_sizes)))
@@ -50,7 +50,7 @@ def extraction_flops(config: PatchNetVLADConfig) -> Dict[str, int]:
 
 
 def matching_flops(config: PatchNetVLADConfig, candidates: int) -> int:
-    """FLOPs of the mutual-nearest-neighbour similarities of one query's rerank."""
+    """Count the FLOPs of the mutual-nearest-neighbour similarities of one rerank."""
     return sum(2 * candidates * config.num_patches(s) ** 2 * config.num_pcs
                for s in range(len(config.patch_sizes)))
 
