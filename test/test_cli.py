@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from patch_netvlad_ros.core.checkpoint import load_model
@@ -44,3 +45,12 @@ def test_bootstrap_cli_errors_exit_non_zero(tmp_path):
 def test_demo_cli_rejects_bad_mode():
     result = run('patch_netvlad_ros.cli.demo', '--mode', 'fastest')
     assert result.returncode == 2 and "invalid choice: 'fastest'" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='tests the message for no GPU')
+def test_bench_on_a_missing_gpu_exits_with_a_clear_error(capsys):
+    from patch_netvlad_ros.cli import bench
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--device', 'cuda', '--output', '/nonexistent/bench.json'])
+    assert exc.value.code == 2
+    assert 'no CUDA device is available to torch here' in capsys.readouterr().err

@@ -8,7 +8,11 @@ process's peak resident memory, prints a table and writes JSON.
 
 Rows: ``ours`` (float32 backbone; rerank with the default matcher, the exact
 bf16-screened one where the CPU has bf16 units), ``ours-bf16`` (bf16 backbone),
-``ours-float32`` (rerank with the plain float32 matcher) and ``authors``.
+``ours-fp16`` (fp16 backbone, GPU only), ``ours-float32`` (rerank with the plain float32
+matcher) and ``authors``. ``--device cuda`` runs both implementations on the GPU, times
+with CUDA events, keeps the candidates' patches resident on the GPU and reranks with
+the float32 matcher and batched RANSAC (the 'auto' choices there); it has not been run
+on a GPU yet (none was available to this project).
 
 Extraction time does not depend on the weights (ImageNet VGG16 + seeded NetVLAD/WPCA).
 Rerank time does, for the screened matcher (how many similarities the bf16 screen
@@ -59,52 +63,72 @@ def _images(count: int):
     return [load_image(paths[(7 * i) % len(paths)]) for i in range(count)]
 
 
-def _time(fn, repeats: int) -> List[float]:
+def _time(fn, repeats: int, device: str = 'cpu') -> List[float]:
+    """Seconds per call of fn after one warm-up; CUDA events on a GPU."""
+    import torch
+    cuda = torch.device(device).type == 'cuda'
     fn()  # warm-up
     out = []
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+            continue
         start = time.perf_counter()
         fn()
         out.append(time.perf_counter() - start)
     return out
 
 
-def case_extract(impl: str, preset: str, batch: int, repeats: int) -> Dict:
+def case_extract(impl: str, preset: str, batch: int, repeats: int,
+                 device: str = 'cpu') -> Dict:
     """Time one batch of 640x480 images through the whole descriptor extraction."""
     import torch
     from ..core.flops import extraction_flops
     from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
     model = _model(preset)
-    x = to_tensor(_images(batch), model.config)
+    x = to_tensor(_images(batch), model.config).to(device)
     if impl.startswith('ours'):
-        dtype = torch.bfloat16 if impl == 'ours-bf16' else None
+        model = model.to(device)
+        dtype = {'ours-bf16': torch.bfloat16, 'ours-fp16': torch.float16}.get(impl)
 
         def run():
             model.extract(x, encoder_dtype=dtype)
     else:
-        theirs = authors_model(model)
+        theirs = authors_model(model).to(device)
 
         def run():  # their feature_extract.py, minus the .npy writes
             authors_describe(theirs, theirs.encoder(x), model.config.num_pcs)
-    times = _time(run, repeats)
+    times = _time(run, repeats, device)
     gflop = sum(extraction_flops(model.config).values()) / 1e9
     rate = batch / statistics.median(times)
     return {'seconds': times, 'images_per_s': rate, 'gflop_per_image': gflop,
             'tflops': gflop * rate / 1e3}
 
 
-def case_peak(impl: str, preset: str, size: int, repeats: int) -> Dict:
+def case_peak(impl: str, preset: str, size: int, repeats: int, device: str = 'cpu') -> Dict:
     """Time a size^3 GEMM in float32 or bf16 (impl 'fp32' / 'bf16'): the practical peak."""
     import torch
     dtype = torch.bfloat16 if impl == 'bf16' else torch.float32
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    times = _time(lambda: a @ b, repeats)
+    a = torch.randn(size, size).to(device=device, dtype=dtype)
+    b = torch.randn(size, size).to(device=device, dtype=dtype)
+    times = _time(lambda: a @ b, repeats, device)
     return {'seconds': times, 'tflops': 2 * size ** 3 / statistics.median(times) / 1e12}
 
 
-def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
-    """Time reranking one query's top-`candidates` (real descriptors, repeated images)."""
+def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
+                device: str = 'cpu') -> Dict:
+    """Time reranking one query's top-`candidates` (real descriptors, repeated images).
+
+    On a GPU the candidates' patches are resident there (float16), as a localizer would
+    keep them; on the CPU they are float16 arrays, as a memory-mapped map gives them.
+    """
     import torch
     import numpy as np
     from ..core import screened_mnn
@@ -116,14 +140,16 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
     cfg = model.config
     distinct = 8
     desc = model.extract(to_tensor(_images(distinct + 1), cfg))
-    q = [p[distinct] for p in desc.patches]
+    q = [p[distinct].to(device) for p in desc.patches]
     idx = np.arange(candidates)
     extra = {}
     if impl.startswith('ours'):
         stores = [np.ascontiguousarray(p[np.arange(candidates) % distinct].numpy()
                                        .astype(PATCH_DTYPE)) for p in desc.patches]
+        if torch.device(device).type == 'cuda':
+            stores = [torch.from_numpy(s).to(device) for s in stores]
         method = 'float32' if impl == 'ours-float32' else 'auto'
-        extra['matcher'] = resolve_mnn_method(method, torch.device('cpu'))
+        extra['matcher'] = resolve_mnn_method(method, torch.device(device))
 
         def run():
             rerank(q, stores, idx, cfg, mnn_method=method)
@@ -139,7 +165,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
         from patchnetvlad.models.local_matcher import normalise_func
         from .authors import authors_matcher
         matcher = authors_matcher(cfg, range(len(cfg.patch_sizes)))
-        db = [[p[c % distinct].t().contiguous() for p in desc.patches]
+        db = [[p[c % distinct].t().contiguous().to(device) for p in desc.patches]
               for c in range(candidates)]
 
         def run():  # their local_matcher's loop for one query, features in memory
@@ -147,27 +173,32 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int) -> Dict:
             for k in range(candidates):
                 diffs[k, :], _, _ = matcher.match(q, db[k])
             np.argsort(normalise_func(diffs, len(cfg.patch_sizes), cfg.patch_weights))
-    times = _time(run, repeats)
+    times = _time(run, repeats, device)
     gflop = matching_flops(cfg, candidates) / 1e9
     return {'seconds': times, 'ms_per_query': 1e3 * statistics.median(times),
             'matching_gflop': gflop, 'tflops': gflop / statistics.median(times) / 1e3,
             'candidate_mb': candidates * descriptor_bytes(cfg) / 1e6, **extra}
 
 
-def _worker(queue, kind: str, impl: str, preset: str, arg: int, repeats: int) -> None:
+def _worker(queue, kind: str, impl: str, preset: str, arg: int, repeats: int,
+            device: str) -> None:
     import torch
     torch.set_grad_enabled(False)
     fn = {'extract': case_extract, 'rerank': case_rerank, 'peak': case_peak}[kind]
-    result = fn(impl, preset, arg, repeats)
+    result = fn(impl, preset, arg, repeats, device)
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.device(device).type == 'cuda':
+        result['gpu_peak_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
     queue.put(result)
 
 
-def run_case(kind: str, impl: str, preset: str, arg: int, repeats: int) -> Dict:
+def run_case(kind: str, impl: str, preset: str, arg: int, repeats: int,
+             device: str = 'cpu') -> Dict:
     """Run one case in a fresh process (so its peak memory is its own)."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(queue, kind, impl, preset, arg, repeats))
+    proc = ctx.Process(target=_worker,
+                       args=(queue, kind, impl, preset, arg, repeats, device))
     proc.start()
     result = queue.get()
     proc.join()
@@ -184,16 +215,22 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--stages', nargs='+', choices=('extract', 'rerank'),
                         default=('extract', 'rerank'))
     parser.add_argument('--skip-authors', action='store_true')
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'),
+                        help='where both implementations run (cuda: timed with CUDA events)')
     parser.add_argument('--output', type=Path, default=Path('out/bench.json'))
     args = parser.parse_args(argv)
+    import torch
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available to torch here')
     authors = [] if args.skip_authors else ['authors']
-    impls = {'extract': ['ours', 'ours-bf16'] + authors,
+    half = ['ours-bf16', 'ours-fp16'] if args.device == 'cuda' else ['ours-bf16']
+    impls = {'extract': ['ours'] + half + authors,
              'rerank': ['ours', 'ours-float32'] + authors}
     rows = []
     for impl in ('fp32', 'bf16'):
         print(f'running peak {impl} ...', file=sys.stderr, flush=True)
         rows.append({'stage': 'peak', 'preset': '-', 'impl': impl,
-                     **run_case('peak', impl, '-', PEAK_SIZE, args.repeats)})
+                     **run_case('peak', impl, '-', PEAK_SIZE, args.repeats, args.device)})
     peak = {r['impl']: r['tflops'] for r in rows}
     for preset in args.presets:
         for kind, arg in (('extract', args.batch), ('rerank', args.candidates)):
@@ -202,7 +239,7 @@ def main(argv: Optional[list] = None) -> int:
             for impl in impls[kind]:
                 print(f'running {kind} {preset} {impl} ...', file=sys.stderr, flush=True)
                 rows.append({'stage': kind, 'preset': preset, 'impl': impl,
-                             **run_case(kind, impl, preset, arg, args.repeats)})
+                             **run_case(kind, impl, preset, arg, args.repeats, args.device)})
     print(f'\n{"stage":8s} {"preset":12s} {"impl":13s} {"median":>12s} {"peak MB":>9s} '
           f'{"speed-up":>9s} {"TFLOP/s":>8s}  notes')
     for row in rows:
@@ -218,10 +255,9 @@ def main(argv: Optional[list] = None) -> int:
                      else f'{ref[0]["ms_per_query"] / row["ms_per_query"]:.2f}x')
         notes = ''
         if row['stage'] == 'extract':
-            ref_peak = peak['bf16' if row['impl'] == 'ours-bf16' else 'fp32']
+            precision = 'bf16' if row['impl'] in ('ours-bf16', 'ours-fp16') else 'fp32'
             notes = (f'{row["gflop_per_image"]:.0f} GFLOP/image, '
-                     f'{100 * row["tflops"] / ref_peak:.0f}% of the '
-                     f'{"bf16" if row["impl"] == "ours-bf16" else "fp32"} GEMM peak')
+                     f'{100 * row["tflops"] / peak[precision]:.0f}% of the {precision} GEMM peak')
         elif row['stage'] == 'rerank':
             notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
         if 'matcher' in row:
@@ -233,6 +269,7 @@ def main(argv: Optional[list] = None) -> int:
               f'{row["peak_rss_mb"]:9.0f} {ratio:>9s} {rate:>8s}  {notes}')
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+            'device': (torch.cuda.get_device_name(0) if args.device == 'cuda' else 'cpu'),
             'batch': args.batch, 'candidates': args.candidates, 'repeats': args.repeats}
     args.output.write_text(json.dumps({'meta': meta, 'results': rows}, indent=2))
     print(f'\nwrote {args.output}')
