@@ -39,6 +39,11 @@ PATCH_DTYPE = np.float16
 PathLike = Union[str, Path]
 
 
+def map_identity(model_digest: str, config: PatchNetVLADConfig) -> Dict[str, Any]:
+    """Identity that descriptors and the map they are matched against must share."""
+    return {'model_digest': model_digest, **config.identity()}
+
+
 @dataclass
 class Reference:
     """One reference image: where it came from and the pose it was taken at (REP 103)."""
@@ -102,7 +107,7 @@ class ReferenceMap:
     @property
     def identity(self) -> Dict[str, Any]:
         """What a query's descriptors must share with this map."""
-        return {'model_digest': self.model_digest, **self.config.identity()}
+        return map_identity(self.model_digest, self.config)
 
     @property
     def index(self):
@@ -348,7 +353,7 @@ class MapWriter:
             'created_unix': time.time(),
             'num_references': self.count,
             'config': self.config.to_dict(),
-            'identity': {'model_digest': self.model_digest, **self.config.identity()},
+            'identity': map_identity(self.model_digest, self.config),
             'patch_dtype': np.dtype(PATCH_DTYPE).name,
             'index_kind': kind,
             'files': {name: {'sha256': sha256_file(self.folder / name),

@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import model_digest
 from .config import PatchNetVLADConfig
-from .database import check_identity, Reference, ReferenceMap
+from .database import check_identity, map_identity, Reference, ReferenceMap
 from .errors import ImageError, MapError
 from .image import to_tensor
 from .matching import rerank
@@ -64,7 +64,7 @@ class LocalizationResult:
 
 def descriptor_identity(model: PatchNetVLAD) -> Dict:
     """Identity of the descriptors a model produces (compare with a map's)."""
-    return {'model_digest': model_digest(model), **model.config.identity()}
+    return map_identity(model_digest(model), model.config)
 
 
 class Localizer:
