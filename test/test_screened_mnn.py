@@ -20,6 +20,10 @@ needs_screen = pytest.mark.skipif(
     not screened_mnn.available(),
     reason=f'no bf16 CPU units or C helper here ({native.unavailable_reason() or "no bf16"})')
 
+#: both screens: oneDNN's bf16 GEMM + the C pass, and the fused AMX kernel where it runs
+PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not (screened_mnn.available() and native.amx()), reason='no AMX tiles here'))]
+
 
 def brute_force_mnn(query: np.ndarray, db: np.ndarray) -> np.ndarray:
     """Exact mutual NN in float64: match [C, Pd] (first index on ties), else -1."""
@@ -34,8 +38,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 @needs_screen
+@pytest.mark.parametrize('fused', PATHS)
 @pytest.mark.parametrize('dtype', [np.float16, np.float32])
-def test_near_ties_below_bf16_resolution_are_resolved_exactly(rng, dtype):
+def test_near_ties_below_bf16_resolution_are_resolved_exactly(rng, dtype, fused):
     # candidates hold perturbed copies of query patches: similarities differ by ~1e-4,
     # far below bf16's 4e-3, so only the exact refinement can order them
     q = unit(rng.standard_normal((50, 96)))
@@ -43,7 +48,7 @@ def test_near_ties_below_bf16_resolution_are_resolved_exactly(rng, dtype):
     db = np.repeat(q[None, :45], 4, 0) + 2e-3 * rng.standard_normal((4, 45, 96))
     db = np.concatenate([db, db[:, :10] + 1e-4 * rng.standard_normal((4, 10, 96))], 1)
     db = unit(db).astype(dtype)
-    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q))
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
     match = screened.match(db).numpy()
     expected = brute_force_mnn(q, db.astype(np.float32))
     np.testing.assert_array_equal(match, expected)
@@ -64,15 +69,49 @@ def test_tail_sizes_and_single_candidate(rng):
 
 
 @needs_screen
+@pytest.mark.parametrize('fused', [False, True])
+def test_fused_kernel_handles_partial_tiles(rng, fused):
+    # rows and columns that fill no whole 32 x 32 block, one row block, several, and
+    # candidates nearly equal to the query (many refinements)
+    if fused and not native.amx():
+        pytest.skip('no AMX tiles here')
+    for pq, pd, d in ((1, 1, 32), (17, 33, 64), (50, 7, 96), (70, 95, 128), (33, 64, 32)):
+        q = unit(rng.standard_normal((pq, d)))
+        db = unit(q[rng.integers(0, pq, (4, pd))]
+                  + 0.05 * rng.standard_normal((4, pd, d))).astype(np.float16)
+        screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
+        assert screened.fused == fused
+        np.testing.assert_array_equal(screened.match(db).numpy(),
+                                      brute_force_mnn(q, db.astype(np.float32)))
+
+
+@pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
+def test_amx_peak_counts_the_tile_products_of_every_thread():
+    # pnv-bench's `amx` peak row: 2 x 2 tile products of 16 x 16 x 32 per round and thread,
+    # on torch's OpenMP threads (the helper shares torch's libgomp)
+    flops = native.library().pnv_amx_peak(1000)
+    assert flops == 2 * 4 * 16 * 16 * 32 * 1000 * torch.get_num_threads()
+
+
+def test_fused_kernel_refuses_dimensions_it_cannot_tile():
+    q = torch.from_numpy(unit(np.ones((4, 40))))
+    with pytest.raises(ValueError, match='divisible by 32 and at most 1024 .got 40.'):
+        screened_mnn.ScreenedQuery(q, fused=True)
+    assert not screened_mnn.fused_ok(40)
+    assert not screened_mnn.fused_ok(2048)       # oneDNN's blocked GEMM is faster there
+
+
+@needs_screen
+@pytest.mark.parametrize('fused', PATHS)
 def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
-                                                          corridor_query_descriptors):
+                                                          corridor_query_descriptors, fused):
     g, patches = corridor_query_descriptors
     store = corridor_map.patches[0]                      # float16 memory map [N, P, D]
     refined = rows = 0
     for qi in range(0, g.shape[0], 10):
         q = patches[0][qi]
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
-        screened = screened_mnn.ScreenedQuery(q)
+        screened = screened_mnn.ScreenedQuery(q, fused=fused)
         fast = screened.match(np.asarray(store[cands]))
         plain = matching.match_candidates(q, store, cands, method='float32')
         torch.testing.assert_close(fast, plain, rtol=0, atol=0)
@@ -86,12 +125,13 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
 
 
 @needs_screen
-def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
+@pytest.mark.parametrize('fused', PATHS)
+def test_nearly_parallel_descriptors_fall_back_to_float32(rng, fused):
     # every vector close to one common direction: the bf16 screen cannot separate them
     common = rng.standard_normal(64)
     q = unit(common + 0.01 * rng.standard_normal((40, 64)))
     db = unit(common + 0.01 * rng.standard_normal((3, 40, 64))).astype(np.float16)
-    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q))
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
     match = screened.match(db)
     assert screened.fallbacks == 3
     torch.testing.assert_close(
@@ -126,16 +166,17 @@ def test_missing_compiler_is_reported(tmp_path):
 
 
 @needs_screen
-def test_candidates_are_read_in_place_by_index(rng, tmp_path):
+@pytest.mark.parametrize('fused', PATHS)
+def test_candidates_are_read_in_place_by_index(rng, tmp_path, fused):
     # a float16 memory map read by index (unsorted, repeated, negative) without a gather,
     # and the gathered paths for a torch store and a dtype the helper does not read
-    q = unit(rng.standard_normal((30, 40)))
-    data = unit(q[None] + 0.7 * rng.standard_normal((6, 30, 40))).astype(np.float16)
+    q = unit(rng.standard_normal((30, 64)))
+    data = unit(q[None] + 0.7 * rng.standard_normal((6, 30, 64))).astype(np.float16)
     store = np.memmap(tmp_path / 'patches.f16', dtype=np.float16, mode='w+', shape=data.shape)
     store[:] = data
     indices = np.array([4, 1, 4, -1, 0])
     expected = brute_force_mnn(q, data[indices].astype(np.float32))
-    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q))
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
     np.testing.assert_array_equal(screened.match(store, indices).numpy(), expected)
     np.testing.assert_array_equal(
         screened.match(torch.from_numpy(data), indices).numpy(), expected)

@@ -24,7 +24,9 @@ every candidate's .npy files per query; not counted here).
 Ceiling: each row carries the method's FLOPs (:mod:`patch_netvlad_ros.core.flops`: per
 image for extraction, the similarity GEMMs per query for rerank) and the rate achieved;
 two ``peak`` rows measure this machine's float32 and bf16 GEMM rate (4096^3 matmul), the
-practical peak the achieved rates are set against.
+practical peak the achieved rates are set against; on a CPU with AMX a third, ``amx``,
+measures the tile unit itself (bf16 tile products on operands in L1), the ceiling of the
+fused screened matcher.
 """
 
 import argparse
@@ -113,8 +115,21 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
 
 
 def case_peak(impl: str, preset: str, size: int, repeats: int, device: str = 'cpu') -> Dict:
-    """Time a size^3 GEMM in float32 or bf16 (impl 'fp32' / 'bf16'): the practical peak."""
+    """Time a size^3 GEMM in float32 or bf16 (impl 'fp32' / 'bf16'): the practical peak.
+
+    impl 'amx': the AMX tile unit's rate on operands in L1 (bf16 tile products only, no
+    memory traffic): the ceiling of the fused screened matcher.
+    """
     import torch
+    if impl == 'amx':
+        from ..core import native
+        lib = native.library()
+        iters = 1 << 20
+
+        def run():
+            run.flops = lib.pnv_amx_peak(iters)
+        times = _time(run, repeats, device)
+        return {'seconds': times, 'tflops': run.flops / statistics.median(times) / 1e12}
     dtype = torch.bfloat16 if impl == 'bf16' else torch.float32
     a = torch.randn(size, size).to(device=device, dtype=dtype)
     b = torch.randn(size, size).to(device=device, dtype=dtype)
@@ -161,6 +176,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
             extra['refined_fraction'] = float(
                 sum(sq.counts[0] + sq.counts[1] for sq in screened) / pairs)
             extra['fallback_candidates'] = sum(sq.fallbacks for sq in screened)
+            extra['fused_scales'] = sum(sq.fused for sq in screened)
     else:
         from patchnetvlad.models.local_matcher import normalise_func
         from .authors import authors_matcher
@@ -227,7 +243,9 @@ def main(argv: Optional[list] = None) -> int:
     impls = {'extract': ['ours'] + half + authors,
              'rerank': ['ours', 'ours-float32'] + authors}
     rows = []
-    for impl in ('fp32', 'bf16'):
+    from ..core import native
+    peaks = ['fp32', 'bf16'] + (['amx'] if args.device == 'cpu' and native.amx() else [])
+    for impl in peaks:
         print(f'running peak {impl} ...', file=sys.stderr, flush=True)
         rows.append({'stage': 'peak', 'preset': '-', 'impl': impl,
                      **run_case('peak', impl, '-', PEAK_SIZE, args.repeats, args.device)})
@@ -261,7 +279,8 @@ def main(argv: Optional[list] = None) -> int:
         elif row['stage'] == 'rerank':
             notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
         if 'matcher' in row:
-            notes += ', ' + row['matcher'] + (
+            fused = row.get('fused_scales', 0)
+            notes += ', ' + row['matcher'] + (' (fused AMX)' if fused else '') + (
                 f', {100 * row["refined_fraction"]:.1f}% refined'
                 if 'refined_fraction' in row else '')
         rate = f'{row["tflops"]:.3f}' if row['stage'] != 'peak' else ''

@@ -77,6 +77,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p,
                                   p]
     lib.pnv_mutual_nn.restype = ctypes.c_int
+    lib.pnv_mutual_nn_amx.argtypes = [p, i32, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p]
+    lib.pnv_mutual_nn_amx.restype = ctypes.c_int
+    lib.pnv_amx_init.argtypes = []
+    lib.pnv_amx_init.restype = ctypes.c_int
+    lib.pnv_amx_peak.argtypes = [i64]
+    lib.pnv_amx_peak.restype = ctypes.c_double
     return lib
 
 
@@ -95,6 +101,15 @@ def library() -> Optional[ctypes.CDLL]:
                 except (OSError, RuntimeError) as exc:
                     _state['reason'] = f'building {SOURCE.name} failed: {exc}'
         return _state['lib']
+
+
+def amx() -> bool:
+    """Whether the helper's fused AMX screen can run (compiled for AMX, tiles granted)."""
+    lib = library()
+    with _lock:
+        if 'amx' not in _state:
+            _state['amx'] = bool(lib is not None and lib.pnv_amx_init())
+        return _state['amx']
 
 
 def unavailable_reason() -> str:

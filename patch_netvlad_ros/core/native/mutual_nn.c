@@ -13,6 +13,10 @@
  * decided by the screen. The rest are decided by exact dot products in float64 over
  * their window only, and only where the outcome can change the mutual match.
  *
+ * On CPUs with AMX tiles, pnv_mutual_nn_amx does the GEMM itself and folds each finished
+ * 32 x 32 block of similarities into the row and column statistics while the tile unit
+ * computes the next block (see the section at the end of this file).
+ *
  * Result: match[c, j] = i when i is row j's exact argmax and j is column i's exact
  * argmax (ties: lowest index, as torch.argmax), else -1. Compiled on first use by
  * core/native/__init__.py (with OpenMP when the compiler has it); no Python headers
@@ -26,6 +30,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define PNV_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static inline float bf16_to_float(uint16_t b) {
   uint32_t u = (uint32_t)b << 16;
@@ -72,6 +81,38 @@ static void to_bf16_rows(const void *src, int is_half, int64_t n, int64_t d, uin
   }
 }
 
+#ifdef PNV_AMX
+/* Rows [r0, r1) of the 32-row block at row0 of src [pd, d] (float16/float32, d % 32 == 0)
+ * to bf16 (RNE) in the tile unit's A layout dst [d / 32][32 rows][32]; rows past pd are
+ * zero. Per row the norm of the value and of its rounding error, as to_bf16_rows. */
+static void to_bf16_tiles(const void *src, int is_half, int64_t row0, int r0, int r1,
+                          int64_t pd, int64_t d, uint16_t *dst, float *norm, float *err) {
+  const __m512i high_halves = _mm512_set_epi16(
+      63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+      31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (int64_t r = r0; r < r1; ++r) {
+    if (row0 + r >= pd) {
+      for (int64_t k = 0; k < d; k += 32) memset(dst + k * 32 + r * 32, 0, 64);
+      continue;
+    }
+    __m512 nn = _mm512_setzero_ps(), ee = _mm512_setzero_ps();
+    for (int64_t k = 0; k < d; k += 32) {
+      __m512 x0 = load16(src, is_half, (row0 + r) * d + k, 0xFFFF);
+      __m512 x1 = load16(src, is_half, (row0 + r) * d + k + 16, 0xFFFF);
+      __m512i b0 = round_bf16(x0), b1 = round_bf16(x1);
+      __m512 e0 = _mm512_sub_ps(x0, _mm512_castsi512_ps(b0));   /* exact (Sterbenz) */
+      __m512 e1 = _mm512_sub_ps(x1, _mm512_castsi512_ps(b1));
+      nn = _mm512_fmadd_ps(x1, x1, _mm512_fmadd_ps(x0, x0, nn));
+      ee = _mm512_fmadd_ps(e1, e1, _mm512_fmadd_ps(e0, e0, ee));
+      /* the high halves of b0, b1: 32 bf16 in column order */
+      _mm512_store_si512(dst + k * 32 + r * 32, _mm512_permutex2var_epi16(b0, high_halves, b1));
+    }
+    norm[row0 + r] = sqrtf(_mm512_reduce_add_ps(nn)) * 1.001f;
+    err[row0 + r] = sqrtf(_mm512_reduce_add_ps(ee)) * 1.001f;
+  }
+}
+#endif
+
 /* n_blocks blocks (src[b]: n rows of d values, float16 if is_half, else float32) to bf16
  * (RNE) in dst [n_blocks * n, d]; per row the norm of the value and of its rounding error
  * (float sums, rounded up by 1e-3: far more than float's summation error for d <= 65536).
@@ -107,6 +148,7 @@ typedef struct {
   const float *q;        /* [pq, d] */
   int64_t pd, pq, ld, d;
   float *rthr, *cthr;    /* window thresholds: rmax - 2E_row, cmax - 2E_col */
+  const float *rmax;     /* per row: its screened maximum */
   uint8_t *need;         /* per column: 1 when its exact argmax is needed */
   int32_t *col_arg;      /* per needed column: exact argmax row (exact_cols) */
   double *col_best;      /* per needed column: its exact maximum (exact_cols) */
@@ -164,30 +206,53 @@ static int32_t first_index_of(const uint16_t *row, int64_t n, float mx) {
   return 0;
 }
 
+/* 16 consecutive columns, some of them needed by exact_cols. */
+typedef struct {
+  float lowest;       /* the lowest window threshold of its needed columns */
+  int32_t at;         /* first column */
+  __mmask16 want;     /* its needed columns */
+} NeededChunk;
+
+static int by_lowest(const void *x, const void *y) {
+  const float a = ((const NeededChunk *)x)->lowest, b = ((const NeededChunk *)y)->lowest;
+  return (a > b) - (a < b);
+}
+
 /* Exact argmax of every needed column over its window (entries >= cthr[i]), in one
  * row-major pass: walking a column of sim touches one cache line per row, which cost far
  * more than the dot products. Rows go in increasing order and a later row must be strictly
  * larger, so ties keep the first row (as torch.argmax). Stops once more than max_dots
  * exact products were spent on this candidate; returns 0 then, else 1. */
 static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots) {
-  int64_t needed = 0;
-  for (int64_t i = 0; i < c->pq; ++i) {
-    c->col_best[i] = -INFINITY;
-    c->col_arg[i] = -1;
-    needed += c->need[i];
+  const int64_t n_chunks = (c->pq + 15) / 16;
+  NeededChunk chunks[n_chunks];                   /* the 16-column chunks with needed columns */
+  int64_t needed = 0, n_want = 0;
+  for (int64_t i0 = 0; i0 < c->pq; i0 += 16) {
+    NeededChunk k = {INFINITY, (int32_t)i0, 0};
+    for (int64_t i = i0; i < c->pq && i < i0 + 16; ++i) {
+      c->col_best[i] = -INFINITY;
+      c->col_arg[i] = -1;
+      if (!c->need[i]) continue;
+      k.want |= (__mmask16)(1u << (i - i0));
+      if (c->cthr[i] < k.lowest) k.lowest = c->cthr[i];
+    }
+    if (k.want) chunks[n_want++] = k;
+    needed += __builtin_popcount(k.want);
   }
   if (!needed) return 1;
   c->counts[1] += needed;
+  /* a row takes part in a chunk only if its maximum reaches the chunk's lowest threshold:
+   * in ascending order of those, each row visits a prefix of the chunks */
+  qsort(chunks, (size_t)n_want, sizeof chunks[0], by_lowest);
   for (int64_t j = 0; j < c->pd; ++j) {
+    const float rmax = c->rmax[j];
     const uint16_t *row = c->sim + j * c->ld;
-    for (int64_t i0 = 0; i0 < c->pq; i0 += 16) {
+    for (int64_t k = 0; k < n_want && chunks[k].lowest <= rmax; ++k) {
+      const int64_t i0 = chunks[k].at;
       const __mmask16 t = tail_mask(c->pq - i0);
-      const __mmask16 want = _mm512_cmpneq_epi32_mask(
-          _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(t, c->need + i0)), _mm512_setzero_si512());
-      if (!want) continue;
-      __mmask16 m = want & _mm512_cmp_ps_mask(sim16(row, i0, t),
-                                              _mm512_maskz_loadu_ps(t, c->cthr + i0),
-                                              _CMP_GE_OQ);
+      __mmask16 m = chunks[k].want & _mm512_cmp_ps_mask(sim16(row, i0, t),
+                                                        _mm512_maskz_loadu_ps(t, c->cthr + i0),
+                                                        _CMP_GE_OQ);
       while (m) {
         const int64_t i = i0 + __builtin_ctz(m);
         m &= (__mmask16)(m - 1);
@@ -207,67 +272,64 @@ static inline __m512 sim16_full(const uint16_t *row, int64_t i) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
 }
 
-/* Fold 16 similarities v of row j (-inf where absent) into the column state (max, first
- * argmax by strict >, runner-up) and the row's lane maxima and runners-up. */
-static inline __attribute__((always_inline)) void update(
-    __m512 v, __m512i j, __m512 *cm, __m512 *cs, __m512i *ca, __m512 *rm, __m512 *rs) {
-  const __mmask16 gt = _mm512_cmp_ps_mask(v, *cm, _CMP_GT_OQ);
-  *cs = _mm512_mask_mov_ps(_mm512_max_ps(v, *cs), gt, *cm);
-  *cm = _mm512_mask_mov_ps(*cm, gt, v);
-  *ca = _mm512_mask_mov_epi32(*ca, gt, j);
-  *rs = _mm512_max_ps(*rs, _mm512_min_ps(*rm, v));
-  *rm = _mm512_max_ps(*rm, v);
+/* Fold 16 similarities v (-inf where absent) into a running maximum and runner-up. A
+ * column's argmax is not tracked: where the screen decides a column, its runner-up is
+ * below its maximum, so the one row holding the maximum is the argmax (see decide). */
+static inline __attribute__((always_inline)) void top2(__m512 v, __m512 *mx, __m512 *second) {
+  *second = _mm512_max_ps(*second, _mm512_min_ps(*mx, v));
+  *mx = _mm512_max_ps(*mx, v);
 }
 
-/* Fold 16 columns [i, i + 16) of rows j, j + 1 (two = 0: row j only; m: the columns
- * present; ld: the row stride) into the column state arrays and the two rows' lane
+/* Fold 16 columns [i, i + 16) of rows j, j + 1 (row0: row j; two = 0: row j only; m: the
+ * columns present; ld: the row stride) into the column state arrays and the two rows' lane
  * statistics. */
 static inline __attribute__((always_inline)) void fold_block(
-    const uint16_t *row0, int64_t ld, int64_t j, int two, int64_t i, __mmask16 m, int full,
-    float *cmax, float *c2, int32_t *carg, __m512 *rm, __m512 *rs) {
+    const uint16_t *row0, int64_t ld, int two, int64_t i, __mmask16 m, int full,
+    float *cmax, float *c2, __m512 *rm, __m512 *rs) {
   __m512 cm = _mm512_maskz_loadu_ps(m, cmax + i), cs = _mm512_maskz_loadu_ps(m, c2 + i);
-  __m512i ca = _mm512_maskz_loadu_epi32(m, carg + i);
-  update(full ? sim16_full(row0, i) : sim16(row0, i, m), _mm512_set1_epi32((int)j), &cm, &cs,
-         &ca, &rm[0], &rs[0]);
-  if (two)
-    update(full ? sim16_full(row0 + ld, i) : sim16(row0 + ld, i, m),
-           _mm512_set1_epi32((int)j + 1), &cm, &cs, &ca, &rm[1], &rs[1]);
+  const __m512 v = full ? sim16_full(row0, i) : sim16(row0, i, m);
+  top2(v, &cm, &cs);
+  top2(v, &rm[0], &rs[0]);
+  if (two) {
+    const __m512 v1 = full ? sim16_full(row0 + ld, i) : sim16(row0 + ld, i, m);
+    top2(v1, &cm, &cs);
+    top2(v1, &rm[1], &rs[1]);
+  }
   _mm512_mask_storeu_ps(cmax + i, m, cm);
   _mm512_mask_storeu_ps(c2 + i, m, cs);
-  _mm512_mask_storeu_epi32(carg + i, m, ca);
 }
 
 /* Rows j (and j + 1 when two) through all pq columns. */
 static inline __attribute__((always_inline)) void fold_rows(
-    const uint16_t *row0, int64_t pq, int64_t ld, int64_t j, int two, float *cmax, float *c2,
-    int32_t *carg, __m512 *rm, __m512 *rs) {
+    const uint16_t *row0, int64_t pq, int64_t ld, int two, float *cmax, float *c2, __m512 *rm,
+    __m512 *rs) {
   int64_t i = 0;
   for (; i + 16 <= pq; i += 16)
-    fold_block(row0, ld, j, two, i, (__mmask16)0xFFFF, 1, cmax, c2, carg, rm, rs);
-  if (i < pq) fold_block(row0, ld, j, two, i, tail_mask(pq - i), 0, cmax, c2, carg, rm, rs);
+    fold_block(row0, ld, two, i, (__mmask16)0xFFFF, 1, cmax, c2, rm, rs);
+  if (i < pq) fold_block(row0, ld, two, i, tail_mask(pq - i), 0, cmax, c2, rm, rs);
 }
 
 /* Scratch of one thread: per row and per column statistics of one candidate. */
 typedef struct {
   float *rmax, *r2, *rthr, *cmax, *c2, *cthr;
-  int32_t *rarg, *carg, *col_arg;
+  int32_t *rarg, *col_arg;
   double *col_best;
   uint8_t *need;
 } Scratch;
 
 static void scratch_free(Scratch *w) {
   free(w->rmax); free(w->r2); free(w->rthr); free(w->cmax); free(w->c2); free(w->cthr);
-  free(w->rarg); free(w->carg); free(w->col_arg); free(w->col_best); free(w->need);
+  free(w->rarg); free(w->col_arg); free(w->col_best); free(w->need);
 }
 
 static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
   w->rmax = malloc(sizeof(float) * pd); w->r2 = malloc(sizeof(float) * pd);
   w->rthr = malloc(sizeof(float) * pd); w->rarg = malloc(sizeof(int32_t) * pd);
   w->cmax = malloc(sizeof(float) * pq); w->c2 = malloc(sizeof(float) * pq);
-  w->cthr = malloc(sizeof(float) * pq); w->carg = malloc(sizeof(int32_t) * pq);
+  w->cthr = malloc(sizeof(float) * pq);
   w->col_arg = malloc(sizeof(int32_t) * pq); w->col_best = malloc(sizeof(double) * pq);
   w->need = malloc(pq);
-  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr && w->carg &&
+  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr &&
          w->col_arg && w->col_best && w->need;
 }
 
@@ -285,27 +347,22 @@ static inline float window_threshold(float mx, double in_err, double out_rel) {
   return (float)(mx - 2.0 * e * 1.001 - 1e-7);
 }
 
-/* Mutual matches of one candidate (see pnv_mutual_nn). Returns 0, or 1 when it needs more
- * than max_dots exact products (out undefined then). */
-static int mutual_one(const uint16_t *s, const void *db, int is_half, const float *q,
-                      const float *ndc, const float *edc, const float *nq, const float *eq,
-                      int64_t pd, int64_t pq, int64_t ld, int64_t d, int64_t max_dots,
-                      const Bounds *b,
-                      Scratch *w, int64_t *out, int64_t *counts) {
+/* Per row and column of one candidate's screened similarities s [pd, ld] (pq columns
+ * used): the maximum and the runner-up (w->rmax, r2, cmax, c2) and the row's first argmax
+ * (w->rarg), in one pass. Rows two at a time: the column state is loaded and stored once per
+ * pair. */
+static void fold_screen(const uint16_t *s, int64_t pd, int64_t pq, int64_t ld, Scratch *w) {
   for (int64_t i = 0; i < pq; ++i) {
-    w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY; w->carg[i] = 0; w->need[i] = 0;
+    w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY;
   }
-  double nd_max = 0.0, ed_max = 0.0;
-  /* one pass: per row max, first argmax and runner-up; per column the same. Rows two at a
-   * time: the column state is loaded and stored once per pair */
   for (int64_t j = 0; j < pd; j += 2) {
     const int two = j + 1 < pd;
     __m512 rm[2], rs[2];
     rm[0] = rm[1] = rs[0] = rs[1] = _mm512_set1_ps(-INFINITY);
     if (two)
-      fold_rows(s + j * ld, pq, ld, j, 1, w->cmax, w->c2, w->carg, rm, rs);
+      fold_rows(s + j * ld, pq, ld, 1, w->cmax, w->c2, rm, rs);
     else
-      fold_rows(s + j * ld, pq, ld, j, 0, w->cmax, w->c2, w->carg, rm, rs);
+      fold_rows(s + j * ld, pq, ld, 0, w->cmax, w->c2, rm, rs);
     for (int r = 0; r <= two; ++r) {
       const int64_t jr = j + r;
       const float mx = _mm512_reduce_max_ps(rm[r]);
@@ -315,20 +372,33 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
       w->r2[jr] = _mm512_reduce_max_ps(_mm512_mask_mov_ps(rm[r], first, rs[r]));
       w->rmax[jr] = mx;
       w->rarg[jr] = first_index_of(s + jr * ld, pq, mx);
-      const double ndj = ndc[jr] + edc[jr];
-      const double in_err = edc[jr] * b->nq_max + ndj * b->eq_max
-                            + b->gamma * ndj * (b->nq_max + b->eq_max);
-      w->rthr[jr] = window_threshold(mx, in_err, b->out_rel);
-      if (ndj > nd_max) nd_max = ndj;
-      if (edc[jr] > ed_max) ed_max = edc[jr];
     }
+  }
+}
+
+/* Mutual matches of one candidate from its screen statistics (fold_screen), refining
+ * the undecided rows and columns exactly (see pnv_mutual_nn). Returns 0, or 1 when it
+ * needs more than max_dots exact products (out undefined then). */
+static int decide(const uint16_t *s, const void *db, int is_half, const float *q,
+                  const float *ndc, const float *edc, const float *nq, const float *eq,
+                  int64_t pd, int64_t pq, int64_t ld, int64_t d, int64_t max_dots,
+                  const Bounds *b, Scratch *w, int64_t *out, int64_t *counts) {
+  double nd_max = 0.0, ed_max = 0.0;
+  for (int64_t j = 0; j < pd; ++j) {
+    const double ndj = ndc[j] + edc[j];
+    const double in_err = edc[j] * b->nq_max + ndj * b->eq_max
+                          + b->gamma * ndj * (b->nq_max + b->eq_max);
+    w->rthr[j] = window_threshold(w->rmax[j], in_err, b->out_rel);
+    if (ndj > nd_max) nd_max = ndj;
+    if (edc[j] > ed_max) ed_max = edc[j];
   }
   for (int64_t i = 0; i < pq; ++i) {
     const double in_err = ed_max * nq[i] + nd_max * eq[i] + b->gamma * nd_max * (nq[i] + eq[i]);
     w->cthr[i] = window_threshold(w->cmax[i], in_err, b->out_rel);
+    w->need[i] = 0;
   }
-  Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->rthr, w->cthr, w->need, w->col_arg,
-                 w->col_best, counts};
+  Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->rthr, w->cthr, w->rmax, w->need,
+                 w->col_arg, w->col_best, counts};
   const int64_t dots_before = counts[2];
   for (int64_t j = 0; j < pd; ++j) {
     if (counts[2] - dots_before > max_dots) return 1;
@@ -340,9 +410,12 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
       if (!may_be_mutual(&c, j)) { out[j] = -1; continue; }
       i = exact_row(&c, j);
     }
-    if (bf16_to_float(s[j * ld + i]) < w->cthr[i]) { out[j] = -1; continue; }
+    const float sji = bf16_to_float(s[j * ld + i]);
+    if (sji < w->cthr[i]) { out[j] = -1; continue; }
     if (w->c2[i] < w->cthr[i]) {
-      out[j] = w->carg[i] == j ? i : -1;          /* column decided by the screen */
+      /* column decided by the screen: its runner-up is below its maximum, so the one row
+       * holding the maximum is its argmax */
+      out[j] = sji == w->cmax[i] ? i : -1;
     } else {
       w->need[i] = 1;                             /* decided after exact_cols */
       out[j] = i;
@@ -352,6 +425,19 @@ static int mutual_one(const uint16_t *s, const void *db, int is_half, const floa
   for (int64_t j = 0; j < pd; ++j)
     if (out[j] >= 0 && w->need[out[j]] && w->col_arg[out[j]] != j) out[j] = -1;
   return 0;
+}
+
+/* Error bounds of a d-dimensional screen: fp32 accumulation of d exact bf16 products
+ * (gamma_d), and the bf16 output rounding |s~ - s| <= 2^-8 / (1 - 2^-8) |s~|; both with a
+ * little slack for float arithmetic. nq_max, eq_max: the largest query norm and error. */
+static Bounds screen_bounds(const float *nq, const float *eq, int64_t pq, int64_t d) {
+  Bounds b = {(double)d * 0x1p-24 / (1.0 - (double)d * 0x1p-24) * 1.01,
+              0x1p-8 / (1.0 - 0x1p-8) * 1.001, 0.0, 0.0};
+  for (int64_t i = 0; i < pq; ++i) {
+    if (nq[i] > b.nq_max) b.nq_max = nq[i];
+    if (eq[i] > b.eq_max) b.eq_max = eq[i];
+  }
+  return b;
 }
 
 /* Mutual nearest neighbours of n_cand candidates; see the file comment. Candidates run in
@@ -369,14 +455,7 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
                   const float *nd, const float *ed, const float *nq, const float *eq,
                   int64_t n_cand, int64_t pd, int64_t pq, int64_t ld, int64_t d,
                   int64_t max_dots, int64_t *match, int64_t *counts, uint8_t *fallback) {
-  /* fp32 accumulation of d exact bf16 products: gamma_d, and the bf16 output rounding
-   * |s~ - s| <= 2^-8 / (1 - 2^-8) |s~|; both with a little slack for float arithmetic */
-  Bounds b = {(double)d * 0x1p-24 / (1.0 - (double)d * 0x1p-24) * 1.01,
-              0x1p-8 / (1.0 - 0x1p-8) * 1.001, 0.0, 0.0};
-  for (int64_t i = 0; i < pq; ++i) {
-    if (nq[i] > b.nq_max) b.nq_max = nq[i];
-    if (eq[i] > b.eq_max) b.eq_max = eq[i];
-  }
+  const Bounds b = screen_bounds(nq, eq, pq, d);
   int failed = 0;
 #pragma omp parallel
   {
@@ -390,9 +469,11 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
 #pragma omp for schedule(dynamic)
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
-      fallback[cand] = (uint8_t)mutual_one(sim + cand * pd * ld, db[cand], is_half, q,
-                                           nd + cand * pd, ed + cand * pd, nq, eq, pd, pq, ld,
-                                           d, max_dots, &b, &w, match + cand * pd, local);
+      const uint16_t *s = sim + cand * pd * ld;
+      fold_screen(s, pd, pq, ld, &w);
+      fallback[cand] = (uint8_t)decide(s, db[cand], is_half, q, nd + cand * pd, ed + cand * pd,
+                                       nq, eq, pd, pq, ld, d, max_dots, &b, &w,
+                                       match + cand * pd, local);
     }
     scratch_free(&w);
 #pragma omp critical
@@ -400,3 +481,294 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
   }
   return failed ? -1 : 0;
 }
+
+#ifdef PNV_AMX
+/* ---- Fused AMX screen: the similarity GEMM and the one-pass fold in one kernel ----
+ *
+ * oneDNN's bf16 GEMM reaches about a third of the AMX units' rate on these shapes, and the
+ * fold then re-reads all of its output. Here each thread takes whole candidates: it
+ * converts the candidate to bf16 (in cache), multiplies 32 x 32 blocks on the tile unit
+ * (2 A tiles x 2 B tiles -> 4 accumulators), and folds each finished block into the row
+ * and column statistics while the tile unit computes the next block (the fold of block n
+ * is interleaved with the tile instructions of block n + 1). The screened similarities
+ * are the same bf16-rounded fp32 sums as the GEMM path's (any summation order obeys the
+ * same bound), so decide() refines them unchanged. */
+
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} TileConfig;
+
+/* Ask the kernel for the tile state (once per process; torch does the same). */
+int pnv_amx_init(void) { return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                        18 /* XFEATURE_XTILEDATA */) == 0; }
+
+static void amx_configure(void) {
+  TileConfig cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+  _tile_loadconfig(&cfg);
+}
+
+/* Row statistics of the 32 rows of a block row, per lane (column mod 16). */
+typedef struct {
+  __m512 max[32], second[32];
+  __m512i arg[32];
+} RowLanes;
+
+/* Round a float to bf16 (nearest even) and back. Monotonic, so the rounded maximum and
+ * runner-up of fp32 values are the maximum and runner-up of their rounded values. */
+static inline float round_bf16_scalar(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+/* Fold rows [r0, r1) of the finished 32 x 32 block blk (fp32, rows of 32) at rows i0..,
+ * columns j0..: store them rounded to bf16 into s [pd, ld], and fold the fp32 values into
+ * the column state (cmax, c2: length ld) and the block row's lane statistics (rounded when
+ * complete: rounding is monotonic). partial: the block holds columns >= pq, which take no
+ * part. Every operation here competes with the tile unit for a vector port, so the fold is
+ * kept to 10 per 16 entries. */
+static inline __attribute__((always_inline)) void fold_tile_rows(
+    const float *blk, int r0, int r1, int64_t i0, int64_t j0, int64_t pd, int64_t pq,
+    int64_t ld, int partial, uint16_t *s, float *cmax, float *c2, RowLanes *rl) {
+  const __m512i cols0 = _mm512_add_epi32(_mm512_set1_epi32((int)j0),
+                                         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                                          5, 4, 3, 2, 1, 0));
+  const __m512i cols1 = _mm512_add_epi32(cols0, _mm512_set1_epi32(16));
+  __mmask16 m0 = 0xFFFF, m1 = 0xFFFF;
+  if (partial) {
+    m0 = tail_mask(pq - j0);
+    m1 = pq - j0 > 16 ? tail_mask(pq - j0 - 16) : 0;
+  }
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 cm0 = _mm512_loadu_ps(cmax + j0), cs0 = _mm512_loadu_ps(c2 + j0);
+  __m512 cm1 = _mm512_loadu_ps(cmax + j0 + 16), cs1 = _mm512_loadu_ps(c2 + j0 + 16);
+  if (i0 + r1 > pd) r1 = (int)(pd - i0);
+  for (int r = r0; r < r1; ++r) {
+    __m512 v0 = _mm512_load_ps(blk + r * 32), v1 = _mm512_load_ps(blk + r * 32 + 16);
+    uint16_t *out = s + (i0 + r) * ld + j0;
+    _mm256_storeu_si256((__m256i *)out, (__m256i)_mm512_cvtneps_pbh(v0));
+    _mm256_storeu_si256((__m256i *)(out + 16), (__m256i)_mm512_cvtneps_pbh(v1));
+    if (partial) {
+      v0 = _mm512_mask_mov_ps(ninf, m0, v0);
+      v1 = _mm512_mask_mov_ps(ninf, m1, v1);
+    }
+    top2(v0, &cm0, &cs0);
+    top2(v1, &cm1, &cs1);
+    /* row lanes: max, its first column (strict >, columns ascending), runner-up */
+    __m512 rm = rl->max[r], rs = rl->second[r];
+    __m512i ra = rl->arg[r];
+    ra = _mm512_mask_mov_epi32(ra, _mm512_cmp_ps_mask(v0, rm, _CMP_GT_OQ), cols0);
+    top2(v0, &rm, &rs);
+    ra = _mm512_mask_mov_epi32(ra, _mm512_cmp_ps_mask(v1, rm, _CMP_GT_OQ), cols1);
+    top2(v1, &rm, &rs);
+    rl->max[r] = rm; rl->second[r] = rs; rl->arg[r] = ra;
+  }
+  _mm512_storeu_ps(cmax + j0, cm0); _mm512_storeu_ps(c2 + j0, cs0);
+  _mm512_storeu_ps(cmax + j0 + 16, cm1); _mm512_storeu_ps(c2 + j0 + 16, cs1);
+}
+
+/* fold_tile_rows for a block (partial: whether it has columns >= pq). */
+static void fold_rows_of(const float *blk, int r0, int r1, int64_t i0, int64_t j0, int64_t pd,
+                         int64_t pq, int64_t ld, uint16_t *s, float *cmax, float *c2,
+                         RowLanes *rl) {
+  if (j0 + 32 <= pq)
+    fold_tile_rows(blk, r0, r1, i0, j0, pd, pq, ld, 0, s, cmax, c2, rl);
+  else
+    fold_tile_rows(blk, r0, r1, i0, j0, pd, pq, ld, 1, s, cmax, c2, rl);
+}
+
+/* The tile unit's own rate: each OpenMP thread runs `iters` rounds of 4 bf16 tile products
+ * (2 x 2 tiles, as amx_screen) on operands that stay in L1. Returns the FLOPs done, for the
+ * caller to time: the ceiling the fused kernel's rate is set against. */
+double pnv_amx_peak(int64_t iters) {
+  double flops = 0.0;
+#pragma omp parallel reduction(+ : flops)
+  {
+    static _Thread_local uint16_t tiles[2048] __attribute__((aligned(64)));
+    float out[256] __attribute__((aligned(64)));
+    amx_configure();
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t it = 0; it < iters; ++it) {
+      _tile_loadd(4, tiles, 64);
+      _tile_loadd(5, tiles + 512, 64);
+      _tile_loadd(6, tiles + 1024, 128);
+      _tile_loadd(7, tiles + 1056, 128);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    flops += 2.0 * 4 * 16 * 16 * 32 * (double)iters;
+  }
+  return flops;
+}
+
+/* This thread's working memory of at least `bytes` (64-byte aligned), kept between calls:
+ * fresh megabyte buffers per call cost more in page faults than the arithmetic (the
+ * kernel zeroes every new page). Held until the thread exits (torch's pool: the process). */
+static _Thread_local void *arena;
+static _Thread_local size_t arena_bytes;
+
+static void *thread_arena(size_t bytes) {
+  if (bytes > arena_bytes) {
+    free(arena);
+    arena = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    arena_bytes = arena ? bytes : 0;
+  }
+  return arena;
+}
+
+/* Screen statistics (as fold_screen), screened similarities s [pd, ld] and row norms nd,
+ * ed [pd] (as pnv_to_bf16) of one candidate db [pd, d] (float16/float32). qp: the query's
+ * bf16 columns in the tile unit's B layout, per 32 columns a panel [d / 2][32][2].
+ * d % 32 == 0, ld % 32 == 0. a: 2 x 32 x d bf16 (two blocks of rows: the one multiplied,
+ * in L1 while the query panels stream from L2, and the next one, converted meanwhile);
+ * blk: 2 x 32 x 32 floats. */
+static void amx_screen(const void *db, int is_half, const uint16_t *qp, int64_t pd,
+                       int64_t pq, int64_t ld, int64_t d, uint16_t *a, uint16_t *s, float *blk,
+                       RowLanes *rl, float *nd, float *ed, Scratch *w) {
+  for (int64_t i = 0; i < ld; ++i) {
+    w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY;
+  }
+  const int64_t steps = d / 32;
+  /* the previous block is folded 8 rows at a time, at each quarter of this block's tile
+   * instructions: the tile unit then runs beside the fold instead of after it */
+  const int64_t quarter = steps >= 4 ? steps / 4 : 1;
+  /* the next block of rows is converted a few rows per column block, likewise */
+  const int64_t col_blocks = ld / 32, conv_rows = (32 + col_blocks - 1) / col_blocks;
+  to_bf16_tiles(db, is_half, 0, 0, 32, pd, d, a, nd, ed);
+  for (int64_t i0 = 0; i0 < pd; i0 += 32) {
+    for (int r = 0; r < 32; ++r) {
+      rl->max[r] = rl->second[r] = _mm512_set1_ps(-INFINITY);
+      rl->arg[r] = _mm512_setzero_si512();
+    }
+    const uint16_t *ai = a + (i0 / 32 % 2) * 32 * d;
+    uint16_t *next = a + (i0 / 32 % 2 ? 0 : 32 * d);
+    int64_t prev = -1;                        /* column block waiting to be folded */
+    for (int64_t j0 = 0; j0 < ld; j0 += 32) {
+      float *out = blk + (j0 / 32 % 2) * 1024, *pending = blk + (j0 / 32 % 2 ? 0 : 1024);
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      if (i0 + 32 < pd) {
+        const int64_t r0 = j0 / 32 * conv_rows;
+        if (r0 < 32)
+          to_bf16_tiles(db, is_half, i0 + 32, (int)r0, (int)(r0 + conv_rows < 32 ? r0 + conv_rows
+                                                                                 : 32),
+                        pd, d, next, nd, ed);
+      }
+      for (int64_t k = 0; k < steps; ++k) {
+        const uint16_t *b = qp + j0 * d + k * 1024;
+        _tile_loadd(4, ai + k * 1024, 64);
+        _tile_loadd(5, ai + k * 1024 + 512, 64);
+        _tile_loadd(6, b, 128);
+        _tile_loadd(7, b + 32, 128);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+        if (prev >= 0 && k % quarter == 0 && k / quarter < 4) {
+          const int r0 = (int)(k / quarter) * 8;
+          fold_rows_of(pending, r0, steps >= 4 || k + 1 < steps ? r0 + 8 : 32, i0, prev, pd,
+                       pq, ld, s, w->cmax, w->c2, rl);
+        }
+      }
+      _tile_stored(0, out, 128);
+      _tile_stored(1, out + 16, 128);
+      _tile_stored(2, out + 512, 128);
+      _tile_stored(3, out + 528, 128);
+      prev = j0;
+    }
+    fold_rows_of(blk + ((ld / 32 - 1) % 2) * 1024, 0, 32, i0, prev, pd, pq, ld, s, w->cmax,
+                 w->c2, rl);
+    for (int r = 0; r < 32 && i0 + r < pd; ++r) {
+      const int64_t j = i0 + r;
+      const float mx = _mm512_reduce_max_ps(rl->max[r]);
+      /* the first column at the maximum: the smallest lane argmax among lanes at it */
+      const __mmask16 at_max = _mm512_cmp_ps_mask(rl->max[r], _mm512_set1_ps(mx), _CMP_EQ_OQ);
+      const int32_t arg = _mm512_mask_reduce_min_epi32(at_max, rl->arg[r]);
+      const __mmask16 lane = _mm512_cmpeq_epi32_mask(rl->arg[r], _mm512_set1_epi32(arg)) &
+                             at_max;
+      /* runner-up: that lane's second, or any other lane's maximum */
+      w->r2[j] = round_bf16_scalar(
+          _mm512_reduce_max_ps(_mm512_mask_mov_ps(rl->max[r], lane, rl->second[r])));
+      w->rmax[j] = round_bf16_scalar(mx);
+      w->rarg[j] = arg;
+    }
+  }
+  for (int64_t i = 0; i < pq; ++i) {
+    w->cmax[i] = round_bf16_scalar(w->cmax[i]);
+    w->c2[i] = round_bf16_scalar(w->c2[i]);
+  }
+}
+
+/* pnv_mutual_nn with the fused AMX screen: the same arguments, except that the caller gives
+ * the query's bf16 columns qp [ld / 32][d / 2][32][2] (amx_screen) instead of the
+ * similarities and the candidates' norms (computed here). Needs d % 32 == 0, ld % 32 == 0 and pnv_amx_init() == 1.
+ * Returns 0, -1 when out of memory, -2 when the shapes do not suit the tile unit. */
+int pnv_mutual_nn_amx(const void *const *db, int is_half, const float *q, const uint16_t *qp,
+                      const float *nq, const float *eq, int64_t n_cand, int64_t pd,
+                      int64_t pq, int64_t ld, int64_t d, int64_t max_dots, int64_t *match,
+                      int64_t *counts, uint8_t *fallback) {
+  if (d % 32 || ld % 32 || ld < pq || pd < 1) return -2;
+  const Bounds b = screen_bounds(nq, eq, pq, d);
+  const int64_t pd32 = (pd + 31) / 32 * 32;
+  int failed = 0;
+#pragma omp parallel
+  {
+    Scratch w;
+    int64_t local[3] = {0, 0, 0};
+    /* a [2, 32, d] bf16 | s [pd, ld] bf16 | blk 2 x 32 x 32 floats | row lanes | nd, ed */
+    const size_t a_bytes = (size_t)(2 * 32 * d * 2), s_bytes = (size_t)(pd32 * ld * 2);
+    const size_t nd_at = a_bytes + s_bytes + 8192 + sizeof(RowLanes);
+    char *mem = thread_arena(nd_at + (size_t)pd32 * 8);
+    uint16_t *a = (uint16_t *)mem, *s = (uint16_t *)(mem + a_bytes);
+    float *blk = (float *)(mem + a_bytes + s_bytes);
+    RowLanes *rl = (RowLanes *)(mem + a_bytes + s_bytes + 8192);
+    float *nd = (float *)(mem + nd_at), *ed = nd + pd32;
+    /* column arrays of length ld: the fold runs over whole 32-column blocks */
+    const int ok = scratch_alloc(&w, pd, ld) && mem;
+    if (!ok) {
+#pragma omp atomic write
+      failed = 1;
+    } else {
+      amx_configure();
+    }
+#pragma omp for schedule(dynamic)
+    for (int64_t cand = 0; cand < n_cand; ++cand) {
+      if (!ok) continue;
+      amx_screen(db[cand], is_half, qp, pd, pq, ld, d, a, s, blk, rl, nd, ed, &w);
+      fallback[cand] = (uint8_t)decide(s, db[cand], is_half, q, nd, ed, nq, eq, pd, pq, ld, d,
+                                       max_dots, &b, &w, match + cand * pd, local);
+    }
+    if (ok) _tile_release();
+    scratch_free(&w);
+#pragma omp critical
+    for (int k = 0; k < 3; ++k) counts[k] += local[k];
+  }
+  return failed ? -1 : 0;
+}
+#else
+int pnv_amx_init(void) { return 0; }
+
+double pnv_amx_peak(int64_t iters) {
+  (void)iters;
+  return 0.0;
+}
+
+int pnv_mutual_nn_amx(const void *const *db, int is_half, const float *q, const uint16_t *qp,
+                      const float *nq, const float *eq, int64_t n_cand, int64_t pd,
+                      int64_t pq, int64_t ld, int64_t d, int64_t max_dots, int64_t *match,
+                      int64_t *counts, uint8_t *fallback) {
+  (void)db; (void)is_half; (void)q; (void)qp; (void)nq; (void)eq; (void)n_cand; (void)pd;
+  (void)pq; (void)ld; (void)d; (void)max_dots; (void)match; (void)counts; (void)fallback;
+  return -2;
+}
+#endif
