@@ -4,16 +4,17 @@
 
 import csv
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import build_map as build_map_cli
-from patch_netvlad_ros.core.bags import write_bag
+from patch_netvlad_ros.core.bags import read_images, write_bag
 from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import build_reference_map
+from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
 from patch_netvlad_ros.core.map_building import build_map, map_model_path
 from patch_netvlad_ros.core.poses import geodetic_to_enu
 
@@ -84,6 +85,48 @@ def test_keyframes_by_distance_and_time(five, corridor_images, tmp_path):
     assert [f.index for f in timed.frames] == [0, 4, 8]
 
 
+def test_streamed_drive_reads_its_keyframes_again_and_builds_the_same_map(
+        corridor_images, corridor_model, tmp_path):
+    """hold_images=False: no pixels held; keyframes decoded again, batch by batch."""
+    images = corridor_images[0][:9]
+    stamps = [float(i) for i in range(9)]
+    bag = write_bag(tmp_path / 'd', 'mcap', [(t, 'cam', im) for t, im in zip(stamps, images)],
+                    poses=_odom(stamps, [0.8 * i for i in range(9)]))
+    held = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE, KeyframeRule(2.0))
+    streamed = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE, KeyframeRule(2.0),
+                              hold_images=False)
+    assert [f.index for f in streamed.frames] == [0, 3, 6]
+    assert all(f.rgb is None for f in streamed.frames)
+    assert [im.index for im in read_images(bag, '/camera/image_raw', indices={3, 6})] == [3, 6]
+    again = list(streamed.frame_images())
+    assert len(again) == 3
+    for a, b in zip(held.frame_images(), again):
+        np.testing.assert_array_equal(a, b)
+    # describing takes one batch of images at a time from the drive
+    taken = []
+
+    def counted():
+        for rgb in streamed.frame_images():
+            taken.append(1)
+            yield rgb
+    batches = describe_batches(corridor_model, counted(), batch_size=2)
+    next(batches)
+    assert len(taken) == 2
+    kwargs = dict(config=corridor_model.config, checkpoint=corridor_model.checkpoint_path)
+    a, _ = build_map(held, tmp_path / 'held', **kwargs)
+    b, _ = build_map(streamed, tmp_path / 'streamed', **kwargs)
+    np.testing.assert_array_equal(a.global_desc, b.global_desc)
+    for pa, pb in zip(a.patches, b.patches):
+        np.testing.assert_array_equal(np.asarray(pa), np.asarray(pb))
+    # the bag lost frames since the drive was read: named, nothing written
+    shutil.rmtree(bag)
+    write_bag(bag, 'mcap', [(t, 'cam', im) for t, im in zip(stamps[:5], images)],
+              poses=_odom(stamps[:5], [0.8 * i for i in range(5)]))
+    with pytest.raises(MapError, match=r'frame d:/camera/image_raw#6 cannot be read again'):
+        build_map(streamed, tmp_path / 'lost', **kwargs)
+    assert not (tmp_path / 'lost').exists()
+
+
 def test_append_second_drive_and_origin_guard(five, corridor_model, tmp_path):
     """An incremental build adds a drive; the first drive's references stay as they were."""
     out = tmp_path / 'map'
@@ -125,6 +168,16 @@ def test_image_folder_with_poses_csv(five, corridor_set, tmp_path):
         ('0000000.jpg', 1.0, 0.0, 0.0), ('0000001.jpg', 2.0, 1.0, 0.5),
         ('0000002.jpg', 3.0, 2.0, 0.0)]
     assert drive.frames[0].rgb.shape == (240, 320, 3)
+    streamed = read_folder_drive(folder, poses, SIZE, hold_images=False)
+    assert [f.rgb for f in streamed.frames] == [None] * 3
+    for a, b in zip(drive.frame_images(), streamed.frame_images(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    copy = tmp_path / 'copy'
+    shutil.copytree(folder, copy)
+    moved = read_folder_drive(copy, poses, SIZE, hold_images=False)
+    (copy / '0000001.jpg').unlink()
+    with pytest.raises(MapError, match='frame 0000001.jpg cannot be read again'):
+        list(moved.frame_images())
     poses.write_text('image,stamp\nx.jpg,1\n')
     with pytest.raises(MapError, match='columns image, stamp, x, y'):
         read_folder_drive(folder, poses, SIZE)

@@ -49,14 +49,19 @@ def check_drive_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def read_drive(args: argparse.Namespace, size, rule: KeyframeRule = KeyframeRule(),
-               origin=None, desc: str = 'read'):
-    """Read the drive the options name; frames resized to ``size`` (height, width)."""
+               origin=None, desc: str = 'read', hold_images: bool = True):
+    """Read the drive the options name; frames resized to ``size`` (height, width).
+
+    hold_images: False reads the keyframes' images again from the source when they are
+    used (see :meth:`Drive.frame_images`) instead of holding them all in memory.
+    """
     warn = lambda index, message: print(  # noqa: E731 - a one-line callback
         f'warning: frame {index} skipped: {message}', file=sys.stderr)
     if args.bag:
         return read_bag_drive(args.bag, args.image_topic, args.pose_topic, size, rule,
-                              args.max_gap, origin, progress_bar(0, desc), warn)
-    return read_folder_drive(args.images, args.poses, size, rule, progress_bar(0, desc), warn)
+                              args.max_gap, origin, progress_bar(0, desc), warn, hold_images)
+    return read_folder_drive(args.images, args.poses, size, rule, progress_bar(0, desc), warn,
+                             hold_images)
 
 
 @run_main
@@ -90,7 +95,10 @@ def main(argv: Optional[list] = None) -> int:
     else:
         config = config_from_args(args)
     rule = KeyframeRule(args.min_distance, math.radians(args.min_heading), args.min_interval)
-    drive = read_drive(args, (config.image_height, config.image_width), rule, origin)
+    # the keyframes are read again while they are described: memory does not grow with
+    # the drive (a bootstrapped model still encodes them all at once)
+    drive = read_drive(args, (config.image_height, config.image_width), rule, origin,
+                       hold_images=False)
     print(f'{drive.name}: {drive.summary()}', file=sys.stderr)
     ref_map, _ = build_map(drive, args.output, config, args.checkpoint, base,
                            args.map_frame, args.batch, args.seed,

@@ -20,8 +20,8 @@ import logging
 import math
 from pathlib import Path
 import shutil
-from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Container, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 
 import cv2
 import numpy as np
@@ -231,26 +231,30 @@ def _decode(msgtype: str, msg: Any) -> np.ndarray:
 
 
 def read_images(path: PathLike, topic: str, skip_invalid: bool = True,
-                on_error: Optional[Callable[[int, str], None]] = None
-                ) -> Iterator[BagImage]:
+                on_error: Optional[Callable[[int, str], None]] = None,
+                indices: Optional[Container[int]] = None) -> Iterator[BagImage]:
     """Iterate over the images of an Image or CompressedImage topic, decoded to RGB.
 
     The bag and topic are checked at once (MapError), before the first image is read.
     Images come in bag (receive time) order. A message that cannot be deserialized or
     decoded is skipped and reported as on_error(index, message) (logged as a warning
-    when on_error is None) if skip_invalid, else raised as ImageError.
+    when on_error is None) if skip_invalid, else raised as ImageError. indices: only the
+    messages with these indices on the topic (the others are not decoded).
     """
     with _open(path) as (bag, reader):
         _connections(bag, reader, topic, IMAGE_TYPES)
-    return _iter_images(bag, topic, skip_invalid, on_error)
+    return _iter_images(bag, topic, skip_invalid, on_error, indices)
 
 
 def _iter_images(bag: Path, topic: str, skip_invalid: bool,
-                 on_error: Optional[Callable[[int, str], None]]) -> Iterator[BagImage]:
+                 on_error: Optional[Callable[[int, str], None]],
+                 indices: Optional[Container[int]]) -> Iterator[BagImage]:
     with _open(bag) as (_, reader):
         connections = _connections(bag, reader, topic, IMAGE_TYPES)
         for index, (connection, receive_ns, raw) in enumerate(
                 _messages(bag, reader, connections)):
+            if indices is not None and index not in indices:
+                continue
             try:
                 try:
                     msg = reader.deserialize(raw, connection.msgtype)

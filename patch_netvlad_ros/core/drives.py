@@ -6,8 +6,10 @@ A drive is read in one streaming pass: every image gets the pose interpolated at
 stamp from the drive's pose source (no extrapolation; no pose across a gap longer than
 ``max_gap``), frames without a pose are dropped and counted, and a frame is kept when it
 is a keyframe (travelled distance, heading change and/or time since the last keyframe).
-Kept frames are resized to the network size at once, so memory grows with the number of
-keyframes at network resolution, not with the drive.
+Kept frames are resized to the network size at once and held (``hold_images=True``), so
+memory grows with the number of keyframes at network resolution (0.9 MB each at 640x480),
+not with the drive; or, for long drives, not held: :meth:`Drive.frame_images` then reads the
+kept frames again from the source, decoding only those, and memory stays flat.
 
 Pose sources: nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped (their frame is
 the map frame), or sensor_msgs/NavSatFix converted to a local ENU frame (x east, y north,
@@ -56,7 +58,7 @@ class DriveFrame:
     frame_id: str
     source: str          # 'bag.mcap:/camera/image_raw#12' or the image file name
     pose: PoseSample
-    rgb: np.ndarray      # [H, W, 3] uint8 at the network size
+    rgb: Optional[np.ndarray]   # [H, W, 3] uint8 at the network size; None: not held
 
 
 @dataclass
@@ -70,11 +72,37 @@ class Drive:
     no_pose: int = 0
     not_keyframe: int = 0
     invalid: int = 0
+    #: reads the images of the given kept frames again from the source, in order, at
+    #: network size (readers set it; used for frames whose images are not held)
+    reread: Optional[Callable[[Sequence[DriveFrame]], Iterator[np.ndarray]]] = field(
+        default=None, repr=False, compare=False)
 
     def summary(self) -> Dict[str, int]:
         """Return the counts, for logs and reports."""
         return {'images': self.images, 'kept': len(self.frames), 'no_pose': self.no_pose,
                 'not_keyframe': self.not_keyframe, 'invalid': self.invalid}
+
+    def frame_images(self) -> Iterator[np.ndarray]:
+        """Yield the kept frames' images [H, W, 3] uint8 at network size, in order.
+
+        Held images come from memory; the others are read again from the source. A
+        source that no longer gives a kept frame (changed or truncated since the drive was
+        read) raises MapError.
+        """
+        missing = [f for f in self.frames if f.rgb is None]
+        if missing and self.reread is None:
+            raise MapError(f'drive {self.name}: {len(missing)} frames hold no image and the '
+                           'drive has no source to read them from')
+        again = iter(self.reread(missing)) if missing else iter(())
+        for frame in self.frames:
+            if frame.rgb is not None:
+                yield frame.rgb
+                continue
+            rgb = next(again, None)
+            if rgb is None:
+                raise MapError(f'drive {self.name}: frame {frame.source} cannot be read '
+                               'again: the source changed since the drive was read')
+            yield rgb
 
 
 def bag_trajectory(path: PathLike, pose_topic: str,
@@ -99,7 +127,8 @@ def bag_trajectory(path: PathLike, pose_topic: str,
 
 def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarray]],
              trajectory: Trajectory, size: Tuple[int, int], rule: KeyframeRule,
-             max_gap: float, progress: Optional[Callable[[int], None]]) -> Drive:
+             max_gap: float, progress: Optional[Callable[[int], None]],
+             hold_images: bool) -> Drive:
     last: Optional[PoseSample] = None
     for index, stamp, frame_id, source, rgb in items:
         drive.images += 1
@@ -114,7 +143,7 @@ def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarra
             continue
         last = pose
         drive.frames.append(DriveFrame(index, stamp, frame_id, source, pose,
-                                       resize_rgb(rgb, *size)))
+                                       resize_rgb(rgb, *size) if hold_images else None))
     return drive
 
 
@@ -122,8 +151,13 @@ def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
                    size: Tuple[int, int], rule: KeyframeRule = KeyframeRule(),
                    max_gap: float = 0.5, origin: Optional[Origin] = None,
                    progress: Optional[Callable[[int], None]] = None,
-                   on_error: Optional[Callable[[int, str], None]] = None) -> Drive:
-    """Read a bag drive: posed keyframes at ``size`` = (height, width)."""
+                   on_error: Optional[Callable[[int, str], None]] = None,
+                   hold_images: bool = True) -> Drive:
+    """Read a bag drive: posed keyframes at ``size`` = (height, width).
+
+    hold_images: keep the keyframes' images in memory; False: :meth:`Drive.frame_images`
+    reads them from the bag again (one more pass that decodes only the keyframes).
+    """
     trajectory, origin = bag_trajectory(path, pose_topic, origin)
     name = Path(path).name
     drive = Drive(name, origin=origin)
@@ -133,9 +167,19 @@ def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
         if on_error is not None:
             on_error(index, message)
 
+    def reread(frames: Sequence[DriveFrame]) -> Iterator[np.ndarray]:
+        images = read_images(path, image_topic, True, lambda *_: None,
+                             {f.index for f in frames})
+        for frame in frames:
+            im = next(images, None)
+            if im is None or im.index != frame.index:
+                return                              # Drive.frame_images reports the frame
+            yield resize_rgb(im.rgb, *size)
+
+    drive.reread = reread
     items = ((im.index, im.stamp, im.frame_id, f'{name}:{image_topic}#{im.index}', im.rgb)
              for im in read_images(path, image_topic, skip_invalid=True, on_error=invalid))
-    return _collect(drive, items, trajectory, size, rule, max_gap, progress)
+    return _collect(drive, items, trajectory, size, rule, max_gap, progress, hold_images)
 
 
 POSES_COLUMNS = ('image', 'stamp', 'x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
@@ -144,8 +188,11 @@ POSES_COLUMNS = ('image', 'stamp', 'x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
 def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, int],
                       rule: KeyframeRule = KeyframeRule(),
                       progress: Optional[Callable[[int], None]] = None,
-                      on_error: Optional[Callable[[int, str], None]] = None) -> Drive:
+                      on_error: Optional[Callable[[int, str], None]] = None,
+                      hold_images: bool = True) -> Drive:
     """Read an image folder with a poses CSV: one row per image.
+
+    hold_images: as for :func:`read_bag_drive` (False: images are loaded again by name).
 
     Columns: ``image`` (file name in the folder), ``stamp`` (s), ``x, y`` and optionally
     ``z, qx, qy, qz, qw`` (metres, unit quaternion; default 0 and identity), in the map
@@ -187,7 +234,15 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
                 continue
             yield index, samples[i].stamp, 'camera', name, rgb
 
-    return _collect(drive, items(), trajectory, size, rule, 0.0, progress)
+    def reread(frames: Sequence[DriveFrame]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            try:
+                yield resize_rgb(load_image(folder / frame.source), *size)
+            except ImageError:
+                return                              # Drive.frame_images reports it
+
+    drive.reread = reread
+    return _collect(drive, items(), trajectory, size, rule, 0.0, progress, hold_images)
 
 
 def positions_of(frames: Sequence[DriveFrame]) -> np.ndarray:

@@ -2,7 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """The extraction loop: images in, descriptors out, in batches; and building a map."""
 
-from typing import Callable, Iterator, List, Optional, Sequence
+import itertools
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,16 +15,18 @@ from .image import to_tensor
 from .model import Descriptors, PatchNetVLAD
 
 
-def describe_batches(model: PatchNetVLAD, images: Sequence[np.ndarray], batch_size: int = 4,
+def describe_batches(model: PatchNetVLAD, images: Iterable[np.ndarray], batch_size: int = 4,
                      with_patches: bool = True,
                      progress: Optional[Callable[[int], None]] = None,
                      encoder_dtype: Optional[torch.dtype] = None) -> Iterator[Descriptors]:
     """Descriptors of RGB images, one :class:`Descriptors` per batch of batch_size.
 
-    encoder_dtype: backbone precision (see :meth:`PatchNetVLAD.extract`).
+    images: any iterable (a generator is read one batch at a time, so a drive's images
+    need not all be in memory). encoder_dtype: backbone precision (see
+    :meth:`PatchNetVLAD.extract`).
     """
-    for i in range(0, len(images), batch_size):
-        batch = list(images[i:i + batch_size])
+    images = iter(images)
+    while batch := list(itertools.islice(images, batch_size)):
         yield model.extract(to_tensor(batch, model.config), with_patches=with_patches,
                             encoder_dtype=encoder_dtype)
         if progress is not None:

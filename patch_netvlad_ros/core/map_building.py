@@ -75,7 +75,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     else:
         log(f'no checkpoint: bootstrapping {config.preset} clusters and PCA from '
             f'{len(drive.frames)} keyframes of {drive.name}')
-        model = bootstrap_model(config, [f.rgb for f in drive.frames], seed=seed, log=log)
+        # bootstrapping encodes every keyframe at once (k-means and PCA samples)
+        model = bootstrap_model(config, list(drive.frame_images()), seed=seed, log=log)
     refs = [Reference(id=f'{drive.name}#{f.index:06d}', source=f.source, stamp=f.stamp,
                       frame_id=map_frame, x=f.pose.x, y=f.pose.y, z=f.pose.z, qx=f.pose.qx,
                       qy=f.pose.qy, qz=f.pose.qz, qw=f.pose.qw) for f in drive.frames]
@@ -88,12 +89,13 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
         meta['enu_origin'] = list(drive.origin)
     meta['drives'] = [*meta.get('drives', []), {'name': drive.name, **drive.summary()}]
     old_refs = base.references if base is not None else []
-    # descriptors stream to disk batch by batch: a performance-preset keyframe alone is
-    # 23 MB of patches, so a long drive would not fit in memory
+    # images and descriptors stream batch by batch: a performance-preset keyframe alone is
+    # 23 MB of patches, so a long drive would not fit in memory (a drive read without
+    # holding its images reads them again from its source here)
     with MapWriter(output, model.config, digest, len(old_refs) + len(refs)) as writer:
         if base is not None:
             writer.append_map(base)
-        for desc in describe_batches(model, [f.rgb for f in drive.frames], batch_size,
+        for desc in describe_batches(model, drive.frame_images(), batch_size,
                                      progress=progress):
             writer.append(desc.global_desc.cpu().numpy(),
                           [p.cpu().numpy() for p in desc.patches])
