@@ -54,3 +54,21 @@ def test_bench_on_a_missing_gpu_exits_with_a_clear_error(capsys):
         bench.main(['--device', 'cuda', '--output', '/nonexistent/bench.json'])
     assert exc.value.code == 2
     assert 'no CUDA device is available to torch here' in capsys.readouterr().err
+
+
+def test_bench_case_that_dies_is_reported_not_waited_for():
+    # each case runs in a fresh process; one that exits without a result (here: an
+    # unknown kind raises in the worker) must not leave the benchmark waiting forever
+    from patch_netvlad_ros.cli import bench
+    with pytest.raises(RuntimeError, match=r'nope case ours/speed died \(exit code 1\)'):
+        bench.run_case('nope', 'ours', 'speed', 1, 1)
+
+
+def test_bench_amx_peak_case_runs_in_a_fresh_process():
+    # the worker never asked for the tile state itself: the helper must (else SIGILL)
+    from patch_netvlad_ros.cli import bench
+    from patch_netvlad_ros.core import native
+    if not native.amx():
+        pytest.skip('no AMX tiles here')
+    result = bench.run_case('peak', 'amx', '-', 0, 1)
+    assert result['tflops'] > 0

@@ -93,6 +93,23 @@ def test_amx_peak_counts_the_tile_products_of_every_thread():
     assert flops == 2 * 4 * 16 * 16 * 32 * 1000 * torch.get_num_threads()
 
 
+@pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
+def test_fused_kernel_and_onednn_share_the_tile_unit(rng):
+    # the kernel configures and releases the tiles on torch's own OpenMP threads, where
+    # oneDNN runs its AMX GEMMs and convolutions: alternate them and check both each time
+    q = unit(rng.standard_normal((70, 64)))
+    db = unit(q[rng.integers(0, 70, (3, 50))] + 0.3 * rng.standard_normal((3, 50, 64)))
+    expected = brute_force_mnn(q, db.astype(np.float16).astype(np.float32))
+    a = torch.from_numpy(rng.standard_normal((300, 512)).astype(np.float32))
+    b = torch.from_numpy(rng.standard_normal((512, 200)).astype(np.float32))
+    exact = (a.double() @ b.double()).float()
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=True)
+    for _ in range(3):
+        np.testing.assert_array_equal(screened.match(db.astype(np.float16)).numpy(), expected)
+        got = (a.bfloat16() @ b.bfloat16()).float()          # oneDNN, AMX
+        torch.testing.assert_close(got, exact, rtol=0.02, atol=0.5)
+
+
 def test_fused_kernel_refuses_dimensions_it_cannot_tile():
     q = torch.from_numpy(unit(np.ones((4, 40))))
     with pytest.raises(ValueError, match='divisible by 32 and at most 1024 .got 40.'):

@@ -30,6 +30,7 @@ fused screened matcher.
 """
 
 import argparse
+import queue as queue_module
 import json
 import multiprocessing as mp
 import os
@@ -216,7 +217,14 @@ def run_case(kind: str, impl: str, preset: str, arg: int, repeats: int,
     proc = ctx.Process(target=_worker,
                        args=(queue, kind, impl, preset, arg, repeats, device))
     proc.start()
-    result = queue.get()
+    while True:                 # a case that crashes must not leave the run waiting forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f'{kind} case {impl}/{preset} died (exit code '
+                                   f'{proc.exitcode}) without a result') from None
     proc.join()
     return result
 

@@ -215,7 +215,8 @@ class ScreenedQuery:
             if rc == -1:
                 raise MemoryError('screened matcher: out of memory')
             if rc != 0:
-                raise RuntimeError(f'fused AMX screen refused shapes Pd={pd} Pq={pq} D={d}')
+                raise RuntimeError(f'fused AMX screen refused Pd={pd} Pq={pq} D={d} (or the '
+                                   'kernel refused the AMX tile state)')
             del blocks
 
     def _match_gemm(self, store: np.ndarray, indices: np.ndarray, in_place: bool,

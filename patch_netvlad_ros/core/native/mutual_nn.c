@@ -500,7 +500,9 @@ typedef struct {
   uint8_t rows[16];
 } TileConfig;
 
-/* Ask the kernel for the tile state (once per process; torch does the same). */
+/* Ask the kernel for the tile state (per process; repeating it is harmless, and torch does
+ * the same). Every entry point that uses the tiles asks first: a tile instruction without
+ * the permission kills the process. */
 int pnv_amx_init(void) { return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
                                         18 /* XFEATURE_XTILEDATA */) == 0; }
 
@@ -588,6 +590,7 @@ static void fold_rows_of(const float *blk, int r0, int r1, int64_t i0, int64_t j
  * (2 x 2 tiles, as amx_screen) on operands that stay in L1. Returns the FLOPs done, for the
  * caller to time: the ceiling the fused kernel's rate is set against. */
 double pnv_amx_peak(int64_t iters) {
+  if (!pnv_amx_init()) return 0.0;
   double flops = 0.0;
 #pragma omp parallel reduction(+ : flops)
   {
@@ -711,13 +714,14 @@ static void amx_screen(const void *db, int is_half, const uint16_t *qp, int64_t 
 
 /* pnv_mutual_nn with the fused AMX screen: the same arguments, except that the caller gives
  * the query's bf16 columns qp [ld / 32][d / 2][32][2] (amx_screen) instead of the
- * similarities and the candidates' norms (computed here). Needs d % 32 == 0, ld % 32 == 0 and pnv_amx_init() == 1.
- * Returns 0, -1 when out of memory, -2 when the shapes do not suit the tile unit. */
+ * similarities and the candidates' norms (computed here). Needs d % 32 == 0, ld % 32 == 0.
+ * Returns 0, -1 when out of memory, -2 when the shapes do not suit the tile unit or the
+ * kernel refuses the tile state. */
 int pnv_mutual_nn_amx(const void *const *db, int is_half, const float *q, const uint16_t *qp,
                       const float *nq, const float *eq, int64_t n_cand, int64_t pd,
                       int64_t pq, int64_t ld, int64_t d, int64_t max_dots, int64_t *match,
                       int64_t *counts, uint8_t *fallback) {
-  if (d % 32 || ld % 32 || ld < pq || pd < 1) return -2;
+  if (d % 32 || ld % 32 || ld < pq || pd < 1 || !pnv_amx_init()) return -2;
   const Bounds b = screen_bounds(nq, eq, pq, d);
   const int64_t pd32 = (pd + 31) / 32 * 32;
   int failed = 0;
