@@ -85,6 +85,30 @@ def test_fused_kernel_handles_partial_tiles(rng, fused):
                                       brute_force_mnn(q, db.astype(np.float32)))
 
 
+@needs_screen
+@pytest.mark.parametrize('fused', PATHS)
+def test_negative_similarities_and_zero_thresholds(rng, fused):
+    # every similarity below zero (the windows are scanned on bf16 bits, where negative
+    # values order in reverse): cosines shifted by -2 through a last coordinate; then a
+    # row of zeros, whose similarities (all exactly 0) top every column
+    x = unit(rng.standard_normal((30, 63)))
+    x = unit(np.concatenate([x, x[:10] + 1e-3 * rng.standard_normal((10, 63))]))  # twins
+    q = np.concatenate([x, np.ones((40, 1), np.float32)], 1)
+    near = unit(x[rng.integers(0, 40, (3, 45))] + 0.2 * rng.standard_normal((3, 45, 63)))
+    db = np.concatenate([near, np.full((3, 45, 1), -2.0, np.float32)], 2).astype(np.float16)
+    assert (db.astype(np.float32) @ q.T).max() < 0
+    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
+    np.testing.assert_array_equal(screened.match(db).numpy(),
+                                  brute_force_mnn(q, db.astype(np.float32)))
+    assert screened.counts[0] > 0                      # rows refined in negative windows
+    zeros = db.copy()
+    zeros[:, 7] = 0
+    match = screened.match(zeros).numpy()
+    np.testing.assert_array_equal(match, brute_force_mnn(q, zeros.astype(np.float32)))
+    assert (match[:, 7] == 0).all()                    # first of its tied columns, mutual
+    assert screened.fallbacks == 0
+
+
 @pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
 def test_amx_peak_counts_the_tile_products_of_every_thread():
     # pnv-bench's `amx` peak row: 2 x 2 tile products of 16 x 16 x 32 per round and thread,

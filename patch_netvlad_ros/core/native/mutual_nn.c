@@ -148,6 +148,7 @@ typedef struct {
   const float *q;        /* [pq, d] */
   int64_t pd, pq, ld, d;
   float *rthr, *cthr;    /* window thresholds: rmax - 2E_row, cmax - 2E_col */
+  const int16_t *rkey, *ckey;  /* the same as bf16 keys (key_at_least) */
   const float *rmax;     /* per row: its screened maximum */
   uint8_t *need;         /* per column: 1 when its exact argmax is needed */
   int32_t *col_arg;      /* per needed column: exact argmax row (exact_cols) */
@@ -162,17 +163,43 @@ static inline __m512 sim16(const uint16_t *row, int64_t i, __mmask16 m) {
                             _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
 }
 
-/* Exact argmax over row j's window (entries >= rthr[j]). */
+/* The windows are scanned on the bf16 bits: as int16 "keys" (magnitude bits flipped for
+ * negative values) their signed order is the float order, so one compare takes 32
+ * similarities instead of 16 converted ones. */
+static inline __m512i keys32(__m512i bits) {
+  return _mm512_xor_si512(bits, _mm512_and_si512(_mm512_srai_epi16(bits, 15),
+                                                 _mm512_set1_epi16(0x7FFF)));
+}
+
+static inline __mmask32 tail32(int64_t left) {
+  return left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
+}
+
+/* Key of the smallest bf16 value >= t (finite or infinite t): a bf16 s is >= t exactly
+ * when key(s) >= this key. Both zeros pass a threshold at or below zero. */
+static int16_t key_at_least(float t) {
+  uint32_t u;
+  memcpy(&u, &t, sizeof u);
+  uint16_t hi = (uint16_t)(u >> 16);          /* truncation: toward zero */
+  if ((u & 0xFFFFu) && !(u >> 31)) hi += 1;   /* positive and below t: the next bf16 up */
+  if (hi == 0) hi = 0x8000;                   /* +0 -> -0, which orders below it */
+  const int16_t k = (int16_t)hi;
+  return (int16_t)(k ^ ((k >> 15) & 0x7FFF));
+}
+
+/* Exact argmax over row j's window (entries >= rthr[j], key rkey[j]). */
 static int64_t exact_row(const Candidate *c, int64_t j) {
   const uint16_t *row = c->sim + j * c->ld;
-  const __m512 thr = _mm512_set1_ps(c->rthr[j]);
+  const __m512i thr = _mm512_set1_epi16(c->rkey[j]);
   double best = -INFINITY;
   int64_t arg = -1;
-  for (int64_t i0 = 0; i0 < c->pq; i0 += 16) {
-    __mmask16 m = _mm512_cmp_ps_mask(sim16(row, i0, tail_mask(c->pq - i0)), thr, _CMP_GE_OQ);
+  for (int64_t i0 = 0; i0 < c->pq; i0 += 32) {
+    const __mmask32 t = tail32(c->pq - i0);
+    __mmask32 m = _mm512_mask_cmpge_epi16_mask(t, keys32(_mm512_maskz_loadu_epi16(t, row + i0)),
+                                               thr);
     while (m) {
       int64_t i = i0 + __builtin_ctz(m);
-      m &= (__mmask16)(m - 1);
+      m &= m - 1;
       double v = exact_dot(c->db, c->is_half, j, c->q + i * c->d, c->d);
       c->counts[2] += 1;
       if (v > best) { best = v; arg = i; }
@@ -185,12 +212,12 @@ static int64_t exact_row(const Candidate *c, int64_t j) {
 /* Whether row j has an entry in both its own window and its column's window. */
 static int may_be_mutual(const Candidate *c, int64_t j) {
   const uint16_t *row = c->sim + j * c->ld;
-  const __m512 thr = _mm512_set1_ps(c->rthr[j]);
-  for (int64_t i = 0; i < c->pq; i += 16) {
-    __mmask16 m = tail_mask(c->pq - i);
-    __m512 v = sim16(row, i, m);
-    if (_mm512_cmp_ps_mask(v, thr, _CMP_GE_OQ) &
-        _mm512_cmp_ps_mask(v, _mm512_maskz_loadu_ps(m, c->cthr + i), _CMP_GE_OQ))
+  const __m512i thr = _mm512_set1_epi16(c->rkey[j]);
+  for (int64_t i = 0; i < c->pq; i += 32) {
+    const __mmask32 t = tail32(c->pq - i);
+    const __m512i k = keys32(_mm512_maskz_loadu_epi16(t, row + i));
+    if (_mm512_mask_cmpge_epi16_mask(_mm512_mask_cmpge_epi16_mask(t, k, thr), k,
+                                     _mm512_maskz_loadu_epi16(t, c->ckey + i)))
       return 1;
   }
   return 0;
@@ -206,11 +233,11 @@ static int32_t first_index_of(const uint16_t *row, int64_t n, float mx) {
   return 0;
 }
 
-/* 16 consecutive columns, some of them needed by exact_cols. */
+/* 32 consecutive columns, some of them needed by exact_cols. */
 typedef struct {
   float lowest;       /* the lowest window threshold of its needed columns */
   int32_t at;         /* first column */
-  __mmask16 want;     /* its needed columns */
+  __mmask32 want;     /* its needed columns */
 } NeededChunk;
 
 static int by_lowest(const void *x, const void *y) {
@@ -224,16 +251,16 @@ static int by_lowest(const void *x, const void *y) {
  * larger, so ties keep the first row (as torch.argmax). Stops once more than max_dots
  * exact products were spent on this candidate; returns 0 then, else 1. */
 static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots) {
-  const int64_t n_chunks = (c->pq + 15) / 16;
-  NeededChunk chunks[n_chunks];                   /* the 16-column chunks with needed columns */
+  const int64_t n_chunks = (c->pq + 31) / 32;
+  NeededChunk chunks[n_chunks];                   /* the 32-column chunks with needed columns */
   int64_t needed = 0, n_want = 0;
-  for (int64_t i0 = 0; i0 < c->pq; i0 += 16) {
+  for (int64_t i0 = 0; i0 < c->pq; i0 += 32) {
     NeededChunk k = {INFINITY, (int32_t)i0, 0};
-    for (int64_t i = i0; i < c->pq && i < i0 + 16; ++i) {
+    for (int64_t i = i0; i < c->pq && i < i0 + 32; ++i) {
       c->col_best[i] = -INFINITY;
       c->col_arg[i] = -1;
       if (!c->need[i]) continue;
-      k.want |= (__mmask16)(1u << (i - i0));
+      k.want |= (__mmask32)1u << (i - i0);
       if (c->cthr[i] < k.lowest) k.lowest = c->cthr[i];
     }
     if (k.want) chunks[n_want++] = k;
@@ -249,13 +276,12 @@ static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots)
     const uint16_t *row = c->sim + j * c->ld;
     for (int64_t k = 0; k < n_want && chunks[k].lowest <= rmax; ++k) {
       const int64_t i0 = chunks[k].at;
-      const __mmask16 t = tail_mask(c->pq - i0);
-      __mmask16 m = chunks[k].want & _mm512_cmp_ps_mask(sim16(row, i0, t),
-                                                        _mm512_maskz_loadu_ps(t, c->cthr + i0),
-                                                        _CMP_GE_OQ);
+      const __mmask32 t = chunks[k].want;
+      __mmask32 m = _mm512_mask_cmpge_epi16_mask(t, keys32(_mm512_maskz_loadu_epi16(t, row + i0)),
+                                                 _mm512_maskz_loadu_epi16(t, c->ckey + i0));
       while (m) {
         const int64_t i = i0 + __builtin_ctz(m);
-        m &= (__mmask16)(m - 1);
+        m &= m - 1;
         const double v = exact_dot(c->db, c->is_half, j, c->q + i * c->d, c->d);
         c->counts[2] += 1;
         if (v > c->col_best[i]) { c->col_best[i] = v; c->col_arg[i] = (int32_t)j; }
@@ -312,6 +338,7 @@ static inline __attribute__((always_inline)) void fold_rows(
 /* Scratch of one thread: per row and per column statistics of one candidate. */
 typedef struct {
   float *rmax, *r2, *rthr, *cmax, *c2, *cthr;
+  int16_t *rkey, *ckey;
   int32_t *rarg, *col_arg;
   double *col_best;
   uint8_t *need;
@@ -319,6 +346,7 @@ typedef struct {
 
 static void scratch_free(Scratch *w) {
   free(w->rmax); free(w->r2); free(w->rthr); free(w->cmax); free(w->c2); free(w->cthr);
+  free(w->rkey); free(w->ckey);
   free(w->rarg); free(w->col_arg); free(w->col_best); free(w->need);
 }
 
@@ -327,9 +355,10 @@ static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
   w->rthr = malloc(sizeof(float) * pd); w->rarg = malloc(sizeof(int32_t) * pd);
   w->cmax = malloc(sizeof(float) * pq); w->c2 = malloc(sizeof(float) * pq);
   w->cthr = malloc(sizeof(float) * pq);
+  w->rkey = malloc(sizeof(int16_t) * pd); w->ckey = malloc(sizeof(int16_t) * pq);
   w->col_arg = malloc(sizeof(int32_t) * pq); w->col_best = malloc(sizeof(double) * pq);
   w->need = malloc(pq);
-  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr &&
+  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr && w->rkey && w->ckey &&
          w->col_arg && w->col_best && w->need;
 }
 
@@ -389,16 +418,18 @@ static int decide(const uint16_t *s, const void *db, int is_half, const float *q
     const double in_err = edc[j] * b->nq_max + ndj * b->eq_max
                           + b->gamma * ndj * (b->nq_max + b->eq_max);
     w->rthr[j] = window_threshold(w->rmax[j], in_err, b->out_rel);
+    w->rkey[j] = key_at_least(w->rthr[j]);
     if (ndj > nd_max) nd_max = ndj;
     if (edc[j] > ed_max) ed_max = edc[j];
   }
   for (int64_t i = 0; i < pq; ++i) {
     const double in_err = ed_max * nq[i] + nd_max * eq[i] + b->gamma * nd_max * (nq[i] + eq[i]);
     w->cthr[i] = window_threshold(w->cmax[i], in_err, b->out_rel);
+    w->ckey[i] = key_at_least(w->cthr[i]);
     w->need[i] = 0;
   }
-  Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->rthr, w->cthr, w->rmax, w->need,
-                 w->col_arg, w->col_best, counts};
+  Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->rthr, w->cthr, w->rkey, w->ckey,
+                 w->rmax, w->need, w->col_arg, w->col_best, counts};
   const int64_t dots_before = counts[2];
   for (int64_t j = 0; j < pd; ++j) {
     if (counts[2] - dots_before > max_dots) return 1;
