@@ -30,12 +30,12 @@ fused screened matcher.
 """
 
 import argparse
-import queue as queue_module
 import json
 import multiprocessing as mp
 import os
 from pathlib import Path
 import platform
+import queue as queue_module
 import resource
 import statistics
 import sys
