@@ -16,7 +16,7 @@ each thread takes whole candidates, multiplies 32 x 32 blocks on the tile unit a
 each block into the row and column statistics while the next one computes. The similarity
 matrix never leaves the cache and the bf16 conversion of the candidate runs beside the
 multiplications; the whole match of the speed preset's top-100 takes about 2/3 of the
-time of the oneDNN GEMM path, the storage preset's about 3/5.
+time of the oneDNN GEMM path, the storage preset's about half.
 
 The result is the exact mutual nearest neighbours of the stored vectors: the same as
 the float32 path except where two similarities tie within float32 rounding (~1e-7),
