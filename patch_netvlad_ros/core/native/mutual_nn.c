@@ -524,14 +524,13 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
 #ifdef PNV_AMX
 /* ---- Fused AMX screen: the similarity GEMM and the one-pass fold in one kernel ----
  *
- * oneDNN's bf16 GEMM reaches about a third of the AMX units' rate on these shapes, and the
- * fold then re-reads all of its output. Here each thread takes whole candidates: it
- * converts the candidate to bf16 (in cache), multiplies 32 x 32 blocks on the tile unit
- * (2 A tiles x 2 B tiles -> 4 accumulators), and folds each finished block into the row
- * and column statistics while the tile unit computes the next block (the fold of block n
- * is interleaved with the tile instructions of block n + 1). The screened similarities
- * are the same bf16-rounded fp32 sums as the GEMM path's (any summation order obeys the
- * same bound), so decide() refines them unchanged. */
+ * On this project's CPU oneDNN's bf16 GEMM ran at a quarter to a half of the tile unit's
+ * own rate (pnv_amx_peak), and the fold then re-read all of its output. Here each thread
+ * takes whole candidates: it multiplies 32 x 32 blocks on the tile unit (2 A tiles x 2 B
+ * tiles -> 4 accumulators), and while the tile unit computes block n + 1 it folds block n
+ * into the row and column statistics and converts a few rows of the next 32-row block to
+ * bf16. The screened similarities are the same bf16-rounded fp32 sums as the GEMM path's
+ * (any summation order obeys the same bound), so decide() refines them unchanged. */
 
 typedef struct {
   uint8_t palette, start_row, reserved[14];
