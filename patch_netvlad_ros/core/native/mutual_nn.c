@@ -62,22 +62,33 @@ static inline __m512i round_bf16(__m512 x) {
   return _mm512_and_si512(u, _mm512_set1_epi32((int)0xFFFF0000u));
 }
 
+/* bf16 (RNE) of 16 floats x, as 32-bit lanes; adds x^2 and the rounding error^2 to nn, ee. */
+static inline __m512i round_measured(__m512 x, __m512 *nn, __m512 *ee) {
+  const __m512i b = round_bf16(x);
+  const __m512 e = _mm512_sub_ps(x, _mm512_castsi512_ps(b));     /* exact (Sterbenz) */
+  *nn = _mm512_fmadd_ps(x, x, *nn);
+  *ee = _mm512_fmadd_ps(e, e, *ee);
+  return b;
+}
+
+/* A row's norm and rounding-error norm from its sums of squares, rounded up by 1e-3: far
+ * more than float's summation error for d <= 65536. */
+static inline void store_norms(__m512 nn, __m512 ee, float *norm, float *err) {
+  *norm = sqrtf(_mm512_reduce_add_ps(nn)) * 1.001f;
+  *err = sqrtf(_mm512_reduce_add_ps(ee)) * 1.001f;
+}
+
 static void to_bf16_rows(const void *src, int is_half, int64_t n, int64_t d, uint16_t *dst,
                          float *norm, float *err) {
   for (int64_t r = 0; r < n; ++r) {
     __m512 nn = _mm512_setzero_ps(), ee = _mm512_setzero_ps();
     for (int64_t k = 0; k < d; k += 16) {
       __mmask16 m = tail_mask(d - k);
-      __m512 x = load16(src, is_half, r * d + k, m);
-      __m512i b = round_bf16(x);
-      __m512 e = _mm512_sub_ps(x, _mm512_castsi512_ps(b));     /* exact (Sterbenz) */
-      nn = _mm512_fmadd_ps(x, x, nn);
-      ee = _mm512_fmadd_ps(e, e, ee);
+      __m512i b = round_measured(load16(src, is_half, r * d + k, m), &nn, &ee);
       _mm256_mask_storeu_epi16(dst + r * d + k, m,
                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16)));
     }
-    norm[r] = sqrtf(_mm512_reduce_add_ps(nn)) * 1.001f;
-    err[r] = sqrtf(_mm512_reduce_add_ps(ee)) * 1.001f;
+    store_norms(nn, ee, norm + r, err + r);
   }
 }
 
@@ -97,25 +108,21 @@ static void to_bf16_tiles(const void *src, int is_half, int64_t row0, int r0, in
     }
     __m512 nn = _mm512_setzero_ps(), ee = _mm512_setzero_ps();
     for (int64_t k = 0; k < d; k += 32) {
-      __m512 x0 = load16(src, is_half, (row0 + r) * d + k, 0xFFFF);
-      __m512 x1 = load16(src, is_half, (row0 + r) * d + k + 16, 0xFFFF);
-      __m512i b0 = round_bf16(x0), b1 = round_bf16(x1);
-      __m512 e0 = _mm512_sub_ps(x0, _mm512_castsi512_ps(b0));   /* exact (Sterbenz) */
-      __m512 e1 = _mm512_sub_ps(x1, _mm512_castsi512_ps(b1));
-      nn = _mm512_fmadd_ps(x1, x1, _mm512_fmadd_ps(x0, x0, nn));
-      ee = _mm512_fmadd_ps(e1, e1, _mm512_fmadd_ps(e0, e0, ee));
+      const __m512i b0 = round_measured(load16(src, is_half, (row0 + r) * d + k, 0xFFFF),
+                                        &nn, &ee);
+      const __m512i b1 = round_measured(load16(src, is_half, (row0 + r) * d + k + 16, 0xFFFF),
+                                        &nn, &ee);
       /* the high halves of b0, b1: 32 bf16 in column order */
       _mm512_store_si512(dst + k * 32 + r * 32, _mm512_permutex2var_epi16(b0, high_halves, b1));
     }
-    norm[row0 + r] = sqrtf(_mm512_reduce_add_ps(nn)) * 1.001f;
-    err[row0 + r] = sqrtf(_mm512_reduce_add_ps(ee)) * 1.001f;
+    store_norms(nn, ee, norm + row0 + r, err + row0 + r);
   }
 }
 #endif
 
 /* n_blocks blocks (src[b]: n rows of d values, float16 if is_half, else float32) to bf16
  * (RNE) in dst [n_blocks * n, d]; per row the norm of the value and of its rounding error
- * (float sums, rounded up by 1e-3: far more than float's summation error for d <= 65536).
+ * (store_norms).
  * Blocks are candidates read in place from a patch store (no gather copy). */
 void pnv_to_bf16(const void *const *blocks, int is_half, int64_t n_blocks, int64_t n,
                  int64_t d, uint16_t *dst, float *norm, float *err) {
@@ -366,8 +373,8 @@ static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
   w->rkey = malloc(sizeof(int16_t) * pd); w->ckey = malloc(sizeof(int16_t) * pq);
   w->col_arg = malloc(sizeof(int32_t) * pq); w->col_best = malloc(sizeof(double) * pq);
   w->need = malloc(pq);
-  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr && w->rkey && w->ckey &&
-         w->col_arg && w->col_best && w->need;
+  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr && w->rkey &&
+         w->ckey && w->col_arg && w->col_best && w->need;
 }
 
 /* Bounds shared by all entries: see pnv_mutual_nn. */
