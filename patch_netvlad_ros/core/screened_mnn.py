@@ -204,8 +204,9 @@ class ScreenedQuery:
         c, pq = len(indices), self.q.shape[0]
         if pd == 0:
             return
-        step = c if in_place else max(1, FUSED_CHUNK_BYTES // (4 * pd * d))
-        for c0 in range(0, c, max(step, 1)):
+        # in place: one call for all candidates; gathered: chunks of FUSED_CHUNK_BYTES
+        step = max(c, 1) if in_place else max(1, FUSED_CHUNK_BYTES // (4 * pd * d))
+        for c0 in range(0, c, step):
             blocks, ptrs = self._blocks(store, indices[c0:c0 + step], in_place)
             rc = self.lib.pnv_mutual_nn_amx(
                 ptrs.ctypes.data, int(blocks.dtype == np.float16), self.q.ctypes.data,
