@@ -83,6 +83,7 @@ def test_fused_kernel_handles_partial_tiles(rng, fused):
         assert screened.fused == fused
         np.testing.assert_array_equal(screened.match(db).numpy(),
                                       brute_force_mnn(q, db.astype(np.float32)))
+    assert screened.match(np.zeros((3, 0, d), np.float16)).shape == (3, 0)   # no patches
 
 
 @needs_screen

@@ -71,10 +71,10 @@ def fused_ok(d: int) -> bool:
     return d % FUSED_DIM_MULTIPLE == 0 and d <= FUSED_MAX_DIM and native.amx()
 
 
-def _block_pointers(blocks: np.ndarray) -> np.ndarray:
-    """Addresses [n] of the n contiguous [P, D] blocks of a C-contiguous array [n, P, D]."""
-    return np.uint64(blocks.ctypes.data) + np.arange(
-        blocks.shape[0], dtype=np.uint64) * np.uint64(blocks.strides[0])
+def _block_pointers(blocks: np.ndarray, ids: Optional[np.ndarray] = None) -> np.ndarray:
+    """Addresses of the contiguous [P, D] blocks ids (default: all) of a C-contiguous [n, P, D]."""
+    ids = np.arange(blocks.shape[0]) if ids is None else ids
+    return np.uint64(blocks.ctypes.data) + ids.astype(np.uint64) * np.uint64(blocks.strides[0])
 
 
 def _to_bf16(lib, rows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -171,6 +171,8 @@ class ScreenedQuery:
         in_place = store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
         match = np.empty((c, pd), dtype=np.int64)
         fallback = np.zeros(c, dtype=np.uint8)
+        if pd == 0:                              # candidates without patches match nothing
+            return torch.from_numpy(match)
         max_dots = int(MAX_EXACT_FRACTION * pd * pq)
         if self.fused:
             self._match_fused(store, indices, in_place, match, fallback, max_dots)
@@ -190,8 +192,7 @@ class ScreenedQuery:
                 ) -> Tuple[np.ndarray, np.ndarray]:
         """Candidates ids of store as (array holding them, addresses [n] of their blocks)."""
         if in_place:
-            return store, (np.uint64(store.ctypes.data)
-                           + ids.astype(np.uint64) * np.uint64(store.strides[0]))
+            return store, _block_pointers(store, ids)
         blocks = np.ascontiguousarray(store[ids])
         if blocks.dtype not in (np.float16, np.float32):
             blocks = blocks.astype(np.float32)
@@ -202,8 +203,6 @@ class ScreenedQuery:
         """Fill match [c, Pd] and fallback [c] with the fused AMX kernel."""
         _, pd, d = store.shape
         c, pq = len(indices), self.q.shape[0]
-        if pd == 0:
-            return
         # in place: one call for all candidates; gathered: chunks of FUSED_CHUNK_BYTES
         step = max(c, 1) if in_place else max(1, FUSED_CHUNK_BYTES // (4 * pd * d))
         for c0 in range(0, c, step):
