@@ -8,6 +8,7 @@ ROS_DOMAIN_ID of this test run's own, see conftest.py). The expected places come
 core run offline on the same frames.
 """
 
+import ctypes
 import os
 from pathlib import Path
 import signal
@@ -262,7 +263,28 @@ def _rss_mb() -> float:
     return float('nan')
 
 
-def test_backpressure_drops_oldest(context, map_dir, corridor_set):
+@pytest.fixture
+def rss_follows_live_memory():
+    """Pin glibc's mmap threshold so that RSS follows live memory, not allocator history.
+
+    glibc raises its mmap threshold as large blocks are freed (up to 32 MB), after which
+    freed buffers of a few MB stay in its heaps: RSS between two idle moments of the same
+    graph then varied by -17 to +218 MB here. Pinned at 128 KiB: 4.8 to 7.1 MB.
+    Afterwards it is pinned where the adaptive threshold tops out, for the tests after.
+    """
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        pytest.skip('RSS bounds need glibc (mallopt)')
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 128 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024)
+    yield
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 64 * 2**20)
+
+
+def test_backpressure_drops_oldest(context, map_dir, corridor_set, rss_follows_live_memory):
     """A flood far faster than the descriptor node: bounded buffer, counted drops."""
     capacity = 4
     graph = start_graph(context, map_dir, batcher=[
@@ -270,30 +292,43 @@ def test_backpressure_drops_oldest(context, map_dir, corridor_set):
         Parameter('max_batch_age', value=0.05), Parameter('max_in_flight', value=1),
         Parameter('qos_reliability', value='reliable'), Parameter('qos_depth', value=1000)])
     batcher = graph.nodes[0]
-    try:
-        assert graph.wait(graph.connected, 20)
-        # 640x480 frames: 0.9 MB each, 200 of them would be 184 MB if anything queued them.
-        big = cv2.resize(load_image(corridor_set.queries[50]), (640, 480))
-        graph.image_pub.publish(rgb_to_image(big, stamp_of(0)))
-        assert graph.wait(lambda: len(graph.matches) == 1, 60)  # warm: model ran once
-        rss0, peak_buffer = _rss_mb(), 0
-        flood = list(range(1, 201))
-        for i in flood:
+    stats = batcher.stats
+    # 640x480 frames: 0.9 MB as received, 0.23 MB resized to the model's 320x240.
+    big = cv2.resize(load_image(corridor_set.queries[50]), (640, 480))
+    peak_buffer = 0
+
+    def flood(stamps: List[int]) -> None:
+        nonlocal peak_buffer
+        for i in stamps:
+            # Paced to the batcher's callback (about 45 frames/s here; the descriptor node
+            # takes about 2 batches/s): frames the executor has not taken yet would wait in
+            # DDS's reliable reader queue (depth 1000), DDS's memory, not the batcher's.
+            assert graph.wait(lambda: stats.received >= i - 2, 10)
             graph.image_pub.publish(rgb_to_image(big, stamp_of(i)))
             peak_buffer = max(peak_buffer, len(batcher.batcher))
-            time.sleep(0.002)
-        rss1 = _rss_mb()
-        stats = batcher.stats
-        assert graph.wait(lambda: stats.received == len(flood) + 1, 30)
+        assert graph.wait(lambda: stats.received == stamps[-1] + 1, 30)
         assert graph.wait(lambda: len(batcher.batcher) == 0
                           and len(graph.matches) == stats.batched, 60)
-        assert stats.dropped_backpressure > len(flood) / 2  # most frames had to go
+
+    try:
+        assert graph.wait(graph.connected, 20)
+        graph.image_pub.publish(rgb_to_image(big, stamp_of(0)))
+        assert graph.wait(lambda: len(graph.matches) == 1, 60)  # warm: model ran once
+        # RSS is compared between drained states: while a batch runs, the model's
+        # activations (tens of MB) would swamp frames. The first flood warms everything
+        # that grows once (batch-2 shapes, DDS buffers).
+        flood(list(range(1, 101)))
+        rss0 = _rss_mb()
+        flood(list(range(101, 301)))
+        rss1 = _rss_mb()
+        assert stats.dropped_backpressure > 300 / 2  # most frames had to go
         assert stats.received == stats.batched + stats.dropped_backpressure
         assert peak_buffer <= capacity
-        assert rss1 - rss0 < 120, f'RSS grew {rss1 - rss0:.0f} MB during the flood'
+        # Keeping the 180-odd dropped frames would be 41 MB resized, 166 MB as received.
+        assert rss1 - rss0 < 20, f'RSS grew {rss1 - rss0:.0f} MB over a 200-frame flood'
         answered = {key(m.header)[0] - STAMP0 for m in graph.matches}
-        # The newest frames win: the last frames of the flood are answered.
-        assert flood[-1] in answered and flood[-2] in answered
+        # The newest frames win: the last frames of each flood are answered.
+        assert {99, 100, 299, 300} <= answered
         assert all(0 <= m.confidence <= 1 for m in graph.matches)
     finally:
         graph.close()
