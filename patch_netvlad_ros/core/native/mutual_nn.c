@@ -8,10 +8,11 @@
  * within in_err + out_rel |s~| of the exact dot product db_j . q_i (input rounding and
  * accumulation, then the bf16 output rounding), so a row's exact argmax is among the
  * entries within 2E of the row's screened maximum (see window_threshold; likewise per
- * column). One pass over sim finds per row and column the maximum, its first index and
- * the runner-up; a row or column whose runner-up is more than 2E below its maximum is
- * decided by the screen. The rest are decided by exact dot products in float64 over
- * their window only, and only where the outcome can change the mutual match.
+ * column). One pass over sim finds per row and column the maximum and the runner-up; a
+ * row or column whose runner-up is more than 2E below its maximum is decided by the screen
+ * (a decided row's argmax is then its one entry at the maximum). The rest are decided by
+ * exact dot products in float64 over their window only, and only where the outcome can
+ * change the mutual match.
  *
  * On CPUs with AMX tiles, pnv_mutual_nn_amx does the GEMM itself and folds each finished
  * 32 x 32 block of similarities into the row and column statistics while the tile unit
@@ -238,12 +239,17 @@ static int may_be_mutual(const Candidate *c, int64_t j) {
   return 0;
 }
 
-/* Index of the first entry equal to mx in a row of n screened similarities. */
-static int32_t first_index_of(const uint16_t *row, int64_t n, float mx) {
-  const __m512 target = _mm512_set1_ps(mx);
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 m = _mm512_cmp_ps_mask(sim16(row, i, tail_mask(n - i)), target, _CMP_EQ_OQ);
-    if (m) return (int32_t)(i + __builtin_ctz(m));
+/* Index of the first of a row's n screened similarities that is >= mx: for a row the
+ * screen decided, the one entry at its maximum (every other entry is below the window, so
+ * nothing else reaches mx). Found here, once per decided row, rather than tracked per
+ * entry in the fold, whose every operation competes with the tile unit. */
+static int64_t first_at_least(const uint16_t *row, int64_t n, float mx) {
+  const __m512i key = _mm512_set1_epi16(key_at_least(mx));
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 t = tail32(n - i);
+    const __mmask32 m = _mm512_mask_cmpge_epi16_mask(
+        t, keys32(_mm512_maskz_loadu_epi16(t, row + i)), key);
+    if (m) return i + __builtin_ctz(m);
   }
   return 0;
 }
@@ -354,7 +360,7 @@ static inline __attribute__((always_inline)) void fold_rows(
 typedef struct {
   float *rmax, *r2, *rthr, *cmax, *c2, *cthr;
   int16_t *rkey, *ckey;
-  int32_t *rarg, *col_arg;
+  int32_t *col_arg;
   double *col_best;
   uint8_t *need;
 } Scratch;
@@ -362,18 +368,18 @@ typedef struct {
 static void scratch_free(Scratch *w) {
   free(w->rmax); free(w->r2); free(w->rthr); free(w->cmax); free(w->c2); free(w->cthr);
   free(w->rkey); free(w->ckey);
-  free(w->rarg); free(w->col_arg); free(w->col_best); free(w->need);
+  free(w->col_arg); free(w->col_best); free(w->need);
 }
 
 static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
   w->rmax = malloc(sizeof(float) * pd); w->r2 = malloc(sizeof(float) * pd);
-  w->rthr = malloc(sizeof(float) * pd); w->rarg = malloc(sizeof(int32_t) * pd);
+  w->rthr = malloc(sizeof(float) * pd);
   w->cmax = malloc(sizeof(float) * pq); w->c2 = malloc(sizeof(float) * pq);
   w->cthr = malloc(sizeof(float) * pq);
   w->rkey = malloc(sizeof(int16_t) * pd); w->ckey = malloc(sizeof(int16_t) * pq);
   w->col_arg = malloc(sizeof(int32_t) * pq); w->col_best = malloc(sizeof(double) * pq);
   w->need = malloc(pq);
-  return w->rmax && w->r2 && w->rthr && w->rarg && w->cmax && w->c2 && w->cthr && w->rkey &&
+  return w->rmax && w->r2 && w->rthr && w->cmax && w->c2 && w->cthr && w->rkey &&
          w->ckey && w->col_arg && w->col_best && w->need;
 }
 
@@ -391,10 +397,17 @@ static inline float window_threshold(float mx, double in_err, double out_rel) {
   return (float)(mx - 2.0 * e * 1.001 - 1e-7);
 }
 
+/* A row's runner-up from its lane statistics (max and second per column mod 16) and its
+ * maximum mx: one lane at mx gives its second, every other lane its maximum. */
+static inline float runner_up(__m512 max, __m512 second, float mx) {
+  const __mmask16 at_max = _mm512_cmp_ps_mask(max, _mm512_set1_ps(mx), _CMP_EQ_OQ);
+  const __mmask16 first = at_max & (__mmask16)(-(int)at_max);
+  return _mm512_reduce_max_ps(_mm512_mask_mov_ps(max, first, second));
+}
+
 /* Per row and column of one candidate's screened similarities s [pd, ld] (pq columns
- * used): the maximum and the runner-up (w->rmax, r2, cmax, c2) and the row's first argmax
- * (w->rarg), in one pass. Rows two at a time: the column state is loaded and stored once per
- * pair. */
+ * used): the maximum and the runner-up (w->rmax, r2, cmax, c2), in one pass. Rows two at a
+ * time: the column state is loaded and stored once per pair. */
 static void fold_screen(const uint16_t *s, int64_t pd, int64_t pq, int64_t ld, Scratch *w) {
   for (int64_t i = 0; i < pq; ++i) {
     w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY;
@@ -410,12 +423,8 @@ static void fold_screen(const uint16_t *s, int64_t pd, int64_t pq, int64_t ld, S
     for (int r = 0; r <= two; ++r) {
       const int64_t jr = j + r;
       const float mx = _mm512_reduce_max_ps(rm[r]);
-      /* runner-up: the best lane's second, or any other lane's maximum */
-      const __mmask16 at_max = _mm512_cmp_ps_mask(rm[r], _mm512_set1_ps(mx), _CMP_EQ_OQ);
-      const __mmask16 first = at_max & (__mmask16)(-(int)at_max);
-      w->r2[jr] = _mm512_reduce_max_ps(_mm512_mask_mov_ps(rm[r], first, rs[r]));
+      w->r2[jr] = runner_up(rm[r], rs[r], mx);
       w->rmax[jr] = mx;
-      w->rarg[jr] = first_index_of(s + jr * ld, pq, mx);
     }
   }
 }
@@ -450,7 +459,7 @@ static int decide(const uint16_t *s, const void *db, int is_half, const float *q
     if (counts[2] - dots_before > max_dots) return 1;
     int64_t i;
     if (w->r2[j] < w->rthr[j]) {
-      i = w->rarg[j];                             /* row decided by the screen */
+      i = first_at_least(s + j * ld, pq, w->rmax[j]);   /* row decided by the screen */
     } else {
       /* can j be mutual at all? some window entry must also be in its column's window */
       if (!may_be_mutual(&c, j)) { out[j] = -1; continue; }
@@ -562,7 +571,6 @@ static void amx_configure(void) {
 /* Row statistics of the 32 rows of a block row, per lane (column mod 16). */
 typedef struct {
   __m512 max[32], second[32];
-  __m512i arg[32];
 } RowLanes;
 
 /* Round a float to bf16 (nearest even) and back: round_bf16 for one value. Monotonic, so
@@ -582,14 +590,11 @@ static inline float round_bf16_scalar(float x) {
  * the column state (cmax, c2: length ld) and the block row's lane statistics (rounded when
  * complete: rounding is monotonic). partial: the block holds columns >= pq, which take no
  * part. Every operation here competes with the tile unit for a vector port, so the fold is
- * kept to 10 per 16 entries. */
+ * kept to 7 per 16 entries (the bf16 conversion and two top-2 updates); rows' argmaxes are
+ * found afterwards, only for the rows the screen decides (first_at_least). */
 static inline __attribute__((always_inline)) void fold_tile_rows(
     const float *blk, int r0, int r1, int64_t i0, int64_t j0, int64_t pd, int64_t pq,
     int64_t ld, int partial, uint16_t *s, float *cmax, float *c2, RowLanes *rl) {
-  const __m512i cols0 = _mm512_add_epi32(_mm512_set1_epi32((int)j0),
-                                         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
-                                                          5, 4, 3, 2, 1, 0));
-  const __m512i cols1 = _mm512_add_epi32(cols0, _mm512_set1_epi32(16));
   __mmask16 m0 = 0xFFFF, m1 = 0xFFFF;
   if (partial) {
     m0 = tail_mask(pq - j0);
@@ -610,14 +615,10 @@ static inline __attribute__((always_inline)) void fold_tile_rows(
     }
     top2(v0, &cm0, &cs0);
     top2(v1, &cm1, &cs1);
-    /* row lanes: max, its first column (strict >, columns ascending), runner-up */
     __m512 rm = rl->max[r], rs = rl->second[r];
-    __m512i ra = rl->arg[r];
-    ra = _mm512_mask_mov_epi32(ra, _mm512_cmp_ps_mask(v0, rm, _CMP_GT_OQ), cols0);
     top2(v0, &rm, &rs);
-    ra = _mm512_mask_mov_epi32(ra, _mm512_cmp_ps_mask(v1, rm, _CMP_GT_OQ), cols1);
     top2(v1, &rm, &rs);
-    rl->max[r] = rm; rl->second[r] = rs; rl->arg[r] = ra;
+    rl->max[r] = rm; rl->second[r] = rs;
   }
   _mm512_storeu_ps(cmax + j0, cm0); _mm512_storeu_ps(c2 + j0, cs0);
   _mm512_storeu_ps(cmax + j0 + 16, cm1); _mm512_storeu_ps(c2 + j0 + 16, cs1);
@@ -699,7 +700,6 @@ static void amx_screen(const void *db, int is_half, const uint16_t *qp, int64_t 
   for (int64_t i0 = 0; i0 < pd; i0 += 32) {
     for (int r = 0; r < 32; ++r) {
       rl->max[r] = rl->second[r] = _mm512_set1_ps(-INFINITY);
-      rl->arg[r] = _mm512_setzero_si512();
     }
     const uint16_t *ai = a + (i0 / 32 % 2) * 32 * d;
     uint16_t *next = a + (i0 / 32 % 2 ? 0 : 32 * d);
@@ -741,16 +741,8 @@ static void amx_screen(const void *db, int is_half, const uint16_t *qp, int64_t 
     for (int r = 0; r < 32 && i0 + r < pd; ++r) {
       const int64_t j = i0 + r;
       const float mx = _mm512_reduce_max_ps(rl->max[r]);
-      /* the first column at the maximum: the smallest lane argmax among lanes at it */
-      const __mmask16 at_max = _mm512_cmp_ps_mask(rl->max[r], _mm512_set1_ps(mx), _CMP_EQ_OQ);
-      const int32_t arg = _mm512_mask_reduce_min_epi32(at_max, rl->arg[r]);
-      const __mmask16 lane = _mm512_cmpeq_epi32_mask(rl->arg[r], _mm512_set1_epi32(arg)) &
-                             at_max;
-      /* runner-up: that lane's second, or any other lane's maximum */
-      w->r2[j] = round_bf16_scalar(
-          _mm512_reduce_max_ps(_mm512_mask_mov_ps(rl->max[r], lane, rl->second[r])));
+      w->r2[j] = round_bf16_scalar(runner_up(rl->max[r], rl->second[r], mx));
       w->rmax[j] = round_bf16_scalar(mx);
-      w->rarg[j] = arg;
     }
   }
   for (int64_t i = 0; i < pq; ++i) {
