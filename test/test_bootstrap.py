@@ -1,6 +1,6 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Bootstrap pieces against reference computations: whitened PCA, NetVLAD init."""
+"""Bootstrap pieces against reference computations (whitened PCA, NetVLAD init); the cache."""
 
 import math
 
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core.bootstrap import fit_wpca, init_netvlad
+from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca, init_netvlad
 from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.datasets import corridor
+from patch_netvlad_ros.core.image import load_image
 from patch_netvlad_ros.core.model import PatchNetVLAD
+from patch_netvlad_ros.core.models import corridor_model
 
 
 @pytest.mark.parametrize('n,dv', [(60, 200), (400, 40)])   # Gram (dual) and covariance paths
@@ -56,3 +59,20 @@ def test_vladv2_init_hand_computed():
     c = torch.from_numpy(centroids)
     assert torch.allclose(model.pool.conv.weight[:, :, 0, 0].detach(), 2 * alpha * c)
     assert torch.allclose(model.pool.conv.bias.detach(), -alpha * (c * c).sum(1))
+
+
+def test_corridor_model_bootstraps_into_an_empty_cache_then_loads_it(tmp_path):
+    # the path the nodes, the demo and the tests take on a fresh machine (no log given)
+    cfg = get_config('storage', image_height=128, image_width=128, num_clusters=8, num_pcs=16)
+    images = [load_image(p) for p in corridor().references[:4]]
+    built, path = corridor_model(cfg, images, cache=tmp_path)
+    assert path.is_file() and path.parent == tmp_path
+    lines = []
+    again = bootstrap_model(cfg, images, log=lines.append)     # deterministic for a seed
+    assert [line.split(':')[0] for line in lines] == [
+        'encoding 4 reference images', 'k-means', 'whitened PCA']
+    loaded, same_path = corridor_model(cfg, cache=tmp_path)    # from the cache, not rebuilt
+    assert same_path == path
+    for name, value in built.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+        assert torch.equal(value, again.state_dict()[name]), name

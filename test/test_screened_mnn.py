@@ -135,6 +135,7 @@ def test_fused_kernel_and_onednn_share_the_tile_unit(rng):
         torch.testing.assert_close(got, exact, rtol=0.02, atol=0.5)
 
 
+@needs_screen
 def test_fused_kernel_refuses_dimensions_it_cannot_tile():
     q = torch.from_numpy(unit(np.ones((4, 40))))
     with pytest.raises(ValueError, match='divisible by 32 and at most 1024 .got 40.'):

@@ -164,14 +164,16 @@ def vlad_samples(model: PatchNetVLAD, features: Sequence[torch.Tensor], max_samp
 
 def bootstrap_model(config: PatchNetVLADConfig, images: Sequence[np.ndarray], seed: int = 0,
                     per_image: int = 100, max_pca_samples: Optional[int] = None,
-                    log: Callable[[str], None] = lambda _msg: None,
+                    log: Optional[Callable[[str], None]] = None,
                     progress: Optional[Callable[[int], None]] = None) -> PatchNetVLAD:
     """Build a full Patch-NetVLAD model from ImageNet VGG16 and reference images.
 
     images: RGB uint8 arrays (any size; resized to the config's). max_pca_samples:
     VLAD vectors for the PCA (default max(2 * num_pcs, 2048)). Deterministic for a seed.
-    log receives one line per stage; progress(n) is called as n more images are encoded.
+    log (if given) receives one line per stage; progress(n) is called as n more images
+    are encoded.
     """
+    log = log or (lambda _msg: None)
     if len(images) == 0:
         raise ImageError('no reference images: bootstrapping needs at least one image')
     rng = np.random.default_rng(seed)

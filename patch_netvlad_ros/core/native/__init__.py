@@ -65,7 +65,9 @@ def _build(compiler: str) -> Path:
             if proc.returncode == 0:
                 break
         if proc.returncode != 0:
-            raise RuntimeError(f'{compiler} failed: {proc.stderr.strip()[-500:]}')
+            errors = [ln for ln in proc.stderr.splitlines() if ': error' in ln]
+            raise RuntimeError(f'{compiler} failed: '
+                               f'{" ".join(errors[:3]) or proc.stderr.strip()[-500:]}')
         os.replace(out, target)  # atomic: parallel processes may race to build
     return target
 
