@@ -6,8 +6,10 @@ Every case runs in a fresh subprocess on the same inputs (real corridor images a
 640x480, the same weights), reports the median of the repeats after one warm-up and the
 process's peak resident memory, prints a table and writes JSON.
 
-Rows: ``ours`` (float32 backbone; rerank with the default matcher, the exact
-bf16-screened one where the CPU has bf16 units), ``ours-bf16`` (bf16 backbone),
+Rows: ``ours`` (float32 backbone, by Winograd F(4x4, 3x3) on the CPU; rerank with the
+default matcher, the exact bf16-screened one where the CPU has bf16 units),
+``ours-direct`` (float32 backbone by oneDNN's direct convolutions, CPU only),
+``ours-bf16`` (bf16 backbone; on a CPU only where it has bf16 units),
 ``ours-fp16`` (fp16 backbone, GPU only), ``ours-float32`` (rerank with the plain float32
 matcher) and ``authors``. ``--device cuda`` runs both implementations on the GPU, times
 with CUDA events, keeps the candidates' patches resident on the GPU and reranks with
@@ -100,9 +102,10 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     if impl.startswith('ours'):
         model = model.to(device)
         dtype = {'ours-bf16': torch.bfloat16, 'ours-fp16': torch.float16}.get(impl)
+        winograd = False if impl == 'ours-direct' else None
 
         def run():
-            model.extract(x, encoder_dtype=dtype)
+            model.extract(x, encoder_dtype=dtype, winograd=winograd)
     else:
         theirs = authors_model(model).to(device)
 
@@ -111,8 +114,10 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     times = _time(run, repeats, device)
     gflop = sum(extraction_flops(model.config).values()) / 1e9
     rate = batch / statistics.median(times)
+    from ..core import winograd as wino
     return {'seconds': times, 'images_per_s': rate, 'gflop_per_image': gflop,
-            'tflops': gflop * rate / 1e3}
+            'tflops': gflop * rate / 1e3,
+            'winograd': impl == 'ours' and device == 'cpu' and wino.available()}
 
 
 def case_peak(impl: str, preset: str, size: int, repeats: int, device: str = 'cpu') -> Dict:
@@ -247,12 +252,17 @@ def main(argv: Optional[list] = None) -> int:
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available to torch here')
     authors = [] if args.skip_authors else ['authors']
-    half = ['ours-bf16', 'ours-fp16'] if args.device == 'cuda' else ['ours-bf16']
-    impls = {'extract': ['ours'] + half + authors,
+    from ..core.screened_mnn import bf16_is_fast
+    # without bf16 units torch emulates bf16 convolutions at a tenth of the float32 speed
+    others = (['ours-bf16', 'ours-fp16'] if args.device == 'cuda'
+              else ['ours-direct'] + (['ours-bf16'] if bf16_is_fast() else []))
+    impls = {'extract': ['ours'] + others + authors,
              'rerank': ['ours', 'ours-float32'] + authors}
     rows = []
     from ..core import native
-    peaks = ['fp32', 'bf16'] + (['amx'] if args.device == 'cpu' and native.amx() else [])
+    cpu = args.device == 'cpu'
+    peaks = (['fp32'] + (['bf16'] if not cpu or bf16_is_fast() else [])
+             + (['amx'] if cpu and native.amx() else []))
     for impl in peaks:
         print(f'running peak {impl} ...', file=sys.stderr, flush=True)
         rows.append({'stage': 'peak', 'preset': '-', 'impl': impl,
@@ -283,7 +293,9 @@ def main(argv: Optional[list] = None) -> int:
         if row['stage'] == 'extract':
             precision = 'bf16' if row['impl'] in ('ours-bf16', 'ours-fp16') else 'fp32'
             notes = (f'{row["gflop_per_image"]:.0f} GFLOP/image, '
-                     f'{100 * row["tflops"] / peak[precision]:.0f}% of the {precision} GEMM peak')
+                     f'{100 * row["tflops"] / peak[precision]:.0f}% of the {precision} GEMM peak'
+                     + (' (Winograd: counted at the direct FLOPs)' if row.get('winograd')
+                        else ''))
         elif row['stage'] == 'rerank':
             notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
         if 'matcher' in row:

@@ -9,13 +9,14 @@ Module and parameter names follow the authors' checkpoints (``encoder.*``,
 
 import copy
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from . import vlad
+from . import winograd as wino
 from .backbone import build_encoder
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .errors import ImageError
@@ -69,32 +70,41 @@ class PatchNetVLAD(nn.Module):
         """WPCA bias [Dp]."""
         return self.WPCA[0].bias
 
-    def encode(self, images: torch.Tensor,
-               dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, dtype: Optional[torch.dtype] = None,
+               winograd: Optional[bool] = None) -> torch.Tensor:
         """Backbone features [B, D, H/16, W/16] (float32) of normalised images [B, 3, H, W].
 
         Runs channels-last (NHWC): oneDNN's and cuDNN's fast convolutions want that
         layout, and the NCHW path spends most of its time converting layouts (3x slower
         in bf16 on an AMX CPU). dtype (torch.float16 / torch.bfloat16) runs a copy of
-        the backbone whose weights are stored in that precision, made once per dtype
-        and device and remade when the weights change.
+        the backbone whose weights are stored in that precision. winograd: run the float32
+        CPU backbone's 3x3 convolutions by Winograd F(4x4, 3x3) (see
+        :mod:`patch_netvlad_ros.core.winograd`); None: where it runs (CPU, float32, C
+        helper built). Copies are made once and remade when the weights change.
         """
+        low = dtype is not None and dtype != torch.float32
+        winograd = wino.resolve(winograd, images.device, dtype)
         encoder = self.encoder
-        if dtype is not None and dtype != torch.float32:
-            encoder = self._low_precision_encoder(dtype, images.device)
+        if low:
+            encoder = self._encoder_copy(
+                ('dtype', dtype, str(images.device)),
+                lambda: copy.deepcopy(self.encoder).to(device=images.device, dtype=dtype).to(
+                    memory_format=torch.channels_last))
             images = images.to(dtype)
+        elif winograd:
+            encoder = self._encoder_copy(('winograd',), lambda: wino.winograd_encoder(
+                self.encoder))
         features = encoder(images.contiguous(memory_format=torch.channels_last))
         return features.float().contiguous()
 
-    def _low_precision_encoder(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        """Return the backbone in ``dtype`` on ``device`` (cached, not a submodule)."""
+    def _encoder_copy(self, kind: tuple, make: Callable[[], nn.Module]) -> nn.Module:
+        """Return the backbone copy ``kind`` (cached, not a submodule; one kind at a time)."""
         # _version moves on every in-place write, e.g. load_state_dict's copy_
-        key = (dtype, str(device), tuple(p._version for p in self.encoder.parameters()))
+        key = kind + tuple(p._version for p in self.encoder.parameters())
         cache = self.__dict__.setdefault('_encoder_copies', {})
         if key not in cache:
             cache.clear()
-            cache[key] = copy.deepcopy(self.encoder).to(device=device, dtype=dtype).to(
-                memory_format=torch.channels_last)
+            cache[key] = make()
         return cache[key]
 
     def assign(self, features: torch.Tensor) -> 'tuple[torch.Tensor, torch.Tensor]':
@@ -127,17 +137,18 @@ class PatchNetVLAD(nn.Module):
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, with_patches: bool = True,
                 device: Optional[torch.device] = None,
-                encoder_dtype: Optional[torch.dtype] = None) -> Descriptors:
+                encoder_dtype: Optional[torch.dtype] = None,
+                winograd: Optional[bool] = None) -> Descriptors:
         """Descriptors of normalised images [B, 3, H, W]; see :class:`Descriptors`.
 
         encoder_dtype (torch.float16 / torch.bfloat16): run the backbone in that
         precision (the bulk of the time; see :meth:`encode`); NetVLAD, patches and PCA
-        stay float32.
+        stay float32. winograd: the float32 CPU backbone's algorithm (see :meth:`encode`).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ImageError(f'expected a batch [B, 3, H, W]; got shape {tuple(images.shape)}')
         if not torch.isfinite(images).all():
             raise ImageError('image batch contains NaN or Inf values')
         device = device or next(self.parameters()).device
-        features = self.encode(images.to(device), encoder_dtype)
+        features = self.encode(images.to(device), encoder_dtype, winograd)
         return self.aggregate(features, with_patches)

@@ -20,6 +20,7 @@ from std_msgs.msg import UInt64
 import torch
 
 from .common import run_node
+from ..core import winograd
 from ..core.checkpoint import model_digest
 from ..core.config import get_config, PRESETS
 from ..core.encodings import decode_raw
@@ -45,6 +46,10 @@ PARAMS = [
     Param('precision', 'fp32', 'backbone precision (fp16 needs CUDA; bf16 runs on CUDA and on '
           'CPUs with bf16 support); NetVLAD, patches and PCA stay fp32',
           choices=tuple(PRECISIONS)),
+    Param('conv_algorithm', 'auto', "float32 CPU backbone's 3x3 convolutions: 'winograd' "
+          '(Winograd F(4x4, 3x3), about 2x faster, descriptors within 1e-5 of direct), '
+          "'direct' (oneDNN), 'auto': winograd where its C helper builds (CPU, fp32)",
+          choices=('auto', 'winograd', 'direct')),
     Param('patch_dtype', 'float16', 'patch descriptor values in messages (the map stores '
           'float16)', choices=tuple(PATCH_DTYPES)),
     Param('patch_transport', 'message', "'message': patches in PlaceDescriptors; 'shared': "
@@ -71,6 +76,12 @@ class DescriptorNode(Node):
         if p['precision'] == 'fp16' and device.type != 'cuda':
             raise ParameterError("parameter 'precision' = 'fp16' needs CUDA (running on cpu): "
                                  "use 'fp32' or 'bf16'")
+        requested = {'auto': None, 'winograd': True, 'direct': False}[p['conv_algorithm']]
+        try:
+            self.winograd = winograd.resolve(requested, device, PRECISIONS[p['precision']])
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'conv_algorithm' = 'winograd': {exc}: use 'auto' "
+                                 "or 'direct'") from exc
         self.device = device
         self.dtype = PRECISIONS[p['precision']]
         log = self.get_logger()
@@ -85,10 +96,11 @@ class DescriptorNode(Node):
         self.create_subscription(ImageBatch, 'image_batch', self.on_batch, pipeline_qos(4),
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.frames = 0
+        algorithm = 'Winograd' if self.winograd else 'direct'
         patches = ('patches shared in process' if p['patch_transport'] == 'shared'
                    else f"patches as {p['patch_dtype']} in messages")
         log.info(f'model: {source}; preset {config.preset} {config.image_width}x'
-                 f'{config.image_height}; {device.type} {p["precision"]}; '
+                 f'{config.image_height}; {device.type} {p["precision"]} {algorithm}; '
                  f'digest {self.digest[:12]}; {patches}')
 
     def decode(self, msg: ImageBatch) -> List[np.ndarray]:
@@ -115,7 +127,7 @@ class DescriptorNode(Node):
         images = self.decode(msg)
         start = time.perf_counter()
         desc = self.model.extract(to_tensor(images, self.config), device=self.device,
-                                  encoder_dtype=self.dtype)
+                                  encoder_dtype=self.dtype, winograd=self.winograd)
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
         per_frame_ms = 1e3 * (time.perf_counter() - start) / len(images)

@@ -1,13 +1,15 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The C helper of the screened mutual-nearest-neighbour matcher, built on first use.
+"""The C helpers, each built on first use: the screened matcher and the Winograd transforms.
 
-``mutual_nn.c`` is compiled with the system C compiler (``$CC``, else ``cc``) for this
-CPU (``-O3 -march=native``) into the cache directory, keyed by the source, the flags,
-the compiler and the CPU, and loaded with ctypes (no Python headers needed). Building
-takes about a second, once per machine. Without a compiler, or with
-``PATCH_NETVLAD_NATIVE=0``, :func:`library` returns None and the matcher uses the
-plain float32 path (same matches, slower); the reason is in :func:`unavailable_reason`.
+Each source here (``mutual_nn.c``: the screened mutual-nearest-neighbour matcher, which
+needs AVX-512; ``winograd.c``: the backbone's Winograd convolution transforms, any x86 or
+ARM CPU) is compiled with the system C compiler (``$CC``, else ``cc``) for this CPU (``-O3
+-march=native``) into the cache directory, keyed by the source, the flags, the compiler
+and the CPU, and loaded with ctypes (no Python headers needed). Building takes about a
+second, once per machine. Without a compiler, or with ``PATCH_NETVLAD_NATIVE=0``,
+:func:`library` returns None and the callers use their plain torch paths (same results,
+slower); the reason is in :func:`unavailable_reason`.
 """
 
 import ctypes
@@ -23,7 +25,8 @@ from typing import Optional
 
 from ..backbone import cache_dir
 
-SOURCE = Path(__file__).with_name('mutual_nn.c')
+#: Helper name -> its C source.
+SOURCES = {name: Path(__file__).with_name(f'{name}.c') for name in ('mutual_nn', 'winograd')}
 FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
 #: OpenMP: candidates run on parallel threads. Inside a torch process the helper binds to
 #: the libgomp torch already loaded (same soname), so it shares torch's thread pool instead
@@ -31,7 +34,7 @@ FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
 OPENMP = ('-fopenmp',)
 
 _lock = threading.Lock()
-_state = {'lib': None, 'tried': False, 'reason': ''}
+_state = {name: {'lib': None, 'tried': False, 'reason': ''} for name in SOURCES}
 
 
 def _cpu_id() -> str:
@@ -48,19 +51,20 @@ def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get('CC', 'cc')) or shutil.which('gcc')
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, name: str) -> Path:
+    source = SOURCES[name]
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
                              check=False).stdout
-    key = hashlib.sha256('\0'.join([SOURCE.read_text(), ' '.join(FLAGS + OPENMP), version,
+    key = hashlib.sha256('\0'.join([source.read_text(), ' '.join(FLAGS + OPENMP), version,
                                     _cpu_id()]).encode()).hexdigest()[:16]
-    target = cache_dir() / 'native' / f'mutual_nn-{key}.so'
+    target = cache_dir() / 'native' / f'{name}-{key}.so'
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         for extra in (OPENMP, ()):
-            proc = subprocess.run([compiler, *FLAGS, *extra, '-o', str(out), str(SOURCE), '-lm'],
+            proc = subprocess.run([compiler, *FLAGS, *extra, '-o', str(out), str(source), '-lm'],
                                   capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 break
@@ -72,8 +76,14 @@ def _build(compiler: str) -> Path:
     return target
 
 
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    if name == 'winograd':
+        lib.pnv_wino_input.argtypes = [p, i64, i64, i64, i64, i64, p]
+        lib.pnv_wino_input.restype = None
+        lib.pnv_wino_output.argtypes = [p, p, i32, i64, i64, i64, i64, i64, p]
+        lib.pnv_wino_output.restype = None
+        return lib
     lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, i64, p, p, p]
     lib.pnv_to_bf16.restype = None
     lib.pnv_mutual_nn.argtypes = [p, p, i32, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p,
@@ -88,32 +98,34 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def library() -> Optional[ctypes.CDLL]:
-    """Return the loaded helper, or None when it cannot be built here (see module doc)."""
+def library(name: str = 'mutual_nn') -> Optional[ctypes.CDLL]:
+    """Return the loaded helper ``name``, or None when it cannot be built here (module doc)."""
+    state = _state[name]
     with _lock:
-        if not _state['tried']:
-            _state['tried'] = True
+        if not state['tried']:
+            state['tried'] = True
             if os.environ.get('PATCH_NETVLAD_NATIVE', '1') == '0':
-                _state['reason'] = 'disabled by PATCH_NETVLAD_NATIVE=0'
+                state['reason'] = 'disabled by PATCH_NETVLAD_NATIVE=0'
             elif (compiler := _compiler()) is None:
-                _state['reason'] = 'no C compiler found (set CC, or install gcc)'
+                state['reason'] = 'no C compiler found (set CC, or install gcc)'
             else:
                 try:
-                    _state['lib'] = _declare(ctypes.CDLL(str(_build(compiler))))
+                    state['lib'] = _declare(ctypes.CDLL(str(_build(compiler, name))), name)
                 except (OSError, RuntimeError) as exc:
-                    _state['reason'] = f'building {SOURCE.name} failed: {exc}'
-        return _state['lib']
+                    state['reason'] = f'building {SOURCES[name].name} failed: {exc}'
+        return state['lib']
 
 
 def amx() -> bool:
     """Whether the helper's fused AMX screen can run (compiled for AMX, tiles granted)."""
     lib = library()
+    state = _state['mutual_nn']
     with _lock:
-        if 'amx' not in _state:
-            _state['amx'] = bool(lib is not None and lib.pnv_amx_init())
-        return _state['amx']
+        if 'amx' not in state:
+            state['amx'] = bool(lib is not None and lib.pnv_amx_init())
+        return state['amx']
 
 
-def unavailable_reason() -> str:
-    """Why :func:`library` returned None ('' when it is available or not tried)."""
-    return _state['reason']
+def unavailable_reason(name: str = 'mutual_nn') -> str:
+    """Why :func:`library` returned None for ``name`` ('' when available or not tried)."""
+    return _state[name]['reason']

@@ -1,0 +1,120 @@
+/* Copyright 2026 The patch_netvlad_ros Authors
+ * Licensed under the Apache License, Version 2.0 (see LICENSE).
+ *
+ * Winograd F(4x4, 3x3) transforms for 3x3 stride-1 pad-1 float32 convolutions in NHWC
+ * (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016).
+ *
+ * Each 4 x 4 output tile is computed from a 6 x 6 input tile d as A^T [(G g G^T) . (B^T d B)] A:
+ * 36 products per input and output channel pair instead of 144. Python (core/winograd.py)
+ * transforms the weights once (U = G g G^T, [36, C, K]), this file transforms the input
+ * tiles into V [36, T, C], torch multiplies the 36 matrices M = V U [36, T, K] on its GEMM,
+ * and this file transforms M back to the output tiles, adding the bias and the ReLU.
+ *
+ * Tiles are numbered t = (image * tiles_h + tile_row) * tiles_w + tile_col over the whole
+ * batch; a call handles tiles [t0, t0 + nt) so the caller can bound V and M in size.
+ * Channels are processed one vector register at a time with GCC vector extensions (16 with
+ * AVX-512, else 8); C and K must be multiples of 16.
+ */
+#include <stdint.h>
+#include <string.h>
+
+/* One vector register of floats: 16 with AVX-512, else 8 (AVX2; the compiler splits wider
+ * vectors into several registers, which spills the 36-vector tile). */
+#ifdef __AVX512F__
+#define VL 16
+#else
+#define VL 8
+#endif
+typedef float vf __attribute__((vector_size(4 * VL)));
+typedef int32_t vi __attribute__((vector_size(4 * VL)));
+
+static inline vf load(const float *p) {
+  vf v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* B^T applied to six vectors (one row or column of a tile). */
+static inline void bt6(const vf d[6], vf r[6]) {
+  r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  r[1] = -4.0f * (d[1] + d[2]) + d[3] + d[4];
+  r[2] = 4.0f * (d[1] - d[2]) - d[3] + d[4];
+  r[3] = 2.0f * (d[3] - d[1]) - d[2] + d[4];
+  r[4] = 2.0f * (d[1] - d[3]) - d[2] + d[4];
+  r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+/* A^T applied to six vectors. */
+static inline void at6(const vf m[6], vf o[4]) {
+  vf s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+  o[0] = m[0] + s12 + s34;
+  o[1] = d12 + 2.0f * d34;
+  o[2] = s12 + 4.0f * s34;
+  o[3] = d12 + 8.0f * d34 + m[5];
+}
+
+/* x [n, h, w, c] -> v [36, nt, c] for tiles t0 .. t0 + nt - 1 (zero padding outside). */
+void pnv_wino_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t t0, int64_t nt,
+                    float *v) {
+  const int64_t th = (h + 3) / 4, tw = (w + 3) / 4;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < nt; k++) {
+    const int64_t t = t0 + k, img = t / (th * tw), ty = t / tw % th, tx = t % tw;
+    const int64_t y0 = 4 * ty - 1, x0 = 4 * tx - 1;
+    const float *base = x + img * h * w * c;
+    for (int64_t ch = 0; ch < c; ch += VL) {
+      vf d[6][6], tmp[6][6], col[6], out[6];
+      for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+          const int64_t yy = y0 + i, xx = x0 + j;
+          d[i][j] = (yy >= 0 && yy < h && xx >= 0 && xx < w)
+                        ? load(base + (yy * w + xx) * c + ch)
+                        : (vf){0};
+        }
+      for (int j = 0; j < 6; j++) { /* columns: tmp[:, j] = B^T d[:, j] */
+        for (int i = 0; i < 6; i++) col[i] = d[i][j];
+        bt6(col, out);
+        for (int i = 0; i < 6; i++) tmp[i][j] = out[i];
+      }
+      for (int i = 0; i < 6; i++) { /* rows: V[i, :] = B^T tmp[i, :] */
+        bt6(tmp[i], out);
+        for (int j = 0; j < 6; j++) store(v + ((i * 6 + j) * nt + k) * c + ch, out[j]);
+      }
+    }
+  }
+}
+
+/* m [36, nt, kc] -> y [n, h, w, kc] for tiles t0 .. t0 + nt - 1, plus bias, then ReLU
+ * when relu != 0 (outputs outside the image are not written). */
+void pnv_wino_output(const float *m, const float *bias, int relu, int64_t h, int64_t w,
+                     int64_t kc, int64_t t0, int64_t nt, float *y) {
+  const int64_t th = (h + 3) / 4, tw = (w + 3) / 4;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < nt; k++) {
+    const int64_t t = t0 + k, img = t / (th * tw), ty = t / tw % th, tx = t % tw;
+    float *base = y + img * h * w * kc;
+    for (int64_t ch = 0; ch < kc; ch += VL) {
+      vf tmp[4][6], row[6], out[4];
+      const vf b = load(bias + ch);
+      for (int j = 0; j < 6; j++) { /* columns: tmp[:, j] = A^T M[:, j] */
+        for (int i = 0; i < 6; i++) row[i] = load(m + ((i * 6 + j) * nt + k) * kc + ch);
+        at6(row, out);
+        for (int i = 0; i < 4; i++) tmp[i][j] = out[i];
+      }
+      for (int i = 0; i < 4; i++) { /* rows: Y[i, :] = A^T tmp[i, :] */
+        const int64_t yy = 4 * ty + i;
+        if (yy >= h) break;
+        at6(tmp[i], out);
+        for (int j = 0; j < 4; j++) {
+          const int64_t xx = 4 * tx + j;
+          if (xx >= w) break;
+          vf r = out[j] + b;
+          if (relu) r = (vf)((vi)r & (r > 0.0f)); /* lanes of -1 where positive */
+          store(base + (yy * w + xx) * kc + ch, r);
+        }
+      }
+    }
+  }
+}

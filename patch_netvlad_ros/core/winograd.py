@@ -1,0 +1,144 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Winograd F(4x4, 3x3) float32 convolutions for the CPU backbone.
+
+VGG16's 3x3 stride-1 convolutions are about 190 GFLOP of a 640x480 image (86% of the
+speed preset's extraction; the performance preset's is mostly its PCA). Winograd's
+algorithm (Lavin and Gray, CVPR 2016) computes each 4 x 4 output tile from a 6 x 6 input
+tile with 36 multiplications per channel pair instead of 144: the input tiles are
+transformed (B^T d B), multiplied by the transformed weights (G g G^T) as 36 independent
+GEMMs [T, C] @ [C, K] on torch's BLAS, and transformed back (A^T m A). The transforms run
+in the C helper ``native/winograd.c`` (with the bias and the ReLU fused into the output).
+
+Still float32 arithmetic, with a different rounding: a layer's largest error is 5-11x a
+direct float32 convolution's (about 3e-6 of the outputs' scale; its transforms multiply
+by up to 8), the whole backbone's is 1e-6 (direct: 6e-7), far below bf16's 4e-3; the
+corridor's descriptors move by at most 2e-5 and its recall does not change. cuDNN picks Winograd kernels on its own
+for the same layers; on the CPU oneDNN has none, so this module supplies them.
+"""
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from . import native
+
+#: Winograd F(4x4, 3x3): G [6, 3] (weights), B^T and A^T live in winograd.c.
+G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+                 dtype=torch.float64)
+#: Channels the C transforms take at a time (one AVX-512 register; two AVX2 ones).
+CHANNEL_MULTIPLE = 16
+#: Budget for one chunk of transformed tiles (V and M together): chunks that stay in the
+#: last-level cache keep the transforms from being bound by memory bandwidth.
+CHUNK_BYTES = 4 << 20
+#: Fewest tiles per chunk: below this the 36 GEMMs re-read the weights too often.
+MIN_CHUNK_TILES = 256
+
+
+def available() -> bool:
+    """Whether the C transforms are built here (see :mod:`patch_netvlad_ros.core.native`)."""
+    return native.library('winograd') is not None
+
+
+def resolve(requested: Optional[bool], device: torch.device,
+            dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether the backbone runs by Winograd: ``requested``, or where it can if None.
+
+    It can on the CPU, in float32, with the C helper built. ValueError (naming why) when
+    True is requested where it cannot.
+    """
+    fp32 = dtype is None or dtype == torch.float32
+    if requested is None:
+        return fp32 and torch.device(device).type == 'cpu' and available()
+    if requested:
+        if not fp32 or torch.device(device).type != 'cpu':
+            raise ValueError('Winograd runs the float32 backbone on the CPU only (asked for '
+                             f'{dtype} on {device})')
+        if not available():
+            raise ValueError('the Winograd C helper is unavailable: '
+                             f'{native.unavailable_reason("winograd")}')
+    return requested
+
+
+def transform_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Winograd weights U [36, C, K] (float32, from float64) of a conv weight [K, C, 3, 3]."""
+    u = G @ weight.detach().double() @ G.T                     # [K, C, 6, 6]
+    return u.permute(2, 3, 1, 0).reshape(36, weight.shape[1], weight.shape[0]).float()
+
+
+def supported(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 3x3 stride-1 pad-1 dense convolution this module can run."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == 'zeros'
+            and conv.in_channels % CHANNEL_MULTIPLE == 0
+            and conv.out_channels % CHANNEL_MULTIPLE == 0)
+
+
+class WinogradConv3x3(nn.Module):
+    """A float32 CPU 3x3 convolution (+ optional ReLU) by Winograd F(4x4, 3x3).
+
+    Input [N, C, H, W] float32, any memory format; output [N, K, H, W] channels-last.
+    Holds a transformed copy of the weights, made at construction (inference only).
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        if not supported(conv):
+            raise ValueError(f'{conv} is not a 3x3 stride-1 pad-1 convolution with channels '
+                             f'divisible by {CHANNEL_MULTIPLE}')
+        self.relu = relu
+        self.register_buffer('u', transform_weights(conv.weight).contiguous())
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer('bias', bias.detach().float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve x [N, C, H, W] (float32, CPU)."""
+        lib = native.library('winograd')
+        if lib is None:
+            raise RuntimeError('Winograd transforms unavailable: '
+                               f'{native.unavailable_reason("winograd")}')
+        n, c, h, w = x.shape
+        k = self.u.shape[2]
+        if x.dtype != torch.float32 or x.device.type != 'cpu' or c != self.u.shape[1]:
+            raise ValueError(f'expected float32 CPU input with {self.u.shape[1]} channels; got '
+                             f'{x.dtype} on {x.device} with {c}')
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+        tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
+        chunk = min(tiles, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (c + k))))
+        v = torch.empty(36, chunk, c)
+        m = torch.empty(36, chunk, k)
+        for t0 in range(0, tiles, chunk):
+            nt = min(chunk, tiles - t0)
+            vt, mt = (v, m) if nt == chunk else (v[:, :nt].contiguous(), m[:, :nt].contiguous())
+            lib.pnv_wino_input(x.data_ptr(), h, w, c, t0, nt, vt.data_ptr())
+            torch.bmm(vt, self.u, out=mt)
+            lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu), h, w, k,
+                                t0, nt, y.data_ptr())
+        return y
+
+
+def winograd_encoder(encoder: nn.Sequential) -> Optional[nn.Sequential]:
+    """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd (None: no helper).
+
+    A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused;
+    other layers (conv1_1 with its 3 input channels, the max-pools) are kept as they are.
+    """
+    if not available():
+        return None
+    layers: List[nn.Module] = []
+    mods = list(encoder)
+    i = 0
+    while i < len(mods):
+        mod = mods[i]
+        if supported(mod):
+            relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+            layers.append(WinogradConv3x3(mod, relu))
+            i += 2 if relu else 1
+        else:
+            layers.append(mod)
+            i += 1
+    return nn.Sequential(*layers)

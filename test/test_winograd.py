@@ -1,0 +1,168 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Winograd F(4x4, 3x3) convolutions against float64 direct convolutions and on real images.
+
+References: torch's direct convolution in float64 (exact to ~1e-15 here) and in float32 (the
+rounding Winograd is compared with); the paper's transform matrices written out by hand.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from patch_netvlad_ros.core import winograd
+from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.evaluation import recall_at_n
+from patch_netvlad_ros.core.model import PatchNetVLAD
+
+needs_helper = pytest.mark.skipif(
+    not winograd.available(),
+    reason=f'Winograd C helper not built here ({winograd.native.unavailable_reason("winograd")})')
+
+#: Lavin and Gray's F(4x4, 3x3) input and output transforms, as printed in the paper.
+BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+                  dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                   [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
+
+
+def test_transforms_compute_a_3x3_correlation_on_one_tile(rng):
+    # A^T [(G g G^T) . (B^T d B)] A is the 4 x 4 valid correlation of a 6 x 6 tile
+    d = torch.from_numpy(rng.normal(size=(6, 6)))
+    g = torch.from_numpy(rng.normal(size=(3, 3)))
+    y = AT @ ((winograd.G @ g @ winograd.G.T) * (BT @ d @ BT.T)) @ AT.T
+    direct = torch.tensor([[(d[i:i + 3, j:j + 3] * g).sum() for j in range(4)]
+                           for i in range(4)], dtype=torch.float64)
+    torch.testing.assert_close(y, direct, rtol=0, atol=1e-12)
+    u = winograd.transform_weights(g[None, None].float())          # [36, C=1, K=1]
+    torch.testing.assert_close(u[:, 0, 0].double(), (winograd.G @ g @ winograd.G.T).flatten(),
+                               rtol=1e-6, atol=1e-7)
+
+
+@needs_helper
+@pytest.mark.parametrize('n,c,k,h,w,relu', [
+    (2, 16, 32, 13, 10, True),     # partial tiles at the bottom and the right
+    (1, 64, 16, 8, 8, False),      # exact tiles, no ReLU (conv5_3)
+    (3, 32, 48, 5, 21, True),      # one tile row, K not a power of two
+])
+def test_equals_float64_direct_convolution(rng, n, c, k, h, w, relu):
+    x = torch.from_numpy(rng.normal(size=(n, c, h, w)).astype(np.float32))
+    conv = nn.Conv2d(c, k, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(rng.normal(size=(k, c, 3, 3)) / (3 * c ** 0.5)))
+    layer = winograd.WinogradConv3x3(conv, relu)
+    exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    direct32 = F.conv2d(x, conv.weight, conv.bias, padding=1).double()
+    if relu:
+        exact, direct32 = exact.clamp(min=0), direct32.clamp(min=0)
+    with torch.inference_mode():
+        got = layer(x)
+    assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    # F(4x4, 3x3) rounds about 5-10x worse than a direct float32 sum (its transforms
+    # multiply by up to 8 and add 6 terms twice), still ~1e-6 of the outputs' scale; a wrong
+    # transform coefficient would be ~1e-1
+    scale = exact.abs().max().item()
+    err, err32 = (got.double() - exact).abs().max(), (direct32 - exact).abs().max()
+    print(f'max error / scale: Winograd {err / scale:.2e}, direct float32 {err32 / scale:.2e}')
+    assert err < 20 * err32 and err < 1e-5 * scale
+    assert (got == 0).any() == relu                              # the ReLU is fused
+    # chunked over the tiles (3 at a time, a short last chunk): as exact (the BLAS may
+    # block a shorter GEMM otherwise, so not always bit-equal)
+    old = winograd.CHUNK_BYTES, winograd.MIN_CHUNK_TILES
+    winograd.CHUNK_BYTES, winograd.MIN_CHUNK_TILES = 1, 3
+    try:
+        with torch.inference_mode():
+            assert (layer(x).double() - exact).abs().max() < 1e-5 * scale
+    finally:
+        winograd.CHUNK_BYTES, winograd.MIN_CHUNK_TILES = old
+
+
+def test_unsupported_layers_and_inputs_are_refused():
+    with pytest.raises(ValueError, match='3x3 stride-1 pad-1'):
+        winograd.WinogradConv3x3(nn.Conv2d(3, 64, 3, padding=1), relu=True)   # conv1_1
+    assert not winograd.supported(nn.Conv2d(16, 16, 3, padding=1, stride=2))
+    assert not winograd.supported(nn.Conv2d(16, 16, 1))
+    assert winograd.supported(nn.Conv2d(16, 32, 3, padding=1))
+    config = get_config('storage', image_width=96, image_height=96)
+    model = PatchNetVLAD(config).eval()
+    with pytest.raises(ValueError, match='float32 backbone on the CPU only'):
+        model.encode(torch.zeros(1, 3, 96, 96), torch.bfloat16, winograd=True)
+
+
+@needs_helper
+def test_encoder_copy_fuses_relus_and_follows_new_weights():
+    from patch_netvlad_ros.core.bootstrap import seeded_model
+    config = get_config('storage', image_width=96, image_height=96)
+    model = seeded_model(config, seed=0)
+    layers = winograd.winograd_encoder(model.encoder)
+    kinds = [type(m).__name__ for m in layers]
+    # conv1_1 (3 input channels) stays direct; 12 convs, 11 with their ReLU fused; 4 pools
+    assert kinds.count('WinogradConv3x3') == 12 and kinds.count('ReLU') == 1
+    assert kinds.count('MaxPool2d') == 4 and not layers[-1].relu
+    images = torch.randn(2, 3, 96, 96)
+
+    def rel_err(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    with torch.inference_mode():
+        first = model.encode(images, winograd=True)
+        model.load_state_dict(seeded_model(config, seed=1).state_dict())
+        ref = model.encode(images, winograd=False)
+        again = model.encode(images, winograd=True)
+    assert rel_err(again, ref) < 1e-5                  # the Winograd copy was remade
+    assert rel_err(first, ref) > 0.5
+
+
+def test_without_the_helper_the_backbone_runs_direct():
+    code = ('from patch_netvlad_ros.core import winograd, native; import torch; '
+            'from patch_netvlad_ros.core.model import PatchNetVLAD; '
+            'from patch_netvlad_ros.core.config import get_config; '
+            'm = PatchNetVLAD(get_config("storage", image_width=96, image_height=96)).eval(); '
+            'print(tuple(m.encode(torch.zeros(1, 3, 96, 96)).shape)); '
+            'print(winograd.available()); print(native.unavailable_reason("winograd"))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
+    assert out.stdout.splitlines() == ['(1, 512, 6, 6)', 'False',
+                                       'disabled by PATCH_NETVLAD_NATIVE=0']
+
+
+@needs_helper
+def test_real_corridor_descriptors_and_recall_equal_the_direct_backbone(
+        corridor_set, corridor_model, corridor_images, corridor_map, corridor_query_descriptors):
+    # the shared fixtures ran the default backbone: Winograd, where the helper is built
+    from patch_netvlad_ros.core.database import Reference
+    from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
+    from patch_netvlad_ros.core.localizer import Localizer
+
+    batches = list(describe_batches(corridor_model, corridor_images[1], winograd=False))
+    direct = (torch.cat([b.global_desc for b in batches]),
+              [torch.cat([b.patches[0] for b in batches])])      # speed preset: one scale
+    refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
+            for i in range(len(corridor_images[0]))]
+    maps = {'winograd': corridor_map, 'direct': build_reference_map(
+        corridor_model, corridor_images[0], refs, winograd=False)}
+    recalls = {}
+    for (name, ref_map), (g, p) in zip(maps.items(), (corridor_query_descriptors, direct)):
+        localizer = Localizer(ref_map, corridor_model)
+        results = [localizer.localize_descriptors(g[i], [s[i] for s in p])
+                   for i in range(g.shape[0])]
+        by_global = [[c.index for c in sorted(r.candidates, key=lambda c: c.global_distance)]
+                     for r in results]
+        recalls[name] = (recall_at_n(by_global, corridor_set.positives, (1, 5)),
+                         recall_at_n([r.retrieval_order for r in results],
+                                     corridor_set.positives, (1, 5)))
+    (g1, p1), (g0, p0) = corridor_query_descriptors, direct
+    global_err = (g1 - g0).norm(dim=1).max().item()
+    patch_err = max((a - b).norm(dim=-1).max().item() for a, b in zip(p0, p1))
+    print(f'Winograd vs direct: largest descriptor distance global {global_err:.1e}, '
+          f'patch {patch_err:.1e}; recall@1,5 (global, reranked) {recalls}')
+    assert global_err < 1e-4 and patch_err < 1e-3
+    assert not torch.equal(g0, g1)                     # really another algorithm
+    assert recalls['winograd'] == recalls['direct']
