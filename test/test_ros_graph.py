@@ -434,6 +434,11 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
         with pytest.raises(ParameterError, match="'precision' = 'fp16' needs CUDA"):
             DescriptorNode(context=context, parameter_overrides=[
                 *SIZE, Parameter('precision', value='fp16')])
+    with pytest.raises(ParameterError, match="'conv_algorithm' = 'winograd': Winograd runs "
+                       'the float32 backbone on the CPU only'):
+        DescriptorNode(context=context, parameter_overrides=[
+            *SIZE, Parameter('device', value='cpu'), Parameter('precision', value='bf16'),
+            Parameter('conv_algorithm', value='winograd')])
     # The executable exits non-zero with the reason on its log.
     proc = subprocess.run([sys.executable, '-m', 'patch_netvlad_ros.nodes.camera_batcher',
                            '--ros-args', '-p', 'qos_reliability:=sometimes'],

@@ -13,8 +13,9 @@ in the C helper ``native/winograd.c`` (with the bias and the ReLU fused into the
 Still float32 arithmetic, with a different rounding: a layer's largest error is 5-11x a
 direct float32 convolution's (about 3e-6 of the outputs' scale; its transforms multiply
 by up to 8), the whole backbone's is 1e-6 (direct: 6e-7), far below bf16's 4e-3; the
-corridor's descriptors move by at most 2e-5 and its recall does not change. cuDNN picks Winograd kernels on its own
-for the same layers; on the CPU oneDNN has none, so this module supplies them.
+corridor's descriptors move by at most 2e-5 and its recall does not change. cuDNN picks
+Winograd kernels on its own for the same layers; on the CPU oneDNN has none, so this
+module supplies them.
 """
 
 from typing import List, Optional
