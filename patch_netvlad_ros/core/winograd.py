@@ -114,7 +114,9 @@ class WinogradConv3x3(nn.Module):
         m = torch.empty(36, chunk, k)
         for t0 in range(0, tiles, chunk):
             nt = min(chunk, tiles - t0)
-            vt, mt = (v, m) if nt == chunk else (v[:, :nt].contiguous(), m[:, :nt].contiguous())
+            # the last chunk's [36, nt, C] lives in the front of the same buffers
+            vt, mt = v.view(-1)[:36 * nt * c].view(36, nt, c), m.view(-1)[:36 * nt * k].view(
+                36, nt, k)
             lib.pnv_wino_input(x.data_ptr(), h, w, c, t0, nt, vt.data_ptr())
             torch.bmm(vt, self.u, out=mt)
             lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu), h, w, k,
