@@ -97,12 +97,14 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     from ..core.flops import extraction_flops
     from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
+    from ..core.winograd import resolve
     model = _model(preset)
     x = to_tensor(_images(batch), model.config).to(device)
+    winograd = False
     if impl.startswith('ours'):
         model = model.to(device)
         dtype = {'ours-bf16': torch.bfloat16, 'ours-fp16': torch.float16}.get(impl)
-        winograd = False if impl == 'ours-direct' else None
+        winograd = resolve(False if impl == 'ours-direct' else None, device, dtype)
 
         def run():
             model.extract(x, encoder_dtype=dtype, winograd=winograd)
@@ -114,10 +116,8 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     times = _time(run, repeats, device)
     gflop = sum(extraction_flops(model.config).values()) / 1e9
     rate = batch / statistics.median(times)
-    from ..core import winograd as wino
     return {'seconds': times, 'images_per_s': rate, 'gflop_per_image': gflop,
-            'tflops': gflop * rate / 1e3,
-            'winograd': impl == 'ours' and device == 'cpu' and wino.available()}
+            'tflops': gflop * rate / 1e3, 'winograd': winograd}
 
 
 def case_peak(impl: str, preset: str, size: int, repeats: int, device: str = 'cpu') -> Dict:
