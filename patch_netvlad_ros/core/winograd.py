@@ -124,14 +124,13 @@ class WinogradConv3x3(nn.Module):
         return y
 
 
-def winograd_encoder(encoder: nn.Sequential) -> Optional[nn.Sequential]:
-    """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd (None: no helper).
+def winograd_encoder(encoder: nn.Sequential) -> nn.Sequential:
+    """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd.
 
     A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused;
     other layers (conv1_1 with its 3 input channels, the max-pools) are kept as they are.
+    Callers check :func:`resolve` first; without the helper the copy's forward raises.
     """
-    if not available():
-        return None
     layers: List[nn.Module] = []
     mods = list(encoder)
     i = 0
