@@ -23,6 +23,19 @@ TEST_DATA = Path(__file__).resolve().parent / 'data'
 CORRIDOR_SIZE = {'image_height': 240, 'image_width': 320}
 
 
+def brute_force_mnn(query: np.ndarray, db: np.ndarray) -> np.ndarray:
+    """Exact mutual NN in float64: match [C, Pd] (first index on ties), else -1."""
+    sim = np.einsum('cjd,id->cji', db.astype(np.float64), query.astype(np.float64))
+    fw, bw = sim.argmax(2), sim.argmax(1)
+    mutual = np.take_along_axis(bw, fw, 1) == np.arange(db.shape[1])
+    return np.where(mutual, fw, -1)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows of x scaled to unit length, as float32."""
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
 @pytest.fixture(scope='session')
 def corridor_set():
     """The corridor image set shipped in the package."""

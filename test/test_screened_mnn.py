@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import brute_force_mnn, unit
 from patch_netvlad_ros.core import matching, native, screened_mnn
 
 needs_screen = pytest.mark.skipif(
@@ -23,18 +24,6 @@ needs_screen = pytest.mark.skipif(
 #: both screens: oneDNN's bf16 GEMM + the C pass, and the fused AMX kernel where it runs
 PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(
     not (screened_mnn.available() and native.amx()), reason='no AMX tiles here'))]
-
-
-def brute_force_mnn(query: np.ndarray, db: np.ndarray) -> np.ndarray:
-    """Exact mutual NN in float64: match [C, Pd] (first index on ties), else -1."""
-    sim = np.einsum('cjd,id->cji', db.astype(np.float64), query.astype(np.float64))
-    fw, bw = sim.argmax(2), sim.argmax(1)
-    mutual = np.take_along_axis(bw, fw, 1) == np.arange(db.shape[1])
-    return np.where(mutual, fw, -1)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 @needs_screen

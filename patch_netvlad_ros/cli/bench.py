@@ -7,7 +7,8 @@ Every case runs in a fresh subprocess on the same inputs (real corridor images a
 process's peak resident memory, prints a table and writes JSON.
 
 Rows: ``ours`` (float32 backbone, by Winograd F(4x4, 3x3) on the CPU; rerank with the
-default matcher, the exact bf16-screened one where the CPU has bf16 units),
+default matcher: the exact bf16-screened one where the CPU has bf16 units, else the exact
+int8-screened one on AVX2 CPUs without AVX-512),
 ``ours-direct`` (float32 backbone by oneDNN's direct convolutions, CPU only),
 ``ours-bf16`` (bf16 backbone; on a CPU only where it has bf16 units),
 ``ours-fp16`` (fp16 backbone, GPU only), ``ours-float32`` (rerank with the plain float32
@@ -17,8 +18,8 @@ the float32 matcher and batched RANSAC (the 'auto' choices there); it has not be
 on a GPU yet (none was available to this project).
 
 Extraction time does not depend on the weights (ImageNet VGG16 + seeded NetVLAD/WPCA).
-Rerank time does, for the screened matcher (how many similarities the bf16 screen
-leaves undecided): it uses the corridor model bootstrapped at 640x480 (k-means +
+Rerank time does, for the screened matchers (how many similarities the bf16 or int8
+screen leaves undecided): it uses the corridor model bootstrapped at 640x480 (k-means +
 whitened PCA, built into the cache on first use, about 7 minutes per preset). The
 authors' rerank is timed on descriptors already in memory (their pipeline also re-reads
 every candidate's .npy files per query; not counted here).
@@ -152,7 +153,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
     """
     import torch
     import numpy as np
-    from ..core import screened_mnn
+    from ..core import int8_screen, screened_mnn
     from ..core.database import PATCH_DTYPE
     from ..core.flops import descriptor_bytes, matching_flops
     from ..core.image import to_tensor
@@ -174,15 +175,20 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
 
         def run():
             rerank(q, stores, idx, cfg, mnn_method=method)
-        if extra['matcher'] == 'screened':
-            screened = [screened_mnn.ScreenedQuery(qs) for qs in q]
+        if extra['matcher'] in ('screened', 'int8'):
+            make = (screened_mnn.ScreenedQuery if extra['matcher'] == 'screened'
+                    else int8_screen.Int8Query)
+            screened = [make(qs) for qs in q]
             for sq, store in zip(screened, stores):
                 sq.match(store)
             pairs = sum(2 * s.shape[0] * s.shape[1] for s in stores)
+            entries = sum(s.shape[0] * s.shape[1] * qs.shape[0] for s, qs in zip(stores, q))
             extra['refined_fraction'] = float(
                 sum(sq.counts[0] + sq.counts[1] for sq in screened) / pairs)
+            # refinement dot products per screened similarity
+            extra['dot_fraction'] = float(sum(sq.counts[2:].sum() for sq in screened) / entries)
             extra['fallback_candidates'] = sum(sq.fallbacks for sq in screened)
-            extra['fused_scales'] = sum(sq.fused for sq in screened)
+            extra['fused_scales'] = sum(getattr(sq, 'fused', False) for sq in screened)
     else:
         from patchnetvlad.models.local_matcher import normalise_func
         from .authors import authors_matcher
@@ -301,7 +307,8 @@ def main(argv: Optional[list] = None) -> int:
         if 'matcher' in row:
             fused = row.get('fused_scales', 0)
             notes += ', ' + row['matcher'] + (' (fused AMX)' if fused else '') + (
-                f', {100 * row["refined_fraction"]:.1f}% refined'
+                f', {100 * row["refined_fraction"]:.1f}% refined, '
+                f'{100 * row["dot_fraction"]:.1f}% dot products'
                 if 'refined_fraction' in row else '')
         rate = f'{row["tflops"]:.3f}' if row['stage'] != 'peak' else ''
         print(f'{row["stage"]:8s} {row["preset"]:12s} {row["impl"]:13s} {value:>12s} '

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import batched_ransac, screened_mnn
+from . import batched_ransac, int8_screen, screened_mnn
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .geometry import grids_for, PatchGrid
 
@@ -48,18 +48,23 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
 #: Matchers of :func:`match_candidates`: 'float32' is the straightforward path (float32
 #: GEMMs, any device); 'screened' the exact bf16-screened path of
 #: :mod:`patch_netvlad_ros.core.screened_mnn` (CPU with bf16 units and a C compiler);
-#: 'auto' takes 'screened' where it can run, else 'float32'.
-MNN_METHODS = ('auto', 'screened', 'float32')
+#: 'int8' the exact int8-screened path of :mod:`patch_netvlad_ros.core.int8_screen` (AVX2
+#: CPU and a C compiler); 'auto' takes 'screened' where it can run, else 'int8' where the
+#: CPU's float32 GEMMs are 256 bits wide (:func:`int8_screen.preferred`), else 'float32'.
+MNN_METHODS = ('auto', 'screened', 'int8', 'float32')
 
 
 def resolve_mnn_method(method: str, device: torch.device) -> str:
     """Return the matcher that ``method`` stands for on ``device`` (see :data:`MNN_METHODS`)."""
     if method not in MNN_METHODS:
         raise ValueError(f'unknown matcher method {method!r}; expected one of {MNN_METHODS}')
-    if method == 'auto':
-        return ('screened' if torch.device(device).type == 'cpu' and screened_mnn.available()
-                else 'float32')
-    return method
+    if method != 'auto':
+        return method
+    if torch.device(device).type != 'cpu':
+        return 'float32'
+    if screened_mnn.available():
+        return 'screened'
+    return 'int8' if int8_screen.preferred() else 'float32'
 
 
 def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
@@ -69,13 +74,16 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
     store: [N, Pd, D] array or tensor of any float dtype (e.g. a float16 memory map);
     candidates are read and converted in chunks so memory stays bounded (small blocks
     are also reused by the allocator instead of costing fresh page faults).
-    method: see :data:`MNN_METHODS`; both give the same matches.
+    method: see :data:`MNN_METHODS`; all give the same matches.
     Returns match [C, Pd] in the order of ``indices``.
     """
     indices = np.asarray(indices, dtype=np.int64)
     pd, pq = store.shape[1], query.shape[0]
-    if resolve_mnn_method(method, query.device) == 'screened':
+    resolved = resolve_mnn_method(method, query.device)
+    if resolved == 'screened':
         return screened_mnn.ScreenedQuery(query).match(store, indices).to(query.device)
+    if resolved == 'int8':
+        return int8_screen.Int8Query(query).match(store, indices).to(query.device)
     # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count
     step = max(1, chunk_bytes // max(4 * pd * max(pq, store.shape[2]), 1))
     out = []

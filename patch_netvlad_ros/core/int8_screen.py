@@ -1,0 +1,163 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Exact mutual nearest neighbours on AVX2 CPUs from an int8 similarity screen.
+
+Where the CPU has no bf16 units (:mod:`.screened_mnn` cannot run: e.g. AMD Zen 3), the
+float32 matcher's GEMMs run at the float32 FMA rate, as the authors' code does. The C
+helper ``native/int8_mnn.c`` rounds the query to int8 (per row) and each candidate to 7-bit
+integers (per row), multiplies them exactly in int32 at about twice the float32 rate
+(vpmaddubsw + vpmaddwd), and bounds how far each screened similarity can be from the
+exact one by the norms of the rounded rows and of their rounding errors. A row's exact
+argmax is then among its entries within 2E of the screened maximum, and only rows and
+columns whose window holds a second entry (and whose outcome can change the mutual
+match) are refined, as in the bf16 screen: by float32 dot products with a rigorous
+rounding bound, and in float64 where the best two of a window come within twice it.
+
+On the patch descriptors the int8 windows are wide (about 0.05, five times the typical gap
+between a row's best two), so most rows are refined, but over about 4% of their entries:
+on the speed preset at 640x480 the int8 GEMM is 60% of the time and the refinement 35%.
+
+The result is the exact mutual nearest neighbours of the stored vectors: the same as the
+float32 path except where two similarities tie within float32 rounding (~1e-7), which
+float32 itself resolves arbitrarily.
+"""
+
+import functools
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import native
+
+#: Query columns per GEMM panel of the helper (pq is padded to a multiple of this).
+PANEL_COLUMNS = 16
+#: Candidates gathered per call when the store is not read in place (float32 bytes).
+GATHER_BYTES = 64 << 20
+#: Dot products allowed per candidate, as a fraction of its Pd x Pq similarities; past
+#: this the candidate is cheaper on the float32 path, which then computes it. A float32
+#: dot product of the refinement costs about 13 entries of the int8 GEMM (speed preset,
+#: 640x480, Zen 3) and the float32 matcher about 3, so the break-even lies near 1/6.
+MAX_EXACT_FRACTION = 1 / 6
+
+
+def available() -> bool:
+    """Whether the int8 screen can run here (an AVX2 + F16C CPU and a C compiler)."""
+    return native.library('int8_mnn') is not None
+
+
+@functools.lru_cache(maxsize=None)  # asked on every match: read /proc/cpuinfo once
+def _has_avx512() -> bool:
+    try:
+        return 'avx512f' in Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return False
+
+
+def preferred() -> bool:
+    """Whether 'auto' should match with the int8 screen here.
+
+    Where the screen runs and the CPU has no AVX-512: its 256-bit int8 products
+    (vpmaddubsw + vpmaddwd) then run at twice the rate of the float32 GEMM's 256-bit
+    FMAs (measured 1.9x the float32 matcher end to end on a Zen 3 EPYC). With AVX-512
+    the float32 GEMM is as wide as the int8 kernel, so the screen would not pay for its
+    refinement; not measured, so not chosen.
+    """
+    return available() and not _has_avx512()
+
+
+class Int8Query:
+    """One query's patches [Pq, D], rounded to int8 once for many candidate blocks."""
+
+    def __init__(self, query: torch.Tensor) -> None:
+        """Prepare query [Pq, D] (float; unit rows as the descriptors are)."""
+        self.lib = native.library('int8_mnn')
+        if self.lib is None:
+            raise RuntimeError('int8 screen unavailable: '
+                               f'{native.unavailable_reason("int8_mnn")}')
+        self.q = np.ascontiguousarray(query.detach().cpu().numpy(), dtype=np.float32)
+        if self.q.ndim != 2:
+            raise ValueError(f'query patches must be [Pq, D]; got shape {self.q.shape}')
+        pq, d = self.q.shape
+        ldq = -(-pq // PANEL_COLUMNS) * PANEL_COLUMNS
+        dk = -(-d // 4) * 4
+        # torch's allocator aligns to 64 bytes: the GEMM loads panels with aligned loads
+        self.panels = torch.empty(max(ldq * dk, 1), dtype=torch.int8)
+        # per column (padded to ldq): scale, offset correction, norm, error norm
+        self.scale = np.zeros(ldq, np.float32)
+        self.corr = np.zeros(ldq, np.int32)
+        self.norm = np.zeros(ldq, np.float32)
+        self.err = np.zeros(ldq, np.float32)
+        self.lib.pnv_int8_query(self.q.ctypes.data, pq, d, self.panels.data_ptr(),
+                                self.scale.ctypes.data, self.corr.ctypes.data,
+                                self.norm.ctypes.data, self.err.ctypes.data)
+        #: rows refined, columns refined, float32 dot products, float64 dot products
+        #: (near ties of the float32 ones), over all blocks
+        self.counts = np.zeros(4, dtype=np.int64)
+        #: candidates handed to the float32 path (screen too coarse for them)
+        self.fallbacks = 0
+
+    def match(self, store, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Mutual matches [c, Pd] of candidates ``indices`` of store [N, Pd, D].
+
+        store: float16/float32 array, memory map or tensor (a C-contiguous float16/float32
+        array is read in place; anything else is gathered and converted in chunks).
+        indices: rows of the store (default: all). Same meaning as
+        :func:`patch_netvlad_ros.core.matching.mutual_nn`.
+        """
+        if torch.is_tensor(store):
+            store = store.detach().cpu()
+            store = (store.numpy() if store.dtype in (torch.float16, torch.float32)
+                     else store.float().numpy())
+        elif not isinstance(store, np.ndarray):
+            store = np.asarray(store)
+        if store.ndim != 3:
+            raise ValueError(f'candidate patches must be [N, Pd, D]; got shape {store.shape}')
+        n_store, pd, d = store.shape
+        pq = self.q.shape[0]
+        if d != self.q.shape[1]:
+            raise ValueError(f'candidate dimension {d} != query dimension {self.q.shape[1]}')
+        indices = (np.arange(n_store) if indices is None
+                   else np.asarray(indices, dtype=np.int64).reshape(-1))
+        if len(indices) and (indices.min() < -n_store or indices.max() >= n_store):
+            # the C helper reads rows in place: an index outside the store must not reach it
+            raise IndexError(f'candidate indices must lie in [0, {n_store}); got '
+                             f'{indices.min()}..{indices.max()}')
+        indices = np.where(indices < 0, indices + n_store, indices)
+        c = len(indices)
+        match = np.full((c, pd), -1, dtype=np.int64)
+        if pd == 0 or pq == 0 or c == 0:          # nothing to match
+            return torch.from_numpy(match)
+        fallback = np.zeros(c, dtype=np.uint8)
+        max_dots = int(MAX_EXACT_FRACTION * pd * pq)
+        in_place = store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
+        step = c if in_place else max(1, GATHER_BYTES // (4 * pd * d))
+        for c0 in range(0, c, step):
+            ids = indices[c0:c0 + step]
+            if in_place:
+                blocks = store
+                ptrs = (np.uint64(store.ctypes.data)
+                        + ids.astype(np.uint64) * np.uint64(store.strides[0]))
+            else:
+                blocks = np.ascontiguousarray(store[ids])
+                if blocks.dtype not in (np.float16, np.float32):
+                    blocks = blocks.astype(np.float32)
+                ptrs = (np.uint64(blocks.ctypes.data)
+                        + np.arange(len(ids), dtype=np.uint64) * np.uint64(blocks.strides[0]))
+            rc = self.lib.pnv_int8_mutual_nn(
+                ptrs.ctypes.data, int(blocks.dtype == np.float16), self.q.ctypes.data,
+                self.panels.data_ptr(), self.scale.ctypes.data, self.corr.ctypes.data,
+                self.norm.ctypes.data, self.err.ctypes.data, len(ids), pd, pq, d, max_dots,
+                match[c0:].ctypes.data, self.counts.ctypes.data, fallback[c0:].ctypes.data)
+            if rc != 0:
+                raise MemoryError('int8 screen: out of memory')
+            del blocks
+        redo = np.flatnonzero(fallback)
+        if len(redo):
+            from .matching import mutual_nn
+            self.fallbacks += len(redo)
+            match[redo] = mutual_nn(torch.from_numpy(self.q),
+                                    torch.from_numpy(np.asarray(store[indices[redo]],
+                                                                dtype=np.float32))).numpy()
+        return torch.from_numpy(match)

@@ -1,0 +1,189 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""The int8-screened mutual nearest neighbours equal the exact ones.
+
+References: a float64 brute force (the exact mutual NN of the stored vectors) and the
+straightforward float32 path (:func:`matching.mutual_nn`).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import brute_force_mnn, unit
+from patch_netvlad_ros.core import int8_screen, matching, native
+
+pytestmark = pytest.mark.skipif(
+    not int8_screen.available(),
+    reason=f'int8 screen not built here: {native.unavailable_reason("int8_mnn")}')
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float32])
+def test_near_ties_far_below_the_int8_resolution_are_resolved_exactly(rng, dtype):
+    # twins 1e-4 apart: their similarities differ by ~1e-4, fifty times below the int8
+    # screen's resolution, so only the refinement can order them
+    q = unit(rng.standard_normal((50, 96)))
+    q = unit(np.concatenate([q, q[:10] + 1e-4 * rng.standard_normal((10, 96))]))
+    db = np.repeat(q[None, :45], 4, 0) + 2e-3 * rng.standard_normal((4, 45, 96))
+    db = np.concatenate([db, db[:, :10] + 1e-4 * rng.standard_normal((4, 10, 96))], 1)
+    db = unit(db).astype(dtype)
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    match = screen.match(db).numpy()
+    expected = brute_force_mnn(q, db.astype(np.float32))
+    np.testing.assert_array_equal(match, expected)
+    assert (expected >= 0).sum() >= 100
+    assert screen.counts[0] > 0 and screen.counts[1] > 0 and screen.counts[2] > 0
+    assert screen.fallbacks == 0
+
+
+def test_exact_ties_go_to_float64_and_keep_the_lowest_index(rng):
+    # duplicated query rows and candidate rows: equal similarities, which the float32
+    # pass cannot order, so float64 decides (first index on ties, as torch.argmax)
+    base = unit(rng.standard_normal((20, 64)))
+    q = np.concatenate([base, base[:8]])                       # rows 20..27 repeat 0..7
+    db = unit(base[None, :12] + 0.05 * rng.standard_normal((3, 12, 64)))
+    db = np.concatenate([db, db[:, :4]], 1).astype(np.float16)  # rows 12..15 repeat 0..3
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    match = screen.match(db).numpy()
+    np.testing.assert_array_equal(match, brute_force_mnn(q, db.astype(np.float32)))
+    assert screen.counts[3] > 0                                # float64 near-tie path ran
+    assert not np.isin(match, np.arange(20, 28)).any()         # later twins never win
+    assert (match[:, 12:] == -1).all()                         # nor do the candidate's
+
+
+def test_tail_sizes_single_candidate_and_empty_sets(rng):
+    # sizes that are not multiples of the 8 lanes, 16-column panels, 4-row tiles or
+    # 32-byte steps; one candidate; no patches on either side
+    for pq, pd, d in ((1, 1, 5), (17, 33, 31), (50, 7, 130), (16, 4, 32), (3, 5, 1)):
+        q = unit(rng.standard_normal((pq, d)))
+        db = unit(rng.standard_normal((3, pd, d))).astype(np.float16)
+        np.testing.assert_array_equal(int8_screen.Int8Query(torch.from_numpy(q)).match(db),
+                                      brute_force_mnn(q, db.astype(np.float32)))
+        one = int8_screen.Int8Query(torch.from_numpy(q)).match(db[:1])
+        np.testing.assert_array_equal(one, brute_force_mnn(q, db[:1].astype(np.float32)))
+    screen = int8_screen.Int8Query(torch.from_numpy(unit(rng.standard_normal((5, 8)))))
+    assert screen.match(np.zeros((3, 0, 8), np.float16)).shape == (3, 0)
+    empty = int8_screen.Int8Query(torch.zeros(0, 8))
+    assert (empty.match(unit(rng.standard_normal((2, 6, 8)))).numpy() == -1).all()
+
+
+def test_long_descriptors_are_blocked_over_the_dimension(rng):
+    # 4096 dims (the performance preset) with 300 query rows: the GEMM runs the dimension
+    # in blocks that keep the query panels in the L2 cache, accumulating in int32
+    q = unit(rng.standard_normal((300, 4096)))
+    db = unit(q[rng.integers(0, 300, (2, 60))] + 0.5 * rng.standard_normal((2, 60, 4096)))
+    db = db.astype(np.float16)
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    match = screen.match(db).numpy()
+    np.testing.assert_array_equal(match, brute_force_mnn(q, db.astype(np.float32)))
+    assert (match >= 0).sum() >= 60
+
+
+def test_negative_similarities_and_zero_rows(rng):
+    # every similarity below zero (cosines shifted by -1 through 16 extra coordinates of
+    # +-1/4, small enough not to coarsen the rounding), so the integer sums are negative
+    # too; then a candidate row of zeros, whose similarities (all exactly 0) top every column
+    x = unit(rng.standard_normal((200, 63)))
+    q = np.concatenate([x, np.full((200, 16), 0.25, np.float32)], 1)
+    near = unit(x[rng.integers(0, 200, (3, 150))] + 0.3 * rng.standard_normal((3, 150, 63)))
+    db = np.concatenate([near, np.full((3, 150, 16), -0.25, np.float32)], 2).astype(np.float16)
+    assert (db.astype(np.float32) @ q.T).max() < 0
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    np.testing.assert_array_equal(screen.match(db), brute_force_mnn(q, db.astype(np.float32)))
+    assert screen.counts[0] > 0 and screen.fallbacks == 0
+    zeros = db.copy()
+    zeros[:, 7] = 0
+    match = screen.match(zeros).numpy()
+    np.testing.assert_array_equal(match, brute_force_mnn(q, zeros.astype(np.float32)))
+    assert (match[:, 7] == 0).all()
+    assert screen.fallbacks == 0
+
+
+def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
+                                                          corridor_query_descriptors):
+    g, patches = corridor_query_descriptors
+    store = corridor_map.patches[0]                      # float16 memory map [N, P, D]
+    entries = dots = fallbacks = candidates = 0
+    for qi in range(0, g.shape[0], 10):
+        q = patches[0][qi]
+        cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
+        screen = int8_screen.Int8Query(q)
+        fast = screen.match(store, cands)                # read in place from the map
+        plain = matching.match_candidates(q, store, cands, method='float32')
+        torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+        np.testing.assert_array_equal(
+            fast.numpy(), brute_force_mnn(q.numpy(), np.asarray(store[cands], np.float32)))
+        entries += len(cands) * q.shape[0] * store.shape[1]
+        dots += screen.counts[2] + screen.counts[3]
+        fallbacks += screen.fallbacks
+        candidates += len(cands)
+    print(f'dot products per screened similarity: {dots / entries:.3f}, '
+          f'{fallbacks} of {candidates} candidates on the float32 path')
+    # the screen leaves a small part to refine (these 176-patch sets at 320x240 are its
+    # harder case: 936 patches at 640x480 need about 4%) and keeps most candidates
+    assert dots / entries < int8_screen.MAX_EXACT_FRACTION
+    assert fallbacks < candidates / 4
+
+
+def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
+    # every vector close to one common direction: the int8 screen cannot separate them
+    common = rng.standard_normal(64)
+    q = unit(common + 0.01 * rng.standard_normal((40, 64)))
+    db = unit(common + 0.01 * rng.standard_normal((3, 40, 64))).astype(np.float16)
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    match = screen.match(db)
+    assert screen.fallbacks == 3
+    torch.testing.assert_close(
+        match, matching.mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
+        rtol=0, atol=0)
+
+
+def test_candidates_are_read_in_place_by_index(rng, tmp_path):
+    # a float16 memory map read by index (unsorted, repeated, negative) without a gather,
+    # and the gathered paths for a torch store and a dtype the helper does not read
+    q = unit(rng.standard_normal((30, 64)))
+    data = unit(q[None] + 0.7 * rng.standard_normal((6, 30, 64))).astype(np.float16)
+    store = np.memmap(tmp_path / 'patches.f16', dtype=np.float16, mode='w+', shape=data.shape)
+    store[:] = data
+    indices = np.array([4, 1, 4, -1, 0])
+    expected = brute_force_mnn(q, data[indices].astype(np.float32))
+    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    np.testing.assert_array_equal(screen.match(store, indices).numpy(), expected)
+    np.testing.assert_array_equal(screen.match(torch.from_numpy(data), indices).numpy(),
+                                  expected)
+    np.testing.assert_array_equal(screen.match(data.astype(np.float64), indices).numpy(),
+                                  expected)
+    assert screen.match(store, []).shape == (0, 30)
+    with pytest.raises(IndexError, match=r'candidate indices must lie in \[0, 6\)'):
+        screen.match(store, [0, 6])
+    with pytest.raises(ValueError, match='candidate dimension 32 != query dimension 64'):
+        screen.match(np.zeros((2, 3, 32), np.float16))
+
+
+def test_auto_picks_the_int8_screen_where_it_is_preferred(rng):
+    expected = ('screened' if matching.screened_mnn.available()
+                else 'int8' if int8_screen.preferred() else 'float32')
+    assert matching.resolve_mnn_method('auto', torch.device('cpu')) == expected
+    assert matching.resolve_mnn_method('int8', torch.device('cpu')) == 'int8'
+    q = torch.from_numpy(unit(rng.standard_normal((20, 32))))
+    store = unit(rng.standard_normal((5, 25, 32))).astype(np.float16)
+    np.testing.assert_array_equal(
+        matching.match_candidates(q, store, [3, 0, 4], method='int8'),
+        brute_force_mnn(q.numpy(), store[[3, 0, 4]].astype(np.float32)))
+
+
+def test_disabled_helper_is_unavailable_and_says_why():
+    code = ('from patch_netvlad_ros.core import int8_screen, native; import torch; '
+            'print(int8_screen.available(), int8_screen.preferred()); '
+            'print(native.unavailable_reason("int8_mnn"))\n'
+            'try:\n    int8_screen.Int8Query(torch.zeros(2, 4))\n'
+            'except RuntimeError as e:\n    print(e)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
+    assert out.stdout.splitlines() == [
+        'False False', 'disabled by PATCH_NETVLAD_NATIVE=0',
+        'int8 screen unavailable: disabled by PATCH_NETVLAD_NATIVE=0']
