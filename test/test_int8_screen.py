@@ -168,6 +168,10 @@ def test_auto_picks_the_int8_screen_where_it_is_preferred(rng):
     expected = ('screened' if matching.screened_mnn.available()
                 else 'int8' if int8_screen.preferred() else 'float32')
     assert matching.resolve_mnn_method('auto', torch.device('cpu')) == expected
+    assert matching.resolve_mnn_method('auto', torch.device('cpu'), 512) == expected
+    # 4096-dim whitened descriptors are too close together for the int8 screen
+    assert matching.resolve_mnn_method('auto', torch.device('cpu'), 4096) == (
+        'screened' if expected == 'screened' else 'float32')
     assert matching.resolve_mnn_method('int8', torch.device('cpu')) == 'int8'
     q = torch.from_numpy(unit(rng.standard_normal((20, 32))))
     store = unit(rng.standard_normal((5, 25, 32))).astype(np.float16)

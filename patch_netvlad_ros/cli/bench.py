@@ -171,7 +171,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
         if torch.device(device).type == 'cuda':
             stores = [torch.from_numpy(s).to(device) for s in stores]
         method = 'float32' if impl == 'ours-float32' else 'auto'
-        extra['matcher'] = resolve_mnn_method(method, torch.device(device))
+        extra['matcher'] = resolve_mnn_method(method, torch.device(device), q[0].shape[1])
 
         def run():
             rerank(q, stores, idx, cfg, mnn_method=method)

@@ -35,6 +35,12 @@ from . import native
 PANEL_COLUMNS = 16
 #: Candidates gathered per call when the store is not read in place (float32 bytes).
 GATHER_BYTES = 64 << 20
+#: Largest descriptor dimension 'auto' screens in int8. The performance preset's 4096-dim
+#: whitened descriptors lie so close together (a row's best two within the int8 rounding
+#: bound nearly everywhere) that 65-90% of the similarities need a dot product and the
+#: candidates go to the float32 path after all: measured 2.1-2.4x slower than float32 on
+#: the corridor at 640x480, where 128 and 512 dims need 1-4%.
+MAX_PREFERRED_DIM = 1024
 #: Dot products allowed per candidate, as a fraction of its Pd x Pq similarities; past
 #: this the candidate is cheaper on the float32 path, which then computes it. A float32
 #: dot product of the refinement costs about 13 entries of the int8 GEMM (speed preset,
@@ -55,16 +61,17 @@ def _has_avx512() -> bool:
         return False
 
 
-def preferred() -> bool:
-    """Whether 'auto' should match with the int8 screen here.
+def preferred(dim: Optional[int] = None) -> bool:
+    """Whether 'auto' should match ``dim``-dimensional descriptors with the int8 screen.
 
-    Where the screen runs and the CPU has no AVX-512: its 256-bit int8 products
-    (vpmaddubsw + vpmaddwd) then run at twice the rate of the float32 GEMM's 256-bit
-    FMAs (measured 1.9x the float32 matcher end to end on a Zen 3 EPYC). With AVX-512
-    the float32 GEMM is as wide as the int8 kernel, so the screen would not pay for its
-    refinement; not measured, so not chosen.
+    Where the screen runs, the CPU has no AVX-512 and dim is at most
+    :data:`MAX_PREFERRED_DIM` (None: any). Without AVX-512 its 256-bit int8 products
+    (vpmaddubsw + vpmaddwd) run at twice the rate of the float32 GEMM's 256-bit FMAs; with
+    AVX-512 the float32 GEMM is as wide as the int8 kernel, so the screen would not pay
+    for its refinement (not measured, so not chosen).
     """
-    return available() and not _has_avx512()
+    return (available() and not _has_avx512()
+            and (dim is None or dim <= MAX_PREFERRED_DIM))
 
 
 class Int8Query:

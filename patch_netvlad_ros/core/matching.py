@@ -14,7 +14,7 @@ Scores follow the paper with "larger is better" (the authors' code negates them)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import functools
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -50,12 +50,16 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
 #: :mod:`patch_netvlad_ros.core.screened_mnn` (CPU with bf16 units and a C compiler);
 #: 'int8' the exact int8-screened path of :mod:`patch_netvlad_ros.core.int8_screen` (AVX2
 #: CPU and a C compiler); 'auto' takes 'screened' where it can run, else 'int8' where the
-#: CPU's float32 GEMMs are 256 bits wide (:func:`int8_screen.preferred`), else 'float32'.
+#: CPU's float32 GEMMs are 256 bits wide and the descriptors short enough for the int8
+#: screen to separate them (:func:`int8_screen.preferred`), else 'float32'.
 MNN_METHODS = ('auto', 'screened', 'int8', 'float32')
 
 
-def resolve_mnn_method(method: str, device: torch.device) -> str:
-    """Return the matcher that ``method`` stands for on ``device`` (see :data:`MNN_METHODS`)."""
+def resolve_mnn_method(method: str, device: torch.device, dim: Optional[int] = None) -> str:
+    """Return the matcher that ``method`` stands for on ``device`` (see :data:`MNN_METHODS`).
+
+    dim: the descriptor dimension, when known ('auto' screens long descriptors in float32).
+    """
     if method not in MNN_METHODS:
         raise ValueError(f'unknown matcher method {method!r}; expected one of {MNN_METHODS}')
     if method != 'auto':
@@ -64,7 +68,7 @@ def resolve_mnn_method(method: str, device: torch.device) -> str:
         return 'float32'
     if screened_mnn.available():
         return 'screened'
-    return 'int8' if int8_screen.preferred() else 'float32'
+    return 'int8' if int8_screen.preferred(dim) else 'float32'
 
 
 def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
@@ -79,7 +83,7 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
     """
     indices = np.asarray(indices, dtype=np.int64)
     pd, pq = store.shape[1], query.shape[0]
-    resolved = resolve_mnn_method(method, query.device)
+    resolved = resolve_mnn_method(method, query.device, query.shape[1])
     if resolved == 'screened':
         return screened_mnn.ScreenedQuery(query).match(store, indices).to(query.device)
     if resolved == 'int8':
