@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from . import native
+from .candidate_blocks import (as_store, blocks_of, candidate_indices, float32_matches,
+                               reads_in_place)
 
 #: Query columns per GEMM panel of the helper (pq is padded to a multiple of this).
 PANEL_COLUMNS = 16
@@ -113,58 +115,34 @@ class Int8Query:
         indices: rows of the store (default: all). Same meaning as
         :func:`patch_netvlad_ros.core.matching.mutual_nn`.
         """
-        if torch.is_tensor(store):
-            store = store.detach().cpu()
-            store = (store.numpy() if store.dtype in (torch.float16, torch.float32)
-                     else store.float().numpy())
-        elif not isinstance(store, np.ndarray):
-            store = np.asarray(store)
+        store = as_store(store)
         if store.ndim != 3:
             raise ValueError(f'candidate patches must be [N, Pd, D]; got shape {store.shape}')
         n_store, pd, d = store.shape
         pq = self.q.shape[0]
         if d != self.q.shape[1]:
             raise ValueError(f'candidate dimension {d} != query dimension {self.q.shape[1]}')
-        indices = (np.arange(n_store) if indices is None
-                   else np.asarray(indices, dtype=np.int64).reshape(-1))
-        if len(indices) and (indices.min() < -n_store or indices.max() >= n_store):
-            # the C helper reads rows in place: an index outside the store must not reach it
-            raise IndexError(f'candidate indices must lie in [0, {n_store}); got '
-                             f'{indices.min()}..{indices.max()}')
-        indices = np.where(indices < 0, indices + n_store, indices)
+        indices = candidate_indices(indices, n_store)
         c = len(indices)
         match = np.full((c, pd), -1, dtype=np.int64)
         if pd == 0 or pq == 0 or c == 0:          # nothing to match
             return torch.from_numpy(match)
         fallback = np.zeros(c, dtype=np.uint8)
         max_dots = int(MAX_EXACT_FRACTION * pd * pq)
-        in_place = store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
+        in_place = reads_in_place(store)
         step = c if in_place else max(1, GATHER_BYTES // (4 * pd * d))
         for c0 in range(0, c, step):
-            ids = indices[c0:c0 + step]
-            if in_place:
-                blocks = store
-                ptrs = (np.uint64(store.ctypes.data)
-                        + ids.astype(np.uint64) * np.uint64(store.strides[0]))
-            else:
-                blocks = np.ascontiguousarray(store[ids])
-                if blocks.dtype not in (np.float16, np.float32):
-                    blocks = blocks.astype(np.float32)
-                ptrs = (np.uint64(blocks.ctypes.data)
-                        + np.arange(len(ids), dtype=np.uint64) * np.uint64(blocks.strides[0]))
+            blocks, ptrs = blocks_of(store, indices[c0:c0 + step], in_place)
             rc = self.lib.pnv_int8_mutual_nn(
                 ptrs.ctypes.data, int(blocks.dtype == np.float16), self.q.ctypes.data,
                 self.panels.data_ptr(), self.scale.ctypes.data, self.corr.ctypes.data,
-                self.norm.ctypes.data, self.err.ctypes.data, len(ids), pd, pq, d, max_dots,
+                self.norm.ctypes.data, self.err.ctypes.data, len(ptrs), pd, pq, d, max_dots,
                 match[c0:].ctypes.data, self.counts.ctypes.data, fallback[c0:].ctypes.data)
             if rc != 0:
                 raise MemoryError('int8 screen: out of memory')
             del blocks
         redo = np.flatnonzero(fallback)
         if len(redo):
-            from .matching import mutual_nn
             self.fallbacks += len(redo)
-            match[redo] = mutual_nn(torch.from_numpy(self.q),
-                                    torch.from_numpy(np.asarray(store[indices[redo]],
-                                                                dtype=np.float32))).numpy()
+            match[redo] = float32_matches(self.q, store, indices[redo])
         return torch.from_numpy(match)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from . import native
+from .candidate_blocks import (as_store, block_pointers, blocks_of, candidate_indices,
+                               float32_matches, reads_in_place)
 
 #: Screened similarities per chunk of candidates (bf16 bytes): small enough to stay in
 #: the L2 cache between the GEMM and the C pass.
@@ -71,12 +73,6 @@ def fused_ok(d: int) -> bool:
     return d % FUSED_DIM_MULTIPLE == 0 and d <= FUSED_MAX_DIM and native.amx()
 
 
-def _block_pointers(blocks: np.ndarray, ids: Optional[np.ndarray] = None) -> np.ndarray:
-    """Addresses of the contiguous [P, D] blocks ids (default: all) of a C-contiguous [n, P, D]."""
-    ids = np.arange(blocks.shape[0]) if ids is None else ids
-    return np.uint64(blocks.ctypes.data) + ids.astype(np.uint64) * np.uint64(blocks.strides[0])
-
-
 def _to_bf16(lib, rows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """bf16 copy [N, D] of float16/float32 rows [N, D], their norms and error norms [N]."""
     n, d = rows.shape
@@ -84,7 +80,7 @@ def _to_bf16(lib, rows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray, np.ndarra
     out = torch.empty((n, d), dtype=torch.bfloat16)
     norm = np.empty(n, dtype=np.float32)
     err = np.empty(n, dtype=np.float32)
-    lib.pnv_to_bf16(_block_pointers(rows[None]).ctypes.data, int(rows.dtype == np.float16),
+    lib.pnv_to_bf16(block_pointers(rows[None]).ctypes.data, int(rows.dtype == np.float16),
                     1, n, d, out.data_ptr(), norm.ctypes.data, err.ctypes.data)
     return out, norm, err
 
@@ -150,25 +146,14 @@ class ScreenedQuery:
         memory map is read in place; anything else is gathered and converted per chunk.
         Same meaning as :func:`patch_netvlad_ros.core.matching.mutual_nn`.
         """
-        if torch.is_tensor(store):
-            store = store.detach().cpu()
-            store = (store.numpy() if store.dtype in (torch.float16, torch.float32)
-                     else store.float().numpy())
-        elif not isinstance(store, np.ndarray):
-            store = np.asarray(store)
-        indices = (np.arange(store.shape[0]) if indices is None
-                   else np.asarray(indices, dtype=np.int64).reshape(-1))
+        store = as_store(store)
         n_store, pd, d = store.shape
-        if len(indices) and (indices.min() < -n_store or indices.max() >= n_store):
-            # the C helper reads rows in place: an index outside the store must not reach it
-            raise IndexError(f'candidate indices must lie in [0, {n_store}); got '
-                             f'{indices.min()}..{indices.max()}')
-        indices = np.where(indices < 0, indices + n_store, indices)
+        indices = candidate_indices(indices, n_store)
         c = len(indices)
         pq = self.q.shape[0]
         if d != self.q.shape[1]:
             raise ValueError(f'candidate dimension {d} != query dimension {self.q.shape[1]}')
-        in_place = store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
+        in_place = reads_in_place(store)
         match = np.empty((c, pd), dtype=np.int64)
         fallback = np.zeros(c, dtype=np.uint8)
         if pd == 0:                              # candidates without patches match nothing
@@ -180,23 +165,9 @@ class ScreenedQuery:
             self._match_gemm(store, indices, in_place, match, fallback, max_dots)
         redo = np.flatnonzero(fallback)
         if len(redo):
-            from .matching import mutual_nn
             self.fallbacks += len(redo)
-            match[redo] = mutual_nn(torch.from_numpy(self.q),
-                                    torch.from_numpy(np.asarray(store[indices[redo]],
-                                                                dtype=np.float32))).numpy()
+            match[redo] = float32_matches(self.q, store, indices[redo])
         return torch.from_numpy(match)
-
-    @staticmethod
-    def _blocks(store: np.ndarray, ids: np.ndarray, in_place: bool
-                ) -> Tuple[np.ndarray, np.ndarray]:
-        """Candidates ids of store as (array holding them, addresses [n] of their blocks)."""
-        if in_place:
-            return store, _block_pointers(store, ids)
-        blocks = np.ascontiguousarray(store[ids])
-        if blocks.dtype not in (np.float16, np.float32):
-            blocks = blocks.astype(np.float32)
-        return blocks, _block_pointers(blocks)
 
     def _match_fused(self, store: np.ndarray, indices: np.ndarray, in_place: bool,
                      match: np.ndarray, fallback: np.ndarray, max_dots: int) -> None:
@@ -206,7 +177,7 @@ class ScreenedQuery:
         # in place: one call for all candidates; gathered: chunks of FUSED_CHUNK_BYTES
         step = max(c, 1) if in_place else max(1, FUSED_CHUNK_BYTES // (4 * pd * d))
         for c0 in range(0, c, step):
-            blocks, ptrs = self._blocks(store, indices[c0:c0 + step], in_place)
+            blocks, ptrs = blocks_of(store, indices[c0:c0 + step], in_place)
             rc = self.lib.pnv_mutual_nn_amx(
                 ptrs.ctypes.data, int(blocks.dtype == np.float16), self.q.ctypes.data,
                 self.qp.data_ptr(), self.nq.ctypes.data, self.eq.ctypes.data, len(ptrs), pd,
@@ -229,7 +200,7 @@ class ScreenedQuery:
         step = min(step, max(c, 1))
         bf16, sim, nd, ed = self._scratch(step * pd, d)
         for c0 in range(0, c, step):
-            blocks, ptrs = self._blocks(store, indices[c0:c0 + step], in_place)
+            blocks, ptrs = blocks_of(store, indices[c0:c0 + step], in_place)
             n = len(ptrs)
             is_half = int(blocks.dtype == np.float16)
             # both C calls spread the candidates over OpenMP threads
