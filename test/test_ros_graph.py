@@ -251,6 +251,9 @@ def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
     finally:
         graph.close()
         outputs = _interrupt(procs)
+        # the nodes' logs, which pytest shows when anything above failed
+        for proc, out in zip(procs, outputs):
+            print(f'--- {proc.args[2]} (exit {proc.returncode}) ---\n{out}')
     # Ctrl-C is a clean shutdown: every process exits 0.
     assert [p.returncode for p in procs] == [0, 0, 0], '\n'.join(outputs)
 

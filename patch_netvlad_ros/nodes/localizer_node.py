@@ -22,6 +22,7 @@ from ..core.config import MATCHERS
 from ..core.database import ReferenceMap
 from ..core.errors import ImageError, MapError
 from ..core.localizer import Localizer
+from ..core.matching import resolve_mnn_method
 from ..msg import PlaceDescriptors, PlaceMatch
 from ..ros import shared_store
 from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, result_to_msgs,
@@ -110,9 +111,12 @@ class LocalizerNode(Node):
         self.answered = 0
         self.rejected = 0
         cfg = self.localizer.config if self.localizer else ref_map.config.override(**matching)
+        # the localizer reranks on the CPU; say which exact mutual-NN matcher runs there
+        mnn = resolve_mnn_method('auto', 'cpu', cfg.num_pcs)
         self.get_logger().info(
             f"map {p['map_path']}: {len(ref_map)} references, preset {cfg.preset} "
-            f'{cfg.image_width}x{cfg.image_height}; top-{cfg.top_k} {cfg.matcher}')
+            f'{cfg.image_width}x{cfg.image_height}; top-{cfg.top_k} {cfg.matcher}, '
+            f'{mnn} mutual nearest neighbours')
 
     def on_descriptors(self, msg: PlaceDescriptors) -> None:
         """Localise one frame and publish its match (and pose when confident)."""
