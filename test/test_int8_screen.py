@@ -69,6 +69,8 @@ def test_tail_sizes_single_candidate_and_empty_sets(rng):
     assert screen.match(np.zeros((3, 0, 8), np.float16)).shape == (3, 0)
     empty = int8_screen.Int8Query(torch.zeros(0, 8))
     assert (empty.match(unit(rng.standard_normal((2, 6, 8)))).numpy() == -1).all()
+    with pytest.raises(ValueError, match=r'\[Pq, D\] with D >= 1; got shape \(4, 0\)'):
+        int8_screen.Int8Query(torch.zeros(4, 0))
 
 
 def test_long_descriptors_are_blocked_over_the_dimension(rng):

@@ -86,8 +86,9 @@ class Int8Query:
             raise RuntimeError('int8 screen unavailable: '
                                f'{native.unavailable_reason("int8_mnn")}')
         self.q = np.ascontiguousarray(query.detach().cpu().numpy(), dtype=np.float32)
-        if self.q.ndim != 2:
-            raise ValueError(f'query patches must be [Pq, D]; got shape {self.q.shape}')
+        if self.q.ndim != 2 or self.q.shape[1] == 0:
+            raise ValueError(f'query patches must be [Pq, D] with D >= 1; got shape '
+                             f'{self.q.shape}')
         pq, d = self.q.shape
         ldq = -(-pq // PANEL_COLUMNS) * PANEL_COLUMNS
         dk = -(-d // 4) * 4
