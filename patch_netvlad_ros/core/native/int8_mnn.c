@@ -53,32 +53,11 @@ static inline float db_at(const void *row, int is_half, int64_t k) {
   return is_half ? _cvtsh_ss(((const uint16_t *)row)[k]) : ((const float *)row)[k];
 }
 
-/* Rounding of a row x [d] to scale * h with |h| <= top: the scale, and the norms of the
- * rounded row and of the rounding error, each rounded up by 1e-3 (far above float64's
- * summation error). h is written through put(h, k). */
-#define QUANTIZE_ROW(load, top, put, scale_out, norm_out, err_out)                          \
-  do {                                                                                      \
-    float mx_ = 0.0f;                                                                       \
-    for (int64_t k = 0; k < d; ++k) mx_ = fmaxf(mx_, fabsf(load(k)));                       \
-    const float s_ = mx_ > 0.0f ? mx_ / (float)(top) : 1.0f;                                \
-    double nn_ = 0.0, ee_ = 0.0;                                                            \
-    for (int64_t k = 0; k < d; ++k) {                                                       \
-      const float x_ = load(k);                                                             \
-      float h_ = nearbyintf(x_ / s_);                                                       \
-      h_ = fminf(fmaxf(h_, -(float)(top)), (float)(top));                                   \
-      const double r_ = (double)s_ * (double)h_;                                            \
-      nn_ += r_ * r_;                                                                       \
-      ee_ += ((double)x_ - r_) * ((double)x_ - r_);                                         \
-      put((int)h_, k);                                                                      \
-    }                                                                                       \
-    scale_out = s_;                                                                         \
-    norm_out = (float)(sqrt(nn_) * 1.001);                                                  \
-    err_out = (float)(sqrt(ee_) * 1.001);                                                   \
-  } while (0)
-
 /* The query q [pq, d] float32 as int8 GEMM panels [ldq / 16][dk / 4][16][4] (zero padding
- * past pq and d), with per row the scale, the column correction OFFSET * sum_k qh_ik, the
- * norm of q~ and of q - q~. ldq = pq rounded up to 16, dk = d rounded up to 4. */
+ * past pq and d), with per row the scale sq = max|q_i| / 127, the column correction
+ * OFFSET * sum_k qh_ik, and the norms of q~ and of q - q~, each rounded up by 1e-3 (far
+ * above float64's summation error). ldq = pq rounded up to 16, dk = d rounded up to 4.
+ * Once per query, so plain scalar code. */
 void pnv_int8_query(const float *q, int64_t pq, int64_t d, int8_t *panels, float *scale,
                     int32_t *corr, float *norm, float *err) {
   const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
@@ -86,12 +65,22 @@ void pnv_int8_query(const float *q, int64_t pq, int64_t d, int8_t *panels, float
   for (int64_t i = 0; i < pq; ++i) {
     const float *row = q + i * d;
     int8_t *base = panels + (i / NR) * dk * NR + (i % NR) * 4;
+    float mx = 0.0f;
+    for (int64_t k = 0; k < d; ++k) mx = fmaxf(mx, fabsf(row[k]));
+    const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+    double nn = 0.0, ee = 0.0;
     int32_t sum = 0;
-#define QLOAD(k) row[k]
-#define QPUT(h, k) (base[((k) / 4) * NR * 4 + (k) % 4] = (int8_t)(h), sum += (h))
-    QUANTIZE_ROW(QLOAD, 127, QPUT, scale[i], norm[i], err[i]);
-#undef QLOAD
-#undef QPUT
+    for (int64_t k = 0; k < d; ++k) {
+      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -127.0f), 127.0f);
+      const double r = (double)s * (double)h;
+      nn += r * r;
+      ee += ((double)row[k] - r) * ((double)row[k] - r);
+      base[(k / 4) * NR * 4 + k % 4] = (int8_t)h;
+      sum += (int32_t)h;
+    }
+    scale[i] = s;
+    norm[i] = (float)(sqrt(nn) * 1.001);
+    err[i] = (float)(sqrt(ee) * 1.001);
     corr[i] = OFFSET * sum;
   }
 }
