@@ -144,28 +144,6 @@ def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
         rtol=0, atol=0)
 
 
-def test_candidates_are_read_in_place_by_index(rng, tmp_path):
-    # a float16 memory map read by index (unsorted, repeated, negative) without a gather,
-    # and the gathered paths for a torch store and a dtype the helper does not read
-    q = unit(rng.standard_normal((30, 64)))
-    data = unit(q[None] + 0.7 * rng.standard_normal((6, 30, 64))).astype(np.float16)
-    store = np.memmap(tmp_path / 'patches.f16', dtype=np.float16, mode='w+', shape=data.shape)
-    store[:] = data
-    indices = np.array([4, 1, 4, -1, 0])
-    expected = brute_force_mnn(q, data[indices].astype(np.float32))
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
-    np.testing.assert_array_equal(screen.match(store, indices).numpy(), expected)
-    np.testing.assert_array_equal(screen.match(torch.from_numpy(data), indices).numpy(),
-                                  expected)
-    np.testing.assert_array_equal(screen.match(data.astype(np.float64), indices).numpy(),
-                                  expected)
-    assert screen.match(store, []).shape == (0, 30)
-    with pytest.raises(IndexError, match=r'candidate indices must lie in \[0, 6\)'):
-        screen.match(store, [0, 6])
-    with pytest.raises(ValueError, match='candidate dimension 32 != query dimension 64'):
-        screen.match(np.zeros((2, 3, 32), np.float16))
-
-
 def test_auto_picks_the_int8_screen_where_it_is_preferred(rng):
     expected = ('screened' if matching.screened_mnn.available()
                 else 'int8' if int8_screen.preferred() else 'float32')

@@ -195,25 +195,3 @@ def test_missing_compiler_is_reported(tmp_path):
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          env=env, check=True)
     assert out.stdout.splitlines() == ['None', 'no C compiler found (set CC, or install gcc)']
-
-
-@needs_screen
-@pytest.mark.parametrize('fused', PATHS)
-def test_candidates_are_read_in_place_by_index(rng, tmp_path, fused):
-    # a float16 memory map read by index (unsorted, repeated, negative) without a gather,
-    # and the gathered paths for a torch store and a dtype the helper does not read
-    q = unit(rng.standard_normal((30, 64)))
-    data = unit(q[None] + 0.7 * rng.standard_normal((6, 30, 64))).astype(np.float16)
-    store = np.memmap(tmp_path / 'patches.f16', dtype=np.float16, mode='w+', shape=data.shape)
-    store[:] = data
-    indices = np.array([4, 1, 4, -1, 0])
-    expected = brute_force_mnn(q, data[indices].astype(np.float32))
-    screened = screened_mnn.ScreenedQuery(torch.from_numpy(q), fused=fused)
-    np.testing.assert_array_equal(screened.match(store, indices).numpy(), expected)
-    np.testing.assert_array_equal(
-        screened.match(torch.from_numpy(data), indices).numpy(), expected)
-    np.testing.assert_array_equal(
-        screened.match(data.astype(np.float64), indices).numpy(), expected)
-    assert screened.match(store, []).shape == (0, 30)
-    with pytest.raises(IndexError, match=r'candidate indices must lie in \[0, 6\)'):
-        screened.match(store, [0, 6])
