@@ -1,14 +1,37 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""IntegralVLAD patch descriptors against a brute-force per-window VLAD."""
+"""IntegralVLAD patch descriptors against a brute-force per-window VLAD.
+
+Both ways of taking the patch boxes are checked: the torch one (0/1 band GEMMs) and the
+C helper ``native/patch_vlad.c``, the default on the CPU where it builds.
+"""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core import vlad
+from patch_netvlad_ros.core import native, vlad
 from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config, PRESETS
+from patch_netvlad_ros.core.image import to_tensor
+
+needs_c_boxes = pytest.mark.skipif(
+    not vlad.native_boxes_available(),
+    reason=f'no C helper for the patch boxes here: {native.unavailable_reason("patch_vlad")}')
+
+#: the patch boxes in torch, and in C where the helper builds
+BOXES = ['torch', pytest.param('c', marks=needs_c_boxes)]
+
+
+@pytest.fixture
+def boxes(request, monkeypatch):
+    """Make model.aggregate (which takes the C boxes where they build) use the ones named."""
+    monkeypatch.setattr(vlad, 'native_boxes_available', lambda: request.param == 'c')
+    return request.param
 
 
 def brute_force(model, features):
@@ -58,8 +81,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize('boxes', BOXES, indirect=True)
 @pytest.mark.parametrize('preset,overrides,hw', CASES)
-def test_integral_vlad_equals_brute_force_small_dims(preset, overrides, hw):
+def test_integral_vlad_equals_brute_force_small_dims(preset, overrides, hw, boxes):
     # K=8 clusters of D=16 dims keep the brute force fast; the window logic is the same.
     base = PRESETS[preset]
     cfg = base.override(num_clusters=8, encoder_dim=16, num_pcs=min(base.num_pcs, 100),
@@ -76,7 +100,8 @@ def test_integral_vlad_equals_brute_force_small_dims(preset, overrides, hw):
         assert torch.allclose(mine[0].double(), ref, atol=2e-6), f'scale {i}'
 
 
-def test_integral_vlad_equals_brute_force_full_size_performance():
+@pytest.mark.parametrize('boxes', BOXES, indirect=True)
+def test_integral_vlad_equals_brute_force_full_size_performance(boxes):
     # Real sizes (K=64, D=512, 4096 PCs) on a non-square map that no patch size divides.
     cfg = get_config('performance', image_height=16 * 11, image_width=16 * 13)
     model = seeded_model(cfg, seed=7)
@@ -118,3 +143,66 @@ def test_patch_count_formula():
     assert [cfg.num_patches(i) for i in range(3)] == [29 * 39, 26 * 36, 23 * 33]
     assert sum(cfg.num_patches(i) for i in range(3)) == 2826
     assert np.prod(vlad.grid_shape(30, 40, 8, 3)) == (22 // 3 + 1) * (32 // 3 + 1)
+
+
+@needs_c_boxes
+def test_c_boxes_equal_torch_boxes_on_real_features(corridor_model, corridor_images):
+    # real corridor frames through the trained speed model, at three scales and strides
+    # (its WPCA projects windows of any size), with chunks that split the clusters
+    model = corridor_model
+    sizes, strides = (2, 5, 8), (1, 2, 3)
+    with torch.inference_mode():
+        features = model.encode(to_tensor(corridor_images[1][10:12], model.config))
+        x, a = model.assign(features)
+        h, w = features.shape[2:]
+        for i in range(2):
+            args = (x[i], a[i], model.pool.centroids, model.pca_weight, model.pca_bias, h, w,
+                    sizes, strides)
+            for chunk in (16 << 20, 1 << 20):
+                c = vlad.patch_descriptors(*args, chunk_bytes=chunk, native_boxes=True)
+                t = vlad.patch_descriptors(*args, chunk_bytes=chunk, native_boxes=False)
+                for size, stride, mine, ref in zip(sizes, strides, c, t):
+                    rows, cols = vlad.grid_shape(h, w, size, stride)
+                    assert mine.shape == ref.shape == (rows * cols, model.config.num_pcs)
+                    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-6)
+
+
+@needs_c_boxes
+@pytest.mark.parametrize('dim', [20, 3])
+def test_c_boxes_with_empty_clusters_and_odd_dims(rng, dim):
+    # descriptor dims that no vector register divides, and clusters with no assignment
+    # mass in some windows (their norm is clamped at eps and they add nothing): equal to
+    # the torch boxes and to the same formula in float64
+    k, h, w = 6, 7, 9
+    x = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(dim, h * w))), dim=0)
+    a = torch.softmax(torch.from_numpy(rng.normal(size=(k, h * w))), 0)
+    a[2, :30] = 0.0             # cluster 2 is empty in the top rows' windows
+    a[5] = 0.0                  # cluster 5 is empty everywhere
+    c = torch.from_numpy(rng.normal(size=(k, dim)))
+    wpca = torch.from_numpy(rng.normal(size=(10, k * dim)))
+    b = torch.from_numpy(rng.normal(size=10))
+    args64 = (x, a, c, wpca, b, h, w, (2, 3), (1, 2))
+    args32 = tuple(t.float() if torch.is_tensor(t) else t for t in args64)
+    mine = vlad.patch_descriptors(*args32, native_boxes=True)
+    ref = vlad.patch_descriptors(*args32, native_boxes=False)
+    exact = vlad.patch_descriptors(*args64, native_boxes=False)
+    for m, r, e in zip(mine, ref, exact):
+        torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
+        torch.testing.assert_close(m.double(), e, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match='float32 CPU tensors; got torch.float64'):
+        vlad.patch_descriptors(*args64, native_boxes=True)
+
+
+def test_without_the_c_helper_the_torch_boxes_run():
+    code = ('import torch; from patch_netvlad_ros.core import vlad\n'
+            'x = torch.nn.functional.normalize(torch.rand(8, 20), dim=0)\n'
+            'a = torch.softmax(torch.rand(3, 20), 0)\n'
+            'args = (x, a, torch.rand(3, 8), torch.rand(4, 24), torch.rand(4), 4, 5, (2,), (1,))\n'
+            'print(vlad.native_boxes_available(), vlad.patch_descriptors(*args)[0].shape)\n'
+            'try:\n    vlad.patch_descriptors(*args, native_boxes=True)\n'
+            'except RuntimeError as e:\n    print(e)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
+    assert out.stdout.splitlines() == [
+        'False torch.Size([12, 4])',
+        'the C patch boxes are not available here: disabled by PATCH_NETVLAD_NATIVE=0']

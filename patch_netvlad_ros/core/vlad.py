@@ -21,10 +21,12 @@ so no K x D x h x w residual tensor of a whole image is ever held. The PCA GEMM
 (sum_s P_s * K * D * Dp multiply-adds) is the dominant cost.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 _EPS = 1e-12  # F.normalize's epsilon: the authors' normalisation, reproduced exactly.
 
@@ -93,43 +95,108 @@ def column_major_to_row_major(rows: int, cols: int) -> torch.Tensor:
     return (c * rows + r).reshape(-1)
 
 
+def native_boxes_available() -> bool:
+    """Whether the C helper for the patch boxes is built here (see :mod:`.native`)."""
+    return native.library('patch_vlad') is not None
+
+
+def _runs_native(native_boxes: Optional[bool], x: torch.Tensor) -> bool:
+    """Whether the patch boxes run in C: ``native_boxes``, or where they can when None."""
+    fits = x.device.type == 'cpu' and x.dtype == torch.float32
+    if native_boxes is None:
+        return fits and native_boxes_available()
+    if native_boxes and not fits:
+        raise ValueError('the C patch boxes take float32 CPU tensors; got '
+                         f'{x.dtype} on {x.device}')
+    if native_boxes and not native_boxes_available():
+        raise RuntimeError('the C patch boxes are not available here: '
+                           f'{native.unavailable_reason("patch_vlad")}')
+    return native_boxes
+
+
+def _torch_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: int, k1: int,
+                 h: int, w: int, scales: Sequence[Tuple[int, int]]
+                 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Intra-normalised boxes V [kc*D, P] and norms [kc, P] per scale (torch path).
+
+    The residuals a_kn (x_n - c_k) [kc, D, h, w] of clusters k0..k1 are made once for all
+    scales; P is column-major, as :func:`box_sums`.
+    """
+    kc, d = k1 - k0, centroids.shape[1]
+    residual = (a[k0:k1, None, :] * (x[None] - centroids[k0:k1, :, None])).view(kc * d, h, w)
+    for size, stride in scales:
+        v = box_sums(residual, size, stride).view(kc, d, -1)
+        # The authors normalise the window *mean* (sum / d^2): same direction, but
+        # F.normalize's eps then applies to the mean, which matters for clusters
+        # with almost no assignment mass in the window.
+        area = float(size * size)
+        norms = torch.linalg.vector_norm(v, dim=1) / area                   # [kc, P]
+        v.mul_((1.0 / (norms.clamp_min(_EPS) * area))[:, None, :])
+        yield v.view(kc * d, -1), norms
+
+
+def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: int, k1: int,
+                  h: int, w: int, scales: Sequence[Tuple[int, int]],
+                  buffers: List[torch.Tensor]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """As :func:`_torch_boxes`, by ``native/patch_vlad.c``; x here is x^T [N, D].
+
+    buffers: one [P * step * D] float32 tensor per scale, reused chunk after chunk (fresh
+    large blocks would cost page faults each time).
+    """
+    lib = native.library('patch_vlad')
+    kc, d = k1 - k0, centroids.shape[1]
+    for (size, stride), buf in zip(scales, buffers):
+        rows, cols = grid_shape(h, w, size, stride)
+        out = buf[:rows * cols * kc * d].view(rows * cols, kc * d)
+        norms = x.new_empty(kc, rows * cols)
+        if lib.pnv_patch_vlad(x.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d, k0,
+                              k1, size, stride, _EPS, out.data_ptr(), norms.data_ptr()):
+            raise MemoryError("out of memory for the patch boxes' scratch space")
+        yield out.t(), norms
+
+
 def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
                       pca_weight: torch.Tensor, pca_bias: torch.Tensor, h: int, w: int,
                       sizes: Sequence[int], strides: Sequence[int],
-                      chunk_bytes: int = 16 << 20) -> List[torch.Tensor]:
+                      chunk_bytes: int = 16 << 20,
+                      native_boxes: Optional[bool] = None) -> List[torch.Tensor]:
     """Patch descriptors of one image, one [P_s, Dp] tensor per scale, row-major patches.
 
     x: [D, N] unit features, a: [K, N] soft assignments, centroids: [K, D], N = h * w,
     pca_weight: [Dp, K*D], pca_bias: [Dp].
 
-    Works through chunks of clusters whose residuals a_kn (x_n - c_k) [kc, D, h, w]
-    fit in chunk_bytes (small blocks are reused by the allocator, large ones cost page
-    faults). Per chunk and scale: box sums V [kc*D, P], intra-normalisation V / |V_k|,
-    and the partial projection W[:, chunk] @ V accumulated into [Dp, P]. The global
-    L2 normalisation is a per-patch scale, so it is applied after the sum:
-    y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k |V_k / |V_k||^2) + b, then y / |y|, where
-    |.| is clamped at F.normalize's eps applied to the window mean V_k / d^2.
+    Works through chunks of clusters whose boxes (or residuals a_kn (x_n - c_k)
+    [kc, D, h, w]) fit in chunk_bytes. Per chunk and scale: box sums V [kc*D, P],
+    intra-normalisation V / |V_k|, and the partial projection W[:, chunk] @ V accumulated
+    into [Dp, P]. The global L2 normalisation is a per-patch scale, so it is applied after
+    the sum: y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k |V_k / |V_k||^2) + b, then y / |y|,
+    where |.| is clamped at F.normalize's eps applied to the window mean V_k / d^2.
+    native_boxes: the boxes and their normalisation in C (``native/patch_vlad.c``, several
+    times faster than the torch GEMMs with 0/1 band matrices, same sums); None: where the
+    helper runs (float32 on the CPU, built).
     """
     k, d = centroids.shape
-    shapes = [grid_shape(h, w, s, st) for s, st in zip(sizes, strides)]
+    scales = list(zip(sizes, strides))
+    shapes = [grid_shape(h, w, s, st) for s, st in scales]
     acc = [x.new_zeros(pca_weight.shape[0], r * c) for r, c in shapes]   # [Dp, P] per scale
     sq = [x.new_zeros(r * c) for r, c in shapes]                          # |intra-normed|^2
-    step = max(1, chunk_bytes // (d * h * w * x.element_size()))
+    if _runs_native(native_boxes, x):
+        step = max(1, chunk_bytes // (d * max(r * c for r, c in shapes) * 4))
+        buffers = [x.new_empty(r * c * min(step, k) * d) for r, c in shapes]
+        xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
+
+        def boxes(k0, k1):
+            return _native_boxes(xt, a, centroids, k0, k1, h, w, scales, buffers)
+    else:
+        step = max(1, chunk_bytes // (d * h * w * x.element_size()))
+
+        def boxes(k0, k1):
+            return _torch_boxes(x, a, centroids, k0, k1, h, w, scales)
     for k0 in range(0, k, step):
         k1 = min(k0 + step, k)
-        residual = (a[k0:k1, None, :] * (x[None] - centroids[k0:k1, :, None]))
-        residual = residual.view((k1 - k0) * d, h, w)
-        for i, (size, stride) in enumerate(zip(sizes, strides)):
-            v = box_sums(residual, size, stride).view(k1 - k0, d, -1)      # col-major P
-            # The authors normalise the window *mean* (sum / d^2): same direction, but
-            # F.normalize's eps then applies to the mean, which matters for clusters
-            # with almost no assignment mass in the window.
-            area = float(size * size)
-            norms = torch.linalg.vector_norm(v, dim=1) / area               # [kc, P]
-            clamped = norms.clamp_min(_EPS)
-            sq[i] += ((norms / clamped) ** 2).sum(0)                        # |intra-normed|^2
-            v.mul_((1.0 / (clamped * area))[:, None, :])
-            acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v.view((k1 - k0) * d, -1))
+        for i, (v, norms) in enumerate(boxes(k0, k1)):
+            sq[i] += ((norms / norms.clamp_min(_EPS)) ** 2).sum(0)           # |intra-normed|^2
+            acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v)
     out = []
     for (rows, cols), y, total in zip(shapes, acc, sq):
         y = y / total.sqrt().clamp_min(_EPS) + pca_bias[:, None]

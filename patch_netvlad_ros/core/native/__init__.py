@@ -1,16 +1,17 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The C helpers, each built on first use: the screened matchers and the Winograd transforms.
+"""The C helpers, each built on first use: the screened matchers, Winograd, patch boxes.
 
 Each source here (``mutual_nn.c``: the bf16-screened mutual-nearest-neighbour matcher,
 which needs AVX-512; ``int8_mnn.c``: the int8-screened one, which needs AVX2 and F16C;
-``winograd.c``: the backbone's Winograd convolution transforms, any x86 or ARM CPU) is
-compiled with the system C compiler (``$CC``, else ``cc``) for this CPU (``-O3
--march=native``) into the cache directory, keyed by the source, the flags, the compiler
-and the CPU, and loaded with ctypes (no Python headers needed). Building takes about a
-second, once per machine. Without a compiler, or with ``PATCH_NETVLAD_NATIVE=0``,
-:func:`library` returns None and the callers use their plain torch paths (same results,
-slower); the reason is in :func:`unavailable_reason`.
+``winograd.c``: the backbone's Winograd convolution transforms, and ``patch_vlad.c``: the
+IntegralVLAD patch boxes, both for any x86 or ARM CPU) is compiled with the system C
+compiler (``$CC``, else ``cc``) for this CPU (``-O3 -march=native``) into the cache
+directory, keyed by the source, the flags, the compiler and the CPU, and loaded with
+ctypes (no Python headers needed). Building takes about a second, once per machine.
+Without a compiler, or with ``PATCH_NETVLAD_NATIVE=0``, :func:`library` returns None and
+the callers use their plain torch paths (same results, slower); the reason is in
+:func:`unavailable_reason`.
 """
 
 import ctypes
@@ -28,7 +29,7 @@ from ..backbone import cache_dir
 
 #: Helper name -> its C source.
 SOURCES = {name: Path(__file__).with_name(f'{name}.c')
-           for name in ('mutual_nn', 'int8_mnn', 'winograd')}
+           for name in ('mutual_nn', 'int8_mnn', 'winograd', 'patch_vlad')}
 FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
 #: OpenMP: candidates run on parallel threads. Inside a torch process the helper binds to
 #: the libgomp torch already loaded (same soname), so it shares torch's thread pool instead
@@ -85,6 +86,11 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
         lib.pnv_wino_input.restype = None
         lib.pnv_wino_output.argtypes = [p, p, i32, i64, i64, i64, i64, i64, p]
         lib.pnv_wino_output.restype = None
+        return lib
+    if name == 'patch_vlad':
+        lib.pnv_patch_vlad.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64,
+                                       ctypes.c_float, p, p]
+        lib.pnv_patch_vlad.restype = ctypes.c_int
         return lib
     if name == 'int8_mnn':
         lib.pnv_int8_query.argtypes = [p, i64, i64, p, p, p, p, p]
