@@ -146,15 +146,21 @@ def test_patch_count_formula():
 
 
 @needs_c_boxes
-def test_c_boxes_equal_torch_boxes_on_real_features(corridor_model, corridor_images):
-    # real corridor frames through the trained speed model, at three scales and strides
-    # (its WPCA projects windows of any size), with chunks that split the clusters
+@pytest.mark.parametrize('sizes,strides,per_cell', [
+    ((2, 5, 8), (1, 1, 1), True),     # the performance preset's scales: more patches than cells
+    ((2, 5, 8), (1, 2, 3), True),
+    ((5,), (1,), False),              # the speed and storage presets': boxes, then projected
+    ((3, 5), (2, 3), False)])
+def test_c_path_equals_torch_boxes_on_real_features(corridor_model, corridor_images, sizes,
+                                                    strides, per_cell):
+    # real corridor frames through the trained speed model (its WPCA projects windows of
+    # any size), with chunks that split the clusters
     model = corridor_model
-    sizes, strides = (2, 5, 8), (1, 2, 3)
     with torch.inference_mode():
         features = model.encode(to_tensor(corridor_images[1][10:12], model.config))
         x, a = model.assign(features)
         h, w = features.shape[2:]
+        assert vlad.projects_cells(h, w, sizes, strides) == per_cell
         for i in range(2):
             args = (x[i], a[i], model.pool.centroids, model.pca_weight, model.pca_bias, h, w,
                     sizes, strides)
@@ -168,27 +174,30 @@ def test_c_boxes_equal_torch_boxes_on_real_features(corridor_model, corridor_ima
 
 
 @needs_c_boxes
-@pytest.mark.parametrize('dim', [20, 3])
-def test_c_boxes_with_empty_clusters_and_odd_dims(rng, dim):
-    # descriptor dims that no vector register divides, and clusters with no assignment
-    # mass in some windows (their norm is clamped at eps and they add nothing): equal to
-    # the torch boxes and to the same formula in float64
+@pytest.mark.parametrize('dim,dp', [(20, 10), (3, 70)])
+@pytest.mark.parametrize('strides,per_cell', [((1, 2), False), ((1, 1), True)])
+def test_c_path_with_empty_clusters_and_odd_dims(rng, dim, dp, strides, per_cell):
+    # descriptor and output dims that no vector register or block divides, and clusters
+    # with no assignment mass in some windows (their norm is clamped at eps and they add
+    # nothing): equal to the torch boxes and to the same formula in float64
     k, h, w = 6, 7, 9
+    assert vlad.projects_cells(h, w, (2, 3), strides) == per_cell
     x = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(dim, h * w))), dim=0)
     a = torch.softmax(torch.from_numpy(rng.normal(size=(k, h * w))), 0)
     a[2, :30] = 0.0             # cluster 2 is empty in the top rows' windows
     a[5] = 0.0                  # cluster 5 is empty everywhere
     c = torch.from_numpy(rng.normal(size=(k, dim)))
-    wpca = torch.from_numpy(rng.normal(size=(10, k * dim)))
-    b = torch.from_numpy(rng.normal(size=10))
-    args64 = (x, a, c, wpca, b, h, w, (2, 3), (1, 2))
+    wpca = torch.from_numpy(rng.normal(size=(dp, k * dim)))
+    b = torch.from_numpy(rng.normal(size=dp))
+    args64 = (x, a, c, wpca, b, h, w, (2, 3), strides)
     args32 = tuple(t.float() if torch.is_tensor(t) else t for t in args64)
-    mine = vlad.patch_descriptors(*args32, native_boxes=True)
-    ref = vlad.patch_descriptors(*args32, native_boxes=False)
     exact = vlad.patch_descriptors(*args64, native_boxes=False)
-    for m, r, e in zip(mine, ref, exact):
-        torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
-        torch.testing.assert_close(m.double(), e, rtol=0, atol=2e-6)
+    ref = vlad.patch_descriptors(*args32, native_boxes=False)
+    for chunk in (16 << 20, 1 << 10):   # one chunk, and one cluster per chunk
+        mine = vlad.patch_descriptors(*args32, chunk_bytes=chunk, native_boxes=True)
+        for m, r, e in zip(mine, ref, exact):
+            torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
+            torch.testing.assert_close(m.double(), e, rtol=0, atol=2e-6)
     with pytest.raises(ValueError, match='float32 CPU tensors; got torch.float64'):
         vlad.patch_descriptors(*args64, native_boxes=True)
 

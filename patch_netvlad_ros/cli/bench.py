@@ -98,14 +98,19 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     from ..core.flops import extraction_flops
     from .authors import authors_describe, authors_model
     from ..core.image import to_tensor
+    from ..core import vlad
     from ..core.winograd import resolve
     model = _model(preset)
     x = to_tensor(_images(batch), model.config).to(device)
-    winograd = False
+    winograd = per_cell = False
     if impl.startswith('ours'):
         model = model.to(device)
         dtype = {'ours-bf16': torch.bfloat16, 'ours-fp16': torch.float16}.get(impl)
         winograd = resolve(False if impl == 'ours-direct' else None, device, dtype)
+        cfg = model.config
+        per_cell = (torch.device(device).type == 'cpu' and vlad.native_boxes_available()
+                    and vlad.projects_cells(cfg.feature_height, cfg.feature_width,
+                                            cfg.patch_sizes, cfg.strides))
 
         def run():
             model.extract(x, encoder_dtype=dtype, winograd=winograd)
@@ -118,7 +123,7 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
     gflop = sum(extraction_flops(model.config).values()) / 1e9
     rate = batch / statistics.median(times)
     return {'seconds': times, 'images_per_s': rate, 'gflop_per_image': gflop,
-            'tflops': gflop * rate / 1e3, 'winograd': winograd}
+            'tflops': gflop * rate / 1e3, 'winograd': winograd, 'per_cell': per_cell}
 
 
 def case_peak(impl: str, preset: str, size: int, repeats: int, device: str = 'cpu') -> Dict:
@@ -301,7 +306,8 @@ def main(argv: Optional[list] = None) -> int:
             notes = (f'{row["gflop_per_image"]:.0f} GFLOP/image, '
                      f'{100 * row["tflops"] / peak[precision]:.0f}% of the {precision} GEMM peak'
                      + (' (Winograd: counted at the direct FLOPs)' if row.get('winograd')
-                        else ''))
+                        else '')
+                     + (' (WPCA per cell: counted per patch)' if row.get('per_cell') else ''))
         elif row['stage'] == 'rerank':
             notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
         if 'matcher' in row:

@@ -18,9 +18,14 @@ Patches are kept as columns [K*D, P]: box sums are GEMMs with 0/1 band
 matrices, the intra-normalisation is a per-(cluster, patch) scale, and the
 whitened PCA is accumulated cluster chunk by cluster chunk as W[:, chunk] @ V,
 so no K x D x h x w residual tensor of a whole image is ever held. The PCA GEMM
-(sum_s P_s * K * D * Dp multiply-adds) is the dominant cost.
+(sum_s P_s * K * D * Dp multiply-adds) is the dominant cost. On the CPU a C helper
+(native/patch_vlad.c) takes the boxes instead of the band GEMMs, and where there are
+fewer cells than patches (the performance preset: 1200 against 2826 at 640x480) it
+projects each cell's residual once (N * K * D * Dp) and sums the projections over the
+windows, the same sum in another order: 2.3x fewer multiply-adds.
 """
 
+import ctypes
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -155,6 +160,56 @@ def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0:
         yield out.t(), norms
 
 
+def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether the C path projects per cell: fewer cells (h*w) than patches over all scales."""
+    return h * w < sum(r * c for r, c in (grid_shape(h, w, s, st) for s, st in zip(sizes,
+                                                                                   strides)))
+
+
+def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
+                   pca_weight: torch.Tensor, h: int, w: int,
+                   scales: Sequence[Tuple[int, int]], chunk_bytes: int
+                   ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Accumulated projections [Dp, P] and |intra-normed|^2 [P] per scale, projecting cells.
+
+    W_k V_kp = sum_{n in p} W_k a_kn (x_n - c_k): the projection is taken once per cell
+    and cluster (N K D Dp multiply-adds) and summed over each window in C, scaled by the
+    window's 1 / |V_kp| (from a first C pass that only takes the norms). Cheaper than
+    projecting every patch when N < sum_s P_s (the performance preset: 1200 cells against
+    2826 patches at 640x480). xt: x^T [N, D]; other inputs as :func:`patch_descriptors`.
+    """
+    lib = native.library('patch_vlad')
+    k, d = centroids.shape
+    dp, n, eps = pca_weight.shape[0], h * w, _EPS
+    shapes = [grid_shape(h, w, size, stride) for size, stride in scales]
+    weights, sq = [], []
+    for (size, stride), (rows, cols) in zip(scales, shapes):
+        norms = xt.new_empty(k, rows * cols)
+        if lib.pnv_patch_vlad(xt.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d, 0, k,
+                              size, stride, eps, None, norms.data_ptr()):
+            raise MemoryError("out of memory for the patch boxes' scratch space")
+        clamped = norms.clamp_min(eps)
+        sq.append(((norms / clamped) ** 2).sum(0))
+        weights.append(1.0 / (clamped * float(size * size)))                # [K, P]
+    acc = [xt.new_zeros(rows * cols, dp) for rows, cols in shapes]         # [P, Dp]
+    step = max(1, min(k, chunk_bytes // (n * dp * 4)))
+    u = xt.new_empty(step, n, dp)
+    ns = len(scales)
+    sizes = (ctypes.c_int64 * ns)(*(size for size, _ in scales))
+    strides = (ctypes.c_int64 * ns)(*(stride for _, stride in scales))
+    accs = (ctypes.c_void_p * ns)(*(t.data_ptr() for t in acc))
+    for k0 in range(0, k, step):
+        k1 = min(k0 + step, k)
+        for j in range(k0, k1):
+            torch.mm(a[j, :, None] * (xt - centroids[j]), pca_weight[:, j * d:(j + 1) * d].t(),
+                     out=u[j - k0])
+        rows_of = (ctypes.c_void_p * ns)(*(t[k0].data_ptr() for t in weights))
+        if lib.pnv_patch_project_cells(u.data_ptr(), k1 - k0, dp, h, w, ns, sizes, strides,
+                                       rows_of, accs):
+            raise MemoryError("out of memory for the patch boxes' scratch space")
+    return [t.t() for t in acc], sq
+
+
 def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
                       pca_weight: torch.Tensor, pca_bias: torch.Tensor, h: int, w: int,
                       sizes: Sequence[int], strides: Sequence[int],
@@ -172,18 +227,20 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     the sum: y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k |V_k / |V_k||^2) + b, then y / |y|,
     where |.| is clamped at F.normalize's eps applied to the window mean V_k / d^2.
     native_boxes: the boxes and their normalisation in C (``native/patch_vlad.c``, several
-    times faster than the torch GEMMs with 0/1 band matrices, same sums); None: where the
-    helper runs (float32 on the CPU, built).
+    times faster than the torch GEMMs with 0/1 band matrices, same sums), and, when there
+    are fewer cells than patches, the projection per cell (see :func:`_project_cells`);
+    None: where the helper runs (float32 on the CPU, built).
     """
     k, d = centroids.shape
     scales = list(zip(sizes, strides))
     shapes = [grid_shape(h, w, s, st) for s, st in scales]
-    acc = [x.new_zeros(pca_weight.shape[0], r * c) for r, c in shapes]   # [Dp, P] per scale
-    sq = [x.new_zeros(r * c) for r, c in shapes]                          # |intra-normed|^2
     if _runs_native(native_boxes, x):
+        xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
+        if projects_cells(h, w, sizes, strides):
+            acc, sq = _project_cells(xt, a, centroids, pca_weight, h, w, scales, chunk_bytes)
+            return _finish(acc, sq, shapes, pca_bias)
         step = max(1, chunk_bytes // (d * max(r * c for r, c in shapes) * 4))
         buffers = [x.new_empty(r * c * min(step, k) * d) for r, c in shapes]
-        xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
 
         def boxes(k0, k1):
             return _native_boxes(xt, a, centroids, k0, k1, h, w, scales, buffers)
@@ -192,11 +249,19 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
 
         def boxes(k0, k1):
             return _torch_boxes(x, a, centroids, k0, k1, h, w, scales)
+    acc = [x.new_zeros(pca_weight.shape[0], r * c) for r, c in shapes]   # [Dp, P] per scale
+    sq = [x.new_zeros(r * c) for r, c in shapes]                          # |intra-normed|^2
     for k0 in range(0, k, step):
         k1 = min(k0 + step, k)
         for i, (v, norms) in enumerate(boxes(k0, k1)):
-            sq[i] += ((norms / norms.clamp_min(_EPS)) ** 2).sum(0)           # |intra-normed|^2
+            sq[i] += ((norms / norms.clamp_min(_EPS)) ** 2).sum(0)
             acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v)
+    return _finish(acc, sq, shapes, pca_bias)
+
+
+def _finish(acc: List[torch.Tensor], sq: List[torch.Tensor], shapes: List[Tuple[int, int]],
+            pca_bias: torch.Tensor) -> List[torch.Tensor]:
+    """Global normalisation, bias, L2: [Dp, P] sums (column-major P) -> [P, Dp] row-major."""
     out = []
     for (rows, cols), y, total in zip(shapes, acc, sq):
         y = y / total.sqrt().clamp_min(_EPS) + pca_bias[:, None]

@@ -91,6 +91,8 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
         lib.pnv_patch_vlad.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64,
                                        ctypes.c_float, p, p]
         lib.pnv_patch_vlad.restype = ctypes.c_int
+        lib.pnv_patch_project_cells.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p]
+        lib.pnv_patch_project_cells.restype = ctypes.c_int
         return lib
     if name == 'int8_mnn':
         lib.pnv_int8_query.argtypes = [p, i64, i64, p, p, p, p, p]

@@ -46,8 +46,9 @@ static inline float sum_squares(const float *v, int64_t d) {
 
 /* xt [h*w, d] unit features (row n = location), a [K, h*w] soft assignments, c [K, d]
  * centroids. For clusters k0 <= k < k1 (kk = k - k0): out [P, (k1-k0)*d] row p holds the
- * intra-normalised V_kp at columns kk*d .. kk*d + d - 1; norms [k1-k0, P] = |V_kp| / s^2.
- * Clusters run in parallel on OpenMP threads. Returns 0, or -1 when out of memory. */
+ * intra-normalised V_kp at columns kk*d .. kk*d + d - 1 (out may be NULL: norms only);
+ * norms [k1-k0, P] = |V_kp| / s^2. Clusters run in parallel on OpenMP threads. Returns 0,
+ * or -1 when out of memory. */
 int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const float *restrict c,
                    int64_t h, int64_t w, int64_t d, int64_t k0, int64_t k1, int64_t size,
                    int64_t stride, float eps, float *restrict out, float *restrict norms) {
@@ -59,13 +60,14 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
   {
     float *r = malloc(sizeof(float) * n * d);           /* residual [h, w, d] */
     float *hs = malloc(sizeof(float) * h * cols * d);   /* row sums [h, cols, d] */
-    if (!r || !hs) {
+    float *tmp = out ? NULL : malloc(sizeof(float) * d);  /* one box, when not kept */
+    if (!r || !hs || (!out && !tmp)) {
 #pragma omp atomic write
       failed = 1;
     }
 #pragma omp for schedule(dynamic)
     for (int64_t k = k0; k < k1; ++k) {
-      if (!r || !hs) continue;
+      if (!r || !hs || (!out && !tmp)) continue;
       const float *restrict ck = c + k * d, *restrict ak = a + k * n;
       for (int64_t i = 0; i < n; ++i) {
         const float *restrict xi = xt + i * d;
@@ -85,7 +87,7 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
       for (int64_t col = 0; col < cols; ++col)
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t p = col * rows + row;
-          float *restrict v = out + p * ld + (k - k0) * d;
+          float *restrict v = out ? out + p * ld + (k - k0) * d : tmp;
           const float *restrict src = hs + (row * stride * cols + col) * d;
           for (int64_t j = 0; j < d; ++j) v[j] = src[j];
           for (int64_t t = 1; t < size; ++t)
@@ -93,10 +95,79 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
           const float norm = sqrtf(sum_squares(v, d)) / area;
           const float scale = 1.0f / ((norm > eps ? norm : eps) * area);
           nk[p] = norm;
-          for (int64_t j = 0; j < d; ++j) v[j] *= scale;
+          if (out)
+            for (int64_t j = 0; j < d; ++j) v[j] *= scale;
         }
     }
     free(r);
+    free(hs);
+    free(tmp);
+  }
+  return failed ? -1 : 0;
+}
+
+/* Width of the blocks of projected dimensions one thread sums at a time: a block of one
+ * cluster's cells (h*w x BLOCK floats) and its row sums stay in L2. */
+#define BLOCK 64
+
+/* Per-cell projection (core/vlad.py explains when it is used): u [kc, h*w, dp] holds the
+ * projected residuals W_k a_kn (x_n - c_k) of kc clusters, weights[s] [kc, P_s] their
+ * per-(cluster, patch) scales 1 / (max(|V_kp| / s^2, eps) s^2), and for each of the ns
+ * scales acc[s] [P_s, dp] += sum_k weights[s][k, p] * (sum over window p of u[k, n, :]):
+ * the same sum as the projection of the intra-normalised boxes, with the projection
+ * taken per cell (h*w of them) instead of per patch. Window sums as above (rows, then
+ * columns); patches column-major. Blocks of dimensions run in parallel on OpenMP
+ * threads. Returns 0, or -1 when out of memory. */
+int pnv_patch_project_cells(const float *restrict u, int64_t kc, int64_t dp, int64_t h,
+                            int64_t w, int64_t ns, const int64_t *sizes, const int64_t *strides,
+                            const float *const *weights, float *const *acc) {
+  const int64_t n = h * w;
+  int64_t max_cols = 1;
+  for (int64_t s = 0; s < ns; ++s) {
+    const int64_t cols = (w - sizes[s]) / strides[s] + 1;
+    if (cols > max_cols) max_cols = cols;
+  }
+  int failed = 0;
+#pragma omp parallel
+  {
+    float *hs = malloc(sizeof(float) * h * max_cols * BLOCK);   /* row sums [h, cols, BLOCK] */
+    if (!hs) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(dynamic)
+    for (int64_t b0 = 0; b0 < dp; b0 += BLOCK) {
+      if (!hs) continue;
+      const int64_t bw = dp - b0 < BLOCK ? dp - b0 : BLOCK;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t s = 0; s < ns; ++s) {
+          const int64_t size = sizes[s], stride = strides[s];
+          const int64_t rows = (h - size) / stride + 1, cols = (w - size) / stride + 1;
+          const float *restrict uk = u + k * n * dp + b0;
+          for (int64_t y = 0; y < h; ++y)
+            for (int64_t col = 0; col < cols; ++col) {
+              float *restrict o = hs + (y * cols + col) * BLOCK;
+              const float *restrict src = uk + (y * w + col * stride) * dp;
+              for (int64_t j = 0; j < bw; ++j) o[j] = src[j];
+              for (int64_t t = 1; t < size; ++t)
+                for (int64_t j = 0; j < bw; ++j) o[j] += src[t * dp + j];
+            }
+          const float *restrict wk = weights[s] + k * rows * cols;
+          float *restrict as = acc[s] + b0;
+          for (int64_t col = 0; col < cols; ++col)
+            for (int64_t row = 0; row < rows; ++row) {
+              const int64_t p = col * rows + row;
+              const float *restrict src = hs + (row * stride * cols + col) * BLOCK;
+              float v[BLOCK];
+              for (int64_t j = 0; j < bw; ++j) v[j] = src[j];
+              for (int64_t t = 1; t < size; ++t)
+                for (int64_t j = 0; j < bw; ++j) v[j] += src[t * cols * BLOCK + j];
+              const float wp = wk[p];
+              float *restrict o = as + p * dp;
+              for (int64_t j = 0; j < bw; ++j) o[j] += wp * v[j];
+            }
+        }
+    }
     free(hs);
   }
   return failed ? -1 : 0;
