@@ -47,23 +47,31 @@ def test_transforms_compute_a_3x3_correlation_on_one_tile(rng):
 
 
 @needs_helper
-@pytest.mark.parametrize('n,c,k,h,w,relu', [
-    (2, 16, 32, 13, 10, True),     # partial tiles at the bottom and the right
-    (1, 64, 16, 8, 8, False),      # exact tiles, no ReLU (conv5_3)
-    (3, 32, 48, 5, 21, True),      # one tile row, K not a power of two
+@pytest.mark.parametrize('n,c,k,h,w,relu,pool', [
+    (2, 16, 32, 13, 10, True, False),  # partial tiles at the bottom and the right
+    (1, 64, 16, 8, 8, False, False),   # exact tiles, no ReLU (conv5_3)
+    (3, 32, 48, 5, 21, True, False),   # one tile row, K not a power of two
+    (2, 16, 32, 13, 10, True, True),   # + the 2x2 max-pool: odd rows dropped (floor mode)
+    (1, 32, 16, 16, 12, True, True),   # exact tiles, as VGG16's pools at 640x480
+    (3, 16, 48, 7, 21, False, True),   # pooled output rows and columns cut inside a tile
 ])
-def test_equals_float64_direct_convolution(rng, n, c, k, h, w, relu):
+def test_equals_float64_direct_convolution(rng, n, c, k, h, w, relu, pool):
     x = torch.from_numpy(rng.normal(size=(n, c, h, w)).astype(np.float32))
     conv = nn.Conv2d(c, k, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(rng.normal(size=(k, c, 3, 3)) / (3 * c ** 0.5)))
-    layer = winograd.WinogradConv3x3(conv, relu)
+    layer = winograd.WinogradConv3x3(conv, relu, pool)
     exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
     direct32 = F.conv2d(x, conv.weight, conv.bias, padding=1).double()
     if relu:
         exact, direct32 = exact.clamp(min=0), direct32.clamp(min=0)
+    if pool:
+        exact, direct32 = F.max_pool2d(exact, 2), F.max_pool2d(direct32, 2)
     with torch.inference_mode():
         got = layer(x)
+        if pool:   # max is exact: the fused pool is the unfused layer's pooled, bit for bit
+            unfused = winograd.WinogradConv3x3(conv, relu, pool=False)(x)
+            assert torch.equal(got, F.max_pool2d(unfused, 2))
     assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
     # F(4x4, 3x3) rounds about 5-10x worse than a direct float32 sum (its transforms
     # multiply by up to 8 and add 6 terms twice), still ~1e-6 of the outputs' scale; a wrong
@@ -103,9 +111,16 @@ def test_encoder_copy_fuses_relus_and_follows_new_weights():
     model = seeded_model(config, seed=0)
     layers = winograd.winograd_encoder(model.encoder)
     kinds = [type(m).__name__ for m in layers]
-    # conv1_1 (3 input channels) stays direct; 12 convs, 11 with their ReLU fused; 4 pools
+    # conv1_1 (3 input channels) stays direct; 12 convs, 11 with their ReLU fused, the 4
+    # pools fused into the convs before them (conv1_2, conv2_2, conv3_3, conv4_3)
     assert kinds.count('WinogradConv3x3') == 12 and kinds.count('ReLU') == 1
-    assert kinds.count('MaxPool2d') == 4 and not layers[-1].relu
+    assert kinds.count('MaxPool2d') == 0 and not layers[-1].relu
+    pooled = [i for i, m in enumerate(layers) if getattr(m, 'pool', False)]
+    assert [kinds[i - 1] for i in pooled] == ['ReLU', 'WinogradConv3x3', 'WinogradConv3x3',
+                                              'WinogradConv3x3'] and len(pooled) == 4
+    assert winograd.fusable_pool(nn.MaxPool2d(2, 2))
+    assert not winograd.fusable_pool(nn.MaxPool2d(2, 2, ceil_mode=True))
+    assert not winograd.fusable_pool(nn.MaxPool2d(3, 2))
     images = torch.randn(2, 3, 96, 96)
 
     def rel_err(a, b):

@@ -78,19 +78,34 @@ def supported(conv: nn.Module) -> bool:
             and conv.out_channels % CHANNEL_MULTIPLE == 0)
 
 
-class WinogradConv3x3(nn.Module):
-    """A float32 CPU 3x3 convolution (+ optional ReLU) by Winograd F(4x4, 3x3).
+def fusable_pool(pool: nn.Module) -> bool:
+    """Whether ``pool`` is the 2x2 stride-2 max-pool the output transform can fuse."""
+    return (isinstance(pool, nn.MaxPool2d) and _pair(pool.kernel_size) == (2, 2)
+            and _pair(pool.stride) == (2, 2) and _pair(pool.padding) == (0, 0)
+            and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode
+            and not pool.return_indices)
 
-    Input [N, C, H, W] float32, any memory format; output [N, K, H, W] channels-last.
-    Holds a transformed copy of the weights, made at construction (inference only).
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+class WinogradConv3x3(nn.Module):
+    """A float32 CPU 3x3 convolution (+ optional ReLU, 2x2 max-pool) by Winograd F(4x4, 3x3).
+
+    Input [N, C, H, W] float32, any memory format; output [N, K, H, W] channels-last, or
+    [N, K, H//2, W//2] with ``pool`` (the pool is taken in the output transform, so the
+    full-size map is never written). Holds a transformed copy of the weights, made at
+    construction (inference only).
     """
 
-    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool, pool: bool = False) -> None:
         super().__init__()
         if not supported(conv):
             raise ValueError(f'{conv} is not a 3x3 stride-1 pad-1 convolution with channels '
                              f'divisible by {CHANNEL_MULTIPLE}')
         self.relu = relu
+        self.pool = pool
         self.register_buffer('u', transform_weights(conv.weight).contiguous())
         bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer('bias', bias.detach().float().contiguous())
@@ -107,7 +122,8 @@ class WinogradConv3x3(nn.Module):
             raise ValueError(f'expected float32 CPU input with {self.u.shape[1]} channels; got '
                              f'{x.dtype} on {x.device} with {c}')
         x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+        oh, ow = (h // 2, w // 2) if self.pool else (h, w)
+        y = torch.empty(n, k, oh, ow, memory_format=torch.channels_last)
         tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
         chunk = min(tiles, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (c + k))))
         v = torch.empty(36, chunk, c)
@@ -119,17 +135,18 @@ class WinogradConv3x3(nn.Module):
                 36, nt, k)
             lib.pnv_wino_input(x.data_ptr(), h, w, c, t0, nt, vt.data_ptr())
             torch.bmm(vt, self.u, out=mt)
-            lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu), h, w, k,
-                                t0, nt, y.data_ptr())
+            lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu),
+                                int(self.pool), h, w, k, t0, nt, y.data_ptr())
         return y
 
 
 def winograd_encoder(encoder: nn.Sequential) -> nn.Sequential:
     """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd.
 
-    A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused;
-    other layers (conv1_1 with its 3 input channels, the max-pools) are kept as they are.
-    Callers check :func:`resolve` first; without the helper the copy's forward raises.
+    A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused,
+    and with the 2x2 max-pool that follows them fused too; other layers (conv1_1 with its 3
+    input channels, the pool after it) are kept as they are. Callers check
+    :func:`resolve` first; without the helper the copy's forward raises.
     """
     layers: List[nn.Module] = []
     mods = list(encoder)
@@ -138,8 +155,10 @@ def winograd_encoder(encoder: nn.Sequential) -> nn.Sequential:
         mod = mods[i]
         if supported(mod):
             relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-            layers.append(WinogradConv3x3(mod, relu))
-            i += 2 if relu else 1
+            after = i + (2 if relu else 1)
+            pool = after < len(mods) and fusable_pool(mods[after])
+            layers.append(WinogradConv3x3(mod, relu, pool))
+            i = after + (1 if pool else 0)
         else:
             layers.append(mod)
             i += 1

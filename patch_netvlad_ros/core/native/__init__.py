@@ -84,7 +84,7 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
     if name == 'winograd':
         lib.pnv_wino_input.argtypes = [p, i64, i64, i64, i64, i64, p]
         lib.pnv_wino_input.restype = None
-        lib.pnv_wino_output.argtypes = [p, p, i32, i64, i64, i64, i64, i64, p]
+        lib.pnv_wino_output.argtypes = [p, p, i32, i32, i64, i64, i64, i64, i64, p]
         lib.pnv_wino_output.restype = None
         return lib
     if name == 'patch_vlad':

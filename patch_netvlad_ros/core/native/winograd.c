@@ -36,6 +36,13 @@ static inline vf load(const float *p) {
 
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* Lane-wise max (GCC's C has no vector ?:); the backbone never sees NaN (inputs are
+ * checked), so how a NaN would propagate does not matter here. */
+static inline vf vmax(vf a, vf b) {
+  const vi gt = a > b;
+  return (vf)(((vi)a & gt) | ((vi)b & ~gt));
+}
+
 /* B^T applied to six vectors (one row or column of a tile). */
 static inline void bt6(const vf d[6], vf r[6]) {
   r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
@@ -87,34 +94,46 @@ void pnv_wino_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t t0,
 }
 
 /* m [36, nt, kc] -> y [n, h, w, kc] for tiles t0 .. t0 + nt - 1, plus bias, then ReLU
- * when relu != 0 (outputs outside the image are not written). */
-void pnv_wino_output(const float *m, const float *bias, int relu, int64_t h, int64_t w,
-                     int64_t kc, int64_t t0, int64_t nt, float *y) {
+ * when relu != 0 (outputs outside the image are not written). pool != 0 fuses the 2x2
+ * stride-2 max-pool that follows (floor mode): y is then [n, h / 2, w / 2, kc], each 4 x 4
+ * tile giving 2 x 2 outputs (4-aligned tiles hold whole pooling windows; max is exact, so
+ * the result is the unfused one bit for bit, without writing the full-size map). */
+void pnv_wino_output(const float *m, const float *bias, int relu, int pool, int64_t h,
+                     int64_t w, int64_t kc, int64_t t0, int64_t nt, float *y) {
   const int64_t th = (h + 3) / 4, tw = (w + 3) / 4;
+  const int64_t oh = pool ? h / 2 : h, ow = pool ? w / 2 : w;
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < nt; k++) {
     const int64_t t = t0 + k, img = t / (th * tw), ty = t / tw % th, tx = t % tw;
-    float *base = y + img * h * w * kc;
+    float *base = y + img * oh * ow * kc;
     for (int64_t ch = 0; ch < kc; ch += VL) {
-      vf tmp[4][6], row[6], out[4];
+      vf tmp[4][6], row[6], out[4][4];
       const vf b = load(bias + ch);
       for (int j = 0; j < 6; j++) { /* columns: tmp[:, j] = A^T M[:, j] */
         for (int i = 0; i < 6; i++) row[i] = load(m + ((i * 6 + j) * nt + k) * kc + ch);
-        at6(row, out);
-        for (int i = 0; i < 4; i++) tmp[i][j] = out[i];
+        at6(row, out[0]);
+        for (int i = 0; i < 4; i++) tmp[i][j] = out[0][i];
       }
       for (int i = 0; i < 4; i++) { /* rows: Y[i, :] = A^T tmp[i, :] */
-        const int64_t yy = 4 * ty + i;
-        if (yy >= h) break;
-        at6(tmp[i], out);
+        at6(tmp[i], out[i]);
         for (int j = 0; j < 4; j++) {
-          const int64_t xx = 4 * tx + j;
-          if (xx >= w) break;
-          vf r = out[j] + b;
+          vf r = out[i][j] + b;
           if (relu) r = (vf)((vi)r & (r > 0.0f)); /* lanes of -1 where positive */
-          store(base + (yy * w + xx) * kc + ch, r);
+          out[i][j] = r;
         }
       }
+      if (!pool) {
+        for (int i = 0; i < 4 && 4 * ty + i < h; i++)
+          for (int j = 0; j < 4 && 4 * tx + j < w; j++)
+            store(base + ((4 * ty + i) * w + 4 * tx + j) * kc + ch, out[i][j]);
+        continue;
+      }
+      for (int i = 0; i < 2 && 2 * ty + i < oh; i++)
+        for (int j = 0; j < 2 && 2 * tx + j < ow; j++) {
+          const vf top = vmax(out[2 * i][2 * j], out[2 * i][2 * j + 1]);
+          const vf bottom = vmax(out[2 * i + 1][2 * j], out[2 * i + 1][2 * j + 1]);
+          store(base + ((2 * ty + i) * ow + 2 * tx + j) * kc + ch, vmax(top, bottom));
+        }
     }
   }
 }
