@@ -11,10 +11,10 @@ PACKAGE = 'patch_netvlad_ros'
 
 
 def package_data():
-    """Demo data and the matcher's C source, relative to the package folder."""
+    """Demo data and the C helpers' sources and header, relative to the package folder."""
     root = os.path.join(PACKAGE, 'data')
     files = glob(os.path.join(root, '**', '*'), recursive=True)
-    files += glob(os.path.join(PACKAGE, 'core', 'native', '*.c'))
+    files += glob(os.path.join(PACKAGE, 'core', 'native', '*.[ch]'))
     return [os.path.relpath(p, PACKAGE) for p in files if os.path.isfile(p)]
 
 

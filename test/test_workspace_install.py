@@ -71,6 +71,22 @@ def test_installed_layout(prefix):
     assert (site[0] / 'nodes' / 'localizer_node.py').is_file()
     assert (site[0] / 'msg' / '_place_descriptors.py').is_file()
     assert list(prefix.glob('lib/libpatch_netvlad_ros__rosidl_typesupport_c.so'))
+    # the C helpers' sources and the header they share, built on first use
+    native = {p.name for p in (ROOT / 'patch_netvlad_ros' / 'core' / 'native').glob('*.[ch]')}
+    assert 'vector.h' in native
+    assert native <= {p.name for p in (site[0] / 'core' / 'native').iterdir()}
+
+
+def test_installed_c_helpers_build(prefix, tmp_path):
+    """The portable helpers compile from the installed sources (with their header)."""
+    if shutil.which(os.environ.get('CC', 'cc')) is None and shutil.which('gcc') is None:
+        pytest.skip('no C compiler here')
+    code = ('from patch_netvlad_ros.core import native\n'
+            'for name in ("winograd", "patch_vlad"):\n'
+            '    print(name, native.library(name) is not None, native.unavailable_reason(name))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=dict(_env(prefix), PATCH_NETVLAD_CACHE=str(tmp_path)), check=True)
+    assert out.stdout.split('\n')[:2] == ['winograd True ', 'patch_vlad True ']
 
 
 def _env(prefix: Path) -> dict:

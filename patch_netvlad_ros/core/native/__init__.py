@@ -58,8 +58,9 @@ def _build(compiler: str, name: str) -> Path:
     source = SOURCES[name]
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
                              check=False).stdout
-    key = hashlib.sha256('\0'.join([source.read_text(), ' '.join(FLAGS + OPENMP), version,
-                                    _cpu_id()]).encode()).hexdigest()[:16]
+    headers = [h.read_text() for h in sorted(source.parent.glob('*.h'))]  # e.g. vector.h
+    key = hashlib.sha256('\0'.join([source.read_text(), *headers, ' '.join(FLAGS + OPENMP),
+                                    version, _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / 'native' / f'{name}-{key}.so'
     if target.is_file():
         return target

@@ -18,15 +18,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-/* One vector register of floats: 16 with AVX-512, else 8 (AVX2). */
-#ifdef __AVX512F__
-#define VL 16
-#else
-#define VL 8
-#endif
-typedef float vf __attribute__((vector_size(4 * VL)));
+#include "vector.h"
 
 /* sum_j v[j]^2 in VL partial sums (a plain loop would be one serial chain: the compiler
  * may not reorder float additions). */
@@ -34,14 +27,34 @@ static inline float sum_squares(const float *v, int64_t d) {
   vf acc = {0};
   int64_t j = 0;
   for (; j + VL <= d; j += VL) {
-    vf x;
-    memcpy(&x, v + j, sizeof x);
+    const vf x = load(v + j);
     acc += x * x;
   }
   float s = 0.0f;
   for (int i = 0; i < VL; ++i) s += acc[i];
   for (; j < d; ++j) s += v[j] * v[j];
   return s;
+}
+
+/* out[j] = sum_{t < size} src[t * step + j] for j < width: one window's sum, in order
+ * (the same sums as the torch path's band GEMMs, no running-sum differences). */
+static inline void window_sum(const float *restrict src, int64_t step, int64_t size,
+                              int64_t width, float *restrict out) {
+  for (int64_t j = 0; j < width; ++j) out[j] = src[j];
+  for (int64_t t = 1; t < size; ++t)
+    for (int64_t j = 0; j < width; ++j) out[j] += src[t * step + j];
+}
+
+/* Row sums of a [h, w, ld] map for the size x size windows at the given stride:
+ * out [h, cols, ld_out], columns j < width. */
+static void row_sums(const float *restrict map, int64_t h, int64_t w, int64_t ld,
+                     int64_t size, int64_t stride, int64_t width, int64_t ld_out,
+                     float *restrict out) {
+  const int64_t cols = (w - size) / stride + 1;
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t col = 0; col < cols; ++col)
+      window_sum(map + (y * w + col * stride) * ld, ld, size, width,
+                 out + (y * cols + col) * ld_out);
 }
 
 /* xt [h*w, d] unit features (row n = location), a [K, h*w] soft assignments, c [K, d]
@@ -75,23 +88,13 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
         const float ai = ak[i];
         for (int64_t j = 0; j < d; ++j) ri[j] = ai * (xi[j] - ck[j]);
       }
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t col = 0; col < cols; ++col) {
-          float *restrict s = hs + (y * cols + col) * d;
-          const float *restrict src = r + (y * w + col * stride) * d;
-          for (int64_t j = 0; j < d; ++j) s[j] = src[j];
-          for (int64_t t = 1; t < size; ++t)
-            for (int64_t j = 0; j < d; ++j) s[j] += src[t * d + j];
-        }
+      row_sums(r, h, w, d, size, stride, d, d, hs);
       float *restrict nk = norms + (k - k0) * np;
       for (int64_t col = 0; col < cols; ++col)
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t p = col * rows + row;
           float *restrict v = out ? out + p * ld + (k - k0) * d : tmp;
-          const float *restrict src = hs + (row * stride * cols + col) * d;
-          for (int64_t j = 0; j < d; ++j) v[j] = src[j];
-          for (int64_t t = 1; t < size; ++t)
-            for (int64_t j = 0; j < d; ++j) v[j] += src[t * cols * d + j];
+          window_sum(hs + (row * stride * cols + col) * d, cols * d, size, d, v);
           const float norm = sqrtf(sum_squares(v, d)) / area;
           const float scale = 1.0f / ((norm > eps ? norm : eps) * area);
           nk[p] = norm;
@@ -143,25 +146,14 @@ int pnv_patch_project_cells(const float *restrict u, int64_t kc, int64_t dp, int
         for (int64_t s = 0; s < ns; ++s) {
           const int64_t size = sizes[s], stride = strides[s];
           const int64_t rows = (h - size) / stride + 1, cols = (w - size) / stride + 1;
-          const float *restrict uk = u + k * n * dp + b0;
-          for (int64_t y = 0; y < h; ++y)
-            for (int64_t col = 0; col < cols; ++col) {
-              float *restrict o = hs + (y * cols + col) * BLOCK;
-              const float *restrict src = uk + (y * w + col * stride) * dp;
-              for (int64_t j = 0; j < bw; ++j) o[j] = src[j];
-              for (int64_t t = 1; t < size; ++t)
-                for (int64_t j = 0; j < bw; ++j) o[j] += src[t * dp + j];
-            }
+          row_sums(u + k * n * dp + b0, h, w, dp, size, stride, bw, BLOCK, hs);
           const float *restrict wk = weights[s] + k * rows * cols;
           float *restrict as = acc[s] + b0;
           for (int64_t col = 0; col < cols; ++col)
             for (int64_t row = 0; row < rows; ++row) {
               const int64_t p = col * rows + row;
-              const float *restrict src = hs + (row * stride * cols + col) * BLOCK;
               float v[BLOCK];
-              for (int64_t j = 0; j < bw; ++j) v[j] = src[j];
-              for (int64_t t = 1; t < size; ++t)
-                for (int64_t j = 0; j < bw; ++j) v[j] += src[t * cols * BLOCK + j];
+              window_sum(hs + (row * stride * cols + col) * BLOCK, cols * BLOCK, size, bw, v);
               const float wp = wk[p];
               float *restrict o = as + p * dp;
               for (int64_t j = 0; j < bw; ++j) o[j] += wp * v[j];

@@ -16,25 +16,8 @@
  * AVX-512, else 8); C and K must be multiples of 16.
  */
 #include <stdint.h>
-#include <string.h>
 
-/* One vector register of floats: 16 with AVX-512, else 8 (AVX2; the compiler splits wider
- * vectors into several registers, which spills the 36-vector tile). */
-#ifdef __AVX512F__
-#define VL 16
-#else
-#define VL 8
-#endif
-typedef float vf __attribute__((vector_size(4 * VL)));
-typedef int32_t vi __attribute__((vector_size(4 * VL)));
-
-static inline vf load(const float *p) {
-  vf v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+#include "vector.h"
 
 /* Lane-wise max (GCC's C has no vector ?:); the backbone never sees NaN (inputs are
  * checked), so how a NaN would propagate does not matter here. */
