@@ -5,6 +5,9 @@ corridor references (cached like the demo's), its map and the queries' descripto
 
 import os
 from pathlib import Path
+import subprocess
+import sys
+from typing import List
 
 import numpy as np
 import pytest
@@ -21,6 +24,13 @@ TEST_DATA = Path(__file__).resolve().parent / 'data'
 
 #: The corridor is evaluated at 320x240 (its images are 160x120): the demo's setting.
 CORRIDOR_SIZE = {'image_height': 240, 'image_width': 320}
+
+
+def run_without_native(code: str) -> List[str]:
+    """Stdout lines of ``code`` run in a fresh interpreter with PATCH_NETVLAD_NATIVE=0."""
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
+    return out.stdout.splitlines()
 
 
 def brute_force_mnn(query: np.ndarray, db: np.ndarray) -> np.ndarray:

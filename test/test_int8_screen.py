@@ -6,15 +6,11 @@ References: a float64 brute force (the exact mutual NN of the stored vectors) an
 straightforward float32 path (:func:`matching.mutual_nn`).
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import brute_force_mnn, unit
+from conftest import brute_force_mnn, run_without_native, unit
 from patch_netvlad_ros.core import int8_screen, matching, native
 
 pytestmark = pytest.mark.skipif(
@@ -166,8 +162,6 @@ def test_disabled_helper_is_unavailable_and_says_why():
             'print(native.unavailable_reason("int8_mnn"))\n'
             'try:\n    int8_screen.Int8Query(torch.zeros(2, 4))\n'
             'except RuntimeError as e:\n    print(e)')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
-    assert out.stdout.splitlines() == [
+    assert run_without_native(code) == [
         'False False', 'disabled by PATCH_NETVLAD_NATIVE=0',
         'int8 screen unavailable: disabled by PATCH_NETVLAD_NATIVE=0']

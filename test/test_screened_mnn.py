@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brute_force_mnn, unit
+from conftest import brute_force_mnn, run_without_native, unit
 from patch_netvlad_ros.core import matching, native, screened_mnn
 
 needs_screen = pytest.mark.skipif(
@@ -182,9 +182,7 @@ def test_disabled_helper_uses_the_float32_path_and_says_why():
     code = ('from patch_netvlad_ros.core import matching, native; import torch; '
             'print(matching.resolve_mnn_method("auto", torch.device("cpu"))); '
             'print(native.library()); print(native.unavailable_reason())')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
-    assert out.stdout.splitlines() == ['float32', 'None', 'disabled by PATCH_NETVLAD_NATIVE=0']
+    assert run_without_native(code) == ['float32', 'None', 'disabled by PATCH_NETVLAD_NATIVE=0']
 
 
 def test_missing_compiler_is_reported(tmp_path):

@@ -6,14 +6,11 @@ Both ways of taking the patch boxes are checked: the torch one (0/1 band GEMMs) 
 C helper ``native/patch_vlad.c``, the default on the CPU where it builds.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_without_native
 from patch_netvlad_ros.core import native, vlad
 from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config, PRESETS
@@ -210,8 +207,6 @@ def test_without_the_c_helper_the_torch_boxes_run():
             'print(vlad.native_boxes_available(), vlad.patch_descriptors(*args)[0].shape)\n'
             'try:\n    vlad.patch_descriptors(*args, native_boxes=True)\n'
             'except RuntimeError as e:\n    print(e)')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
-    assert out.stdout.splitlines() == [
+    assert run_without_native(code) == [
         'False torch.Size([12, 4])',
         'the C patch boxes are not available here: disabled by PATCH_NETVLAD_NATIVE=0']

@@ -6,16 +6,13 @@ References: torch's direct convolution in float64 (exact to ~1e-15 here) and in 
 rounding Winograd is compared with); the paper's transform matrices written out by hand.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from conftest import run_without_native
 from patch_netvlad_ros.core import winograd
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.evaluation import recall_at_n
@@ -142,10 +139,8 @@ def test_without_the_helper_the_backbone_runs_direct():
             'm = PatchNetVLAD(get_config("storage", image_width=96, image_height=96)).eval(); '
             'print(tuple(m.encode(torch.zeros(1, 3, 96, 96)).shape)); '
             'print(winograd.available()); print(native.unavailable_reason("winograd"))')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env={**os.environ, 'PATCH_NETVLAD_NATIVE': '0'}, check=True)
-    assert out.stdout.splitlines() == ['(1, 512, 6, 6)', 'False',
-                                       'disabled by PATCH_NETVLAD_NATIVE=0']
+    assert run_without_native(code) == ['(1, 512, 6, 6)', 'False',
+                                        'disabled by PATCH_NETVLAD_NATIVE=0']
 
 
 @needs_helper
