@@ -74,13 +74,14 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
     float *r = malloc(sizeof(float) * n * d);           /* residual [h, w, d] */
     float *hs = malloc(sizeof(float) * h * cols * d);   /* row sums [h, cols, d] */
     float *tmp = out ? NULL : malloc(sizeof(float) * d);  /* one box, when not kept */
-    if (!r || !hs || (!out && !tmp)) {
+    const int ok = r && hs && (out || tmp);
+    if (!ok) {
 #pragma omp atomic write
       failed = 1;
     }
 #pragma omp for schedule(dynamic)
     for (int64_t k = k0; k < k1; ++k) {
-      if (!r || !hs || (!out && !tmp)) continue;
+      if (!ok) continue;
       const float *restrict ck = c + k * d, *restrict ak = a + k * n;
       for (int64_t i = 0; i < n; ++i) {
         const float *restrict xi = xt + i * d;
