@@ -132,6 +132,45 @@ def test_encoder_copy_fuses_relus_and_follows_new_weights():
     assert rel_err(first, ref) > 0.5
 
 
+@needs_helper
+def test_encoder_scratch_maps_are_kept_and_results_are_its_own():
+    import copy
+    import pickle
+    import threading
+    from patch_netvlad_ros.core.bootstrap import seeded_model
+    config = get_config('storage', image_width=96, image_height=96)
+    encoder = winograd.winograd_encoder(seeded_model(config, seed=0).encoder)
+    layers = nn.Sequential(*encoder)               # the same layers, each map a new tensor
+    images = torch.randn(3, 3, 96, 80)
+    with torch.inference_mode():
+        ref = [layers(images[:2]), layers(images)]
+        first = encoder(images[:2])
+        kept = first.clone()
+        maps = [b.data_ptr() for b in encoder._maps]
+        again = encoder(images[:2])
+        assert [b.data_ptr() for b in encoder._maps] == maps   # reused, not remade
+        grown = encoder(images)                                 # a larger batch: grown
+        assert min(b.numel() for b in encoder._maps) > 0
+        # the same bits as fresh maps, and a later call does not write into a result
+        assert torch.equal(first, ref[0]) and torch.equal(again, ref[0])
+        assert torch.equal(first, kept) and torch.equal(grown, ref[1])
+        assert all(not winograd._shares(r, b) for r in (first, again, grown)
+                   for b in encoder._maps)
+        # a copy (deepcopy, pickle) has its own lock and buffers
+        for other in (copy.deepcopy(encoder), pickle.loads(pickle.dumps(encoder))):
+            assert torch.equal(other(images), ref[1])
+        # concurrent calls are serialised over the shared buffers, and buffers made under
+        # inference mode still take writes outside it (these threads run without it)
+        out = {}
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, encoder(images)))
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(torch.equal(out[i], ref[1]) for i in range(3))
+
+
 def test_without_the_helper_the_backbone_runs_direct():
     code = ('from patch_netvlad_ros.core import winograd, native; import torch; '
             'from patch_netvlad_ros.core.model import PatchNetVLAD; '

@@ -18,6 +18,7 @@ Winograd kernels on its own for the same layers; on the CPU oneDNN has none, so 
 module supplies them.
 """
 
+import threading
 from typing import List, Optional
 
 import torch
@@ -110,8 +111,14 @@ class WinogradConv3x3(nn.Module):
         bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer('bias', bias.detach().float().contiguous())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve x [N, C, H, W] (float32, CPU)."""
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None,
+                work: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """Convolve x [N, C, H, W] (float32, CPU).
+
+        out: a flat float32 buffer whose front receives the output (a channels-last view of
+        it is returned); None: a new tensor. work: two flat float32 buffers for the
+        transformed tiles, grown in the list when too small; None: new ones.
+        """
         lib = native.library('winograd')
         if lib is None:
             raise RuntimeError('Winograd transforms unavailable: '
@@ -123,11 +130,15 @@ class WinogradConv3x3(nn.Module):
                              f'{x.dtype} on {x.device} with {c}')
         x = x.contiguous(memory_format=torch.channels_last)
         oh, ow = (h // 2, w // 2) if self.pool else (h, w)
-        y = torch.empty(n, k, oh, ow, memory_format=torch.channels_last)
+        if out is None:
+            y = torch.empty(n, k, oh, ow, memory_format=torch.channels_last)
+        else:
+            y = out[:n * oh * ow * k].view(n, oh, ow, k).permute(0, 3, 1, 2)
         tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
         chunk = min(tiles, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (c + k))))
-        v = torch.empty(36, chunk, c)
-        m = torch.empty(36, chunk, k)
+        work = [torch.empty(0), torch.empty(0)] if work is None else work
+        v = grown(work, 0, 36 * chunk * c).view(36, chunk, c)
+        m = grown(work, 1, 36 * chunk * k).view(36, chunk, k)
         for t0 in range(0, tiles, chunk):
             nt = min(chunk, tiles - t0)
             # the last chunk's [36, nt, C] lives in the front of the same buffers
@@ -140,7 +151,69 @@ class WinogradConv3x3(nn.Module):
         return y
 
 
-def winograd_encoder(encoder: nn.Sequential) -> nn.Sequential:
+def grown(buffers: List[torch.Tensor], i: int, numel: int) -> torch.Tensor:
+    """The front ``numel`` elements of ``buffers[i]``, replaced by a larger one if short.
+
+    A new buffer is a normal tensor even under inference mode, so that a later call outside
+    it may still write into it.
+    """
+    if buffers[i].numel() < numel:
+        with torch.inference_mode(False):
+            buffers[i] = torch.empty(numel)
+    return buffers[i][:numel]
+
+
+def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+class WinogradEncoder(nn.Sequential):
+    """A backbone whose 3x3 convolutions run by Winograd (made by :func:`winograd_encoder`).
+
+    The Winograd layers write their maps into two scratch buffers, in turn, that are kept
+    between calls, as are the transformed-tile buffers: a fresh map per layer (79-157 MB
+    each at 640x480, batch 4) costs its page faults on every call, 10% of the backbone's
+    time on a VM here. The buffers grow to the largest map seen (two of 157 MB at 640x480,
+    batch 4) and are not part of the state dict. The result is always a tensor of its own.
+    Calls are serialised, since they share the buffers.
+    """
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self._init_scratch()
+
+    def _init_scratch(self) -> None:
+        self._lock = threading.Lock()
+        self._maps = [torch.empty(0), torch.empty(0)]
+        self._work = [torch.empty(0), torch.empty(0)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the layers on x [N, 3, H, W]; features [N, 512, H/16, W/16], channels-last."""
+        with self._lock:
+            for mod in self:
+                if isinstance(mod, WinogradConv3x3):
+                    # write into the map buffer that x does not live in
+                    i = 1 if _shares(x, self._maps[0]) else 0
+                    n, _, h, w = x.shape
+                    oh, ow = (h // 2, w // 2) if mod.pool else (h, w)
+                    out = grown(self._maps, i, n * mod.u.shape[2] * oh * ow)
+                    x = mod(x, out, self._work)
+                else:
+                    x = mod(x)
+            if any(_shares(x, b) for b in self._maps):
+                x = x.clone(memory_format=torch.channels_last)
+            return x
+
+    def __getstate__(self) -> dict:
+        # a lock cannot be copied or pickled; nor need the buffers be
+        return {k: v for k, v in self.__dict__.items() if k not in ('_lock', '_maps', '_work')}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._init_scratch()
+
+
+def winograd_encoder(encoder: nn.Sequential) -> WinogradEncoder:
     """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd.
 
     A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused,
@@ -162,4 +235,4 @@ def winograd_encoder(encoder: nn.Sequential) -> nn.Sequential:
         else:
             layers.append(mod)
             i += 1
-    return nn.Sequential(*layers)
+    return WinogradEncoder(*layers)
