@@ -152,7 +152,7 @@ class WinogradConv3x3(nn.Module):
 
 
 def grown(buffers: List[torch.Tensor], i: int, numel: int) -> torch.Tensor:
-    """The front ``numel`` elements of ``buffers[i]``, replaced by a larger one if short.
+    """Return the front ``numel`` elements of ``buffers[i]``, grown first if it is short.
 
     A new buffer is a normal tensor even under inference mode, so that a later call outside
     it may still write into it.
