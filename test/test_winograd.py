@@ -89,9 +89,45 @@ def test_equals_float64_direct_convolution(rng, n, c, k, h, w, relu, pool):
         winograd.CHUNK_BYTES, winograd.MIN_CHUNK_TILES = old
 
 
+@needs_helper
+@pytest.mark.parametrize('n,c,k,h,w,relu,offset', [
+    (2, 3, 64, 13, 10, True, 0),    # conv1_1's shape; partial right/bottom, even width
+    (1, 1, 128, 5, 7, False, 0),    # odd width: the last pixel of a row has no pair
+    (3, 3, 64, 1, 1, True, 0),      # one pixel: every neighbour is padding
+    (1, 15, 64, 6, 9, True, 1),     # into a buffer 4 bytes off alignment (plain stores)
+])
+def test_direct_first_layer_equals_float64_convolution(rng, n, c, k, h, w, relu, offset):
+    x = torch.from_numpy(rng.normal(size=(n, c, h, w)).astype(np.float32))
+    conv = nn.Conv2d(c, k, 3, padding=1)
+    layer = winograd.DirectConv3x3(conv, relu)
+    exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    direct32 = F.conv2d(x, conv.weight, conv.bias, padding=1).double()
+    if relu:
+        exact, direct32 = exact.clamp(min=0), direct32.clamp(min=0)
+    buffer = torch.full((n * k * h * w + 5,), float('nan'))
+    with torch.inference_mode():
+        got = layer(x)
+        into = layer(x, buffer[offset:])
+    assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(into, got) and into.data_ptr() == buffer[offset:].data_ptr()
+    assert buffer[offset + n * k * h * w:].isnan().all()           # nothing written past it
+    # the same sums as a direct float32 convolution, in some order: within a few roundings
+    scale = exact.abs().max().item()
+    err, err32 = (got.double() - exact).abs().max(), (direct32 - exact).abs().max()
+    assert err <= 4 * err32 + 1e-7 * scale
+    assert (got == 0).any() == relu
+
+
 def test_unsupported_layers_and_inputs_are_refused():
     with pytest.raises(ValueError, match='3x3 stride-1 pad-1'):
         winograd.WinogradConv3x3(nn.Conv2d(3, 64, 3, padding=1), relu=True)   # conv1_1
+    assert winograd.supported_direct(nn.Conv2d(3, 64, 3, padding=1))
+    for conv in (nn.Conv2d(16, 64, 3, padding=1), nn.Conv2d(3, 48, 3, padding=1),
+                 nn.Conv2d(3, 64, 3, padding=1, stride=2)):
+        with pytest.raises(ValueError, match='fewer than 16 input'):
+            winograd.DirectConv3x3(conv, relu=True)
+    with pytest.raises(ValueError, match='with 3 channels'):
+        winograd.DirectConv3x3(nn.Conv2d(3, 64, 3, padding=1), True)(torch.zeros(1, 4, 8, 8))
     assert not winograd.supported(nn.Conv2d(16, 16, 3, padding=1, stride=2))
     assert not winograd.supported(nn.Conv2d(16, 16, 1))
     assert winograd.supported(nn.Conv2d(16, 32, 3, padding=1))
@@ -108,13 +144,14 @@ def test_encoder_copy_fuses_relus_and_follows_new_weights():
     model = seeded_model(config, seed=0)
     layers = winograd.winograd_encoder(model.encoder)
     kinds = [type(m).__name__ for m in layers]
-    # conv1_1 (3 input channels) stays direct; 12 convs, 11 with their ReLU fused, the 4
-    # pools fused into the convs before them (conv1_2, conv2_2, conv3_3, conv4_3)
-    assert kinds.count('WinogradConv3x3') == 12 and kinds.count('ReLU') == 1
-    assert kinds.count('MaxPool2d') == 0 and not layers[-1].relu
+    # conv1_1 (3 input channels) runs direct; 12 convs by Winograd; every ReLU but the
+    # last conv's fused, the 4 pools fused into the convs before them (conv1_2, conv2_2,
+    # conv3_3, conv4_3)
+    assert kinds[0] == 'DirectConv3x3' and layers[0].relu
+    assert kinds.count('WinogradConv3x3') == 12 and len(kinds) == 13
+    assert not layers[-1].relu and all(m.relu for m in layers[:-1])
     pooled = [i for i, m in enumerate(layers) if getattr(m, 'pool', False)]
-    assert [kinds[i - 1] for i in pooled] == ['ReLU', 'WinogradConv3x3', 'WinogradConv3x3',
-                                              'WinogradConv3x3'] and len(pooled) == 4
+    assert pooled == [1, 3, 6, 9]
     assert winograd.fusable_pool(nn.MaxPool2d(2, 2))
     assert not winograd.fusable_pool(nn.MaxPool2d(2, 2, ceil_mode=True))
     assert not winograd.fusable_pool(nn.MaxPool2d(3, 2))

@@ -9,6 +9,9 @@ tile with 36 multiplications per channel pair instead of 144: the input tiles ar
 transformed (B^T d B), multiplied by the transformed weights (G g G^T) as 36 independent
 GEMMs [T, C] @ [C, K] on torch's BLAS, and transformed back (A^T m A). The transforms run
 in the C helper ``native/winograd.c`` (with the bias and the ReLU fused into the output).
+conv1_1, with its 3 input channels, runs as a direct convolution in the same helper, and
+:class:`WinogradEncoder` keeps the layers' maps in two buffers between calls: on the CPU
+a new full-size map per layer costs more in page faults than some layers' arithmetic.
 
 Still float32 arithmetic, with a different rounding: a layer's largest error is 5-11x a
 direct float32 convolution's (about 3e-6 of the outputs' scale; its transforms multiply
@@ -79,6 +82,15 @@ def supported(conv: nn.Module) -> bool:
             and conv.out_channels % CHANNEL_MULTIPLE == 0)
 
 
+def supported_direct(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 3x3 stride-1 pad-1 convolution for :class:`DirectConv3x3`."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == 'zeros'
+            and conv.in_channels < CHANNEL_MULTIPLE
+            and conv.out_channels % (4 * CHANNEL_MULTIPLE) == 0)
+
+
 def fusable_pool(pool: nn.Module) -> bool:
     """Whether ``pool`` is the 2x2 stride-2 max-pool the output transform can fuse."""
     return (isinstance(pool, nn.MaxPool2d) and _pair(pool.kernel_size) == (2, 2)
@@ -111,6 +123,11 @@ class WinogradConv3x3(nn.Module):
         bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer('bias', bias.detach().float().contiguous())
 
+    def output_numel(self, shape: torch.Size) -> int:
+        """Elements of the output for an input of ``shape`` [N, C, H, W]."""
+        h, w = (shape[2] // 2, shape[3] // 2) if self.pool else (shape[2], shape[3])
+        return shape[0] * self.u.shape[2] * h * w
+
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None,
                 work: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """Convolve x [N, C, H, W] (float32, CPU).
@@ -119,21 +136,13 @@ class WinogradConv3x3(nn.Module):
         it is returned); None: a new tensor. work: two flat float32 buffers for the
         transformed tiles, grown in the list when too small; None: new ones.
         """
-        lib = native.library('winograd')
-        if lib is None:
-            raise RuntimeError('Winograd transforms unavailable: '
-                               f'{native.unavailable_reason("winograd")}')
+        lib = _library()
         n, c, h, w = x.shape
         k = self.u.shape[2]
-        if x.dtype != torch.float32 or x.device.type != 'cpu' or c != self.u.shape[1]:
-            raise ValueError(f'expected float32 CPU input with {self.u.shape[1]} channels; got '
-                             f'{x.dtype} on {x.device} with {c}')
+        _check_input(x, self.u.shape[1])
         x = x.contiguous(memory_format=torch.channels_last)
         oh, ow = (h // 2, w // 2) if self.pool else (h, w)
-        if out is None:
-            y = torch.empty(n, k, oh, ow, memory_format=torch.channels_last)
-        else:
-            y = out[:n * oh * ow * k].view(n, oh, ow, k).permute(0, 3, 1, 2)
+        y = _output(out, n, k, oh, ow)
         tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
         chunk = min(tiles, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (c + k))))
         work = [torch.empty(0), torch.empty(0)] if work is None else work
@@ -149,6 +158,66 @@ class WinogradConv3x3(nn.Module):
             lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu),
                                 int(self.pool), h, w, k, t0, nt, y.data_ptr())
         return y
+
+
+class DirectConv3x3(nn.Module):
+    """conv1_1 (+ ReLU): a float32 CPU 3x3 convolution of few input channels, in C.
+
+    Winograd's GEMMs would have an inner dimension of 3 here; oneDNN's convolution takes the
+    layer well but always writes a new 64-channel full-size map (315 MB at 640x480, batch
+    4), whose page faults cost more than the arithmetic. This one writes into the
+    encoder's kept buffer, bypassing the cache, with the ReLU fused. Input [N, C, H, W]
+    float32 (C < 16), output [N, K, H, W] channels-last (K a multiple of 64).
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        if not supported_direct(conv):
+            raise ValueError(f'{conv} is not a 3x3 stride-1 pad-1 convolution with fewer than '
+                             f'{CHANNEL_MULTIPLE} input and a multiple of '
+                             f'{4 * CHANNEL_MULTIPLE} output channels')
+        self.relu = relu
+        self.register_buffer('weight', conv.weight.detach().float().permute(2, 3, 1, 0)
+                             .contiguous())                                # [3, 3, C, K]
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer('bias', bias.detach().float().contiguous())
+
+    def output_numel(self, shape: torch.Size) -> int:
+        """Elements of the output for an input of ``shape`` [N, C, H, W]."""
+        return shape[0] * self.weight.shape[3] * shape[2] * shape[3]
+
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Convolve x [N, C, H, W] (float32, CPU); out: as :meth:`WinogradConv3x3.forward`."""
+        lib = _library()
+        n, c, h, w = x.shape
+        k = self.weight.shape[3]
+        _check_input(x, self.weight.shape[2])
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = _output(out, n, k, h, w)
+        lib.pnv_conv3x3_direct(x.data_ptr(), n, h, w, c, self.weight.data_ptr(),
+                               self.bias.data_ptr(), k, int(self.relu), y.data_ptr())
+        return y
+
+
+def _library():
+    lib = native.library('winograd')
+    if lib is None:
+        raise RuntimeError('Winograd transforms unavailable: '
+                           f'{native.unavailable_reason("winograd")}')
+    return lib
+
+
+def _check_input(x: torch.Tensor, channels: int) -> None:
+    if x.dtype != torch.float32 or x.device.type != 'cpu' or x.shape[1] != channels:
+        raise ValueError(f'expected float32 CPU input with {channels} channels; got '
+                         f'{x.dtype} on {x.device} with {x.shape[1]}')
+
+
+def _output(out: Optional[torch.Tensor], n: int, k: int, h: int, w: int) -> torch.Tensor:
+    """Return a channels-last [n, k, h, w] map: the front of the flat ``out``, or a new one."""
+    if out is None:
+        return torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    return out[:n * h * w * k].view(n, h, w, k).permute(0, 3, 1, 2)
 
 
 def grown(buffers: List[torch.Tensor], i: int, numel: int) -> torch.Tensor:
@@ -191,13 +260,12 @@ class WinogradEncoder(nn.Sequential):
         """Run the layers on x [N, 3, H, W]; features [N, 512, H/16, W/16], channels-last."""
         with self._lock:
             for mod in self:
-                if isinstance(mod, WinogradConv3x3):
+                if isinstance(mod, (DirectConv3x3, WinogradConv3x3)):
                     # write into the map buffer that x does not live in
                     i = 1 if _shares(x, self._maps[0]) else 0
-                    n, _, h, w = x.shape
-                    oh, ow = (h // 2, w // 2) if mod.pool else (h, w)
-                    out = grown(self._maps, i, n * mod.u.shape[2] * oh * ow)
-                    x = mod(x, out, self._work)
+                    out = grown(self._maps, i, mod.output_numel(x.shape))
+                    x = (mod(x, out, self._work) if isinstance(mod, WinogradConv3x3)
+                         else mod(x, out))
                 else:
                     x = mod(x)
             if any(_shares(x, b) for b in self._maps):
@@ -214,11 +282,11 @@ class WinogradEncoder(nn.Sequential):
 
 
 def winograd_encoder(encoder: nn.Sequential) -> WinogradEncoder:
-    """Return a copy of ``encoder`` whose 3x3 convolutions run by Winograd.
+    """Return a copy of ``encoder`` whose 3x3 convolutions run in C, most by Winograd.
 
     A supported Conv2d followed by a ReLU becomes one WinogradConv3x3 with the ReLU fused,
-    and with the 2x2 max-pool that follows them fused too; other layers (conv1_1 with its 3
-    input channels, the pool after it) are kept as they are. Callers check
+    and with the 2x2 max-pool that follows them fused too; conv1_1 (3 input channels) and
+    its ReLU become one DirectConv3x3; other layers are kept as they are. Callers check
     :func:`resolve` first; without the helper the copy's forward raises.
     """
     layers: List[nn.Module] = []
@@ -226,13 +294,16 @@ def winograd_encoder(encoder: nn.Sequential) -> WinogradEncoder:
     i = 0
     while i < len(mods):
         mod = mods[i]
-        if supported(mod):
-            relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-            after = i + (2 if relu else 1)
-            pool = after < len(mods) and fusable_pool(mods[after])
-            layers.append(WinogradConv3x3(mod, relu, pool))
-            i = after + (1 if pool else 0)
-        else:
+        if not (supported(mod) or supported_direct(mod)):
             layers.append(mod)
             i += 1
+            continue
+        relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+        i += 2 if relu else 1
+        if supported_direct(mod):
+            layers.append(DirectConv3x3(mod, relu))
+            continue
+        pool = i < len(mods) and fusable_pool(mods[i])
+        layers.append(WinogradConv3x3(mod, relu, pool))
+        i += 1 if pool else 0
     return WinogradEncoder(*layers)

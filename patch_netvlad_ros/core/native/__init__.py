@@ -87,6 +87,8 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
         lib.pnv_wino_input.restype = None
         lib.pnv_wino_output.argtypes = [p, p, i32, i32, i64, i64, i64, i64, i64, p]
         lib.pnv_wino_output.restype = None
+        lib.pnv_conv3x3_direct.argtypes = [p, i64, i64, i64, i64, p, p, i64, i32, p]
+        lib.pnv_conv3x3_direct.restype = None
         return lib
     if name == 'patch_vlad':
         lib.pnv_patch_vlad.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64,

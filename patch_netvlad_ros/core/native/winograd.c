@@ -16,6 +16,9 @@
  * AVX-512, else 8); C and K must be multiples of 16.
  */
 #include <stdint.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include "vector.h"
 
@@ -118,5 +121,76 @@ void pnv_wino_output(const float *m, const float *bias, int relu, int pool, int6
           store(base + ((2 * ty + i) * ow + 2 * tx + j) * kc + ch, vmax(top, bottom));
         }
     }
+  }
+}
+
+/* Store bypassing the cache where the CPU can (an output map too large to stay cached,
+ * read back by the next layer: saves reading each line before writing it). */
+static inline void stream(float *p, vf v) {
+#if defined(__AVX512F__)
+  if (((uintptr_t)p & 63) == 0) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#elif defined(__AVX__)
+  if (((uintptr_t)p & 31) == 0) {
+    _mm256_stream_ps(p, (__m256)v);
+    return;
+  }
+#endif
+  store(p, v);
+}
+
+/* Order the streamed stores before the caller (another thread) reads them. */
+static inline void fence(void) {
+#ifdef __AVX__
+  _mm_sfence();
+#endif
+}
+
+/* Direct 3x3 stride-1 pad-1 convolution for few input channels (conv1_1: 3), where
+ * Winograd's GEMMs would have an inner dimension of c: x [n, h, w, c], wt [3, 3, c, kc]
+ * (kc a multiple of 4 * VL), bias [kc] -> y [n, h, w, kc], then ReLU when relu != 0. Two
+ * output pixels at a time share each weight load (in L1: 9 c kc floats), their kc channels
+ * taken 4 vectors at a time; inputs outside the image count as zero. */
+void pnv_conv3x3_direct(const float *x, int64_t n, int64_t h, int64_t w, int64_t c,
+                        const float *wt, const float *bias, int64_t kc, int relu, float *y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * h; row++) {
+    const int64_t img = row / h, yy = row % h;
+    const float *base = x + img * h * w * c;
+    float *out = y + row * w * kc;
+    for (int64_t x0 = 0; x0 < w; x0 += 2) {
+      const int pair = x0 + 1 < w;
+      for (int64_t k0 = 0; k0 < kc; k0 += 4 * VL) {
+        vf acc[2][4] = {{0}};
+        for (int dy = 0; dy < 3; dy++) {
+          const int64_t sy = yy + dy - 1;
+          if (sy < 0 || sy >= h) continue;
+          for (int dx = 0; dx < 3; dx++) {
+            const float *g = wt + (dy * 3 + dx) * c * kc + k0;
+            const int64_t sx = x0 + dx - 1;
+            const int in0 = sx >= 0 && sx < w, in1 = pair && sx + 1 < w;
+            const float *p0 = base + (sy * w + sx) * c;
+            for (int64_t ci = 0; ci < c; ci++, g += kc) {
+              const vf s0 = (vf){0} + (in0 ? p0[ci] : 0.0f);
+              const vf s1 = (vf){0} + (in1 ? p0[c + ci] : 0.0f);
+              for (int j = 0; j < 4; j++) {
+                const vf wj = load(g + j * VL);
+                acc[0][j] += s0 * wj;
+                acc[1][j] += s1 * wj;
+              }
+            }
+          }
+        }
+        for (int p = 0; p <= pair; p++)
+          for (int j = 0; j < 4; j++) {
+            vf r = acc[p][j] + load(bias + k0 + j * VL);
+            if (relu) r = (vf)((vi)r & (r > 0.0f));
+            stream(out + (x0 + p) * kc + k0 + j * VL, r);
+          }
+      }
+    }
+    fence();
   }
 }
