@@ -3,7 +3,9 @@
 """IntegralVLAD patch descriptors against a brute-force per-window VLAD.
 
 Both ways of taking the patch boxes are checked: the torch one (0/1 band GEMMs) and the
-C helper ``native/patch_vlad.c``, the default on the CPU where it builds.
+C helper ``native/patch_vlad.c``, the default on the CPU where it builds; and both ways of
+projecting: each window's VLAD, or each cell's residual summed over the windows (per cell:
+C, and torch as on a GPU).
 """
 
 import numpy as np
@@ -20,14 +22,19 @@ needs_c_boxes = pytest.mark.skipif(
     not vlad.native_boxes_available(),
     reason=f'no C helper for the patch boxes here: {native.unavailable_reason("patch_vlad")}')
 
-#: the patch boxes in torch, and in C where the helper builds
-BOXES = ['torch', pytest.param('c', marks=needs_c_boxes)]
+#: the patch boxes in torch, in torch projecting per cell as on a GPU, and in C where the
+#: helper builds
+BOXES = ['torch', 'torch-cells', pytest.param('c', marks=needs_c_boxes)]
 
 
 @pytest.fixture
 def boxes(request, monkeypatch):
     """Make model.aggregate (which takes the C boxes where they build) use the ones named."""
     monkeypatch.setattr(vlad, 'native_boxes_available', lambda: request.param == 'c')
+    if request.param == 'torch-cells':     # per cell where there are fewer cells, as on a GPU
+        default = vlad.projects_cells
+        monkeypatch.setattr(vlad, 'projects_cells', lambda *args, **kwargs: default(
+            *args[:4], native=True))
     return request.param
 
 
@@ -162,12 +169,16 @@ def test_c_path_equals_torch_boxes_on_real_features(corridor_model, corridor_ima
             args = (x[i], a[i], model.pool.centroids, model.pca_weight, model.pca_bias, h, w,
                     sizes, strides)
             for chunk in (16 << 20, 1 << 20):
-                c = vlad.patch_descriptors(*args, chunk_bytes=chunk, native_boxes=True)
-                t = vlad.patch_descriptors(*args, chunk_bytes=chunk, native_boxes=False)
-                for size, stride, mine, ref in zip(sizes, strides, c, t):
-                    rows, cols = vlad.grid_shape(h, w, size, stride)
-                    assert mine.shape == ref.shape == (rows * cols, model.config.num_pcs)
-                    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-6)
+                ref = vlad.patch_descriptors(*args, chunk_bytes=chunk, native_boxes=False,
+                                             per_cell=False)
+                # the default C path, then each path with each projection
+                for in_c, cells in ((True, None), (True, not per_cell), (False, True)):
+                    mine = vlad.patch_descriptors(*args, chunk_bytes=chunk,
+                                                  native_boxes=in_c, per_cell=cells)
+                    for size, stride, m, r in zip(sizes, strides, mine, ref):
+                        rows, cols = vlad.grid_shape(h, w, size, stride)
+                        assert m.shape == r.shape == (rows * cols, model.config.num_pcs)
+                        torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
 
 
 @needs_c_boxes
@@ -191,12 +202,23 @@ def test_c_path_with_empty_clusters_and_odd_dims(rng, dim, dp, strides, per_cell
     exact = vlad.patch_descriptors(*args64, native_boxes=False)
     ref = vlad.patch_descriptors(*args32, native_boxes=False)
     for chunk in (16 << 20, 1 << 10):   # one chunk, and one cluster per chunk
-        mine = vlad.patch_descriptors(*args32, chunk_bytes=chunk, native_boxes=True)
-        for m, r, e in zip(mine, ref, exact):
-            torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
-            torch.testing.assert_close(m.double(), e, rtol=0, atol=2e-6)
+        for in_c, cells in ((True, None), (False, True)):
+            mine = vlad.patch_descriptors(*args32, chunk_bytes=chunk, native_boxes=in_c,
+                                          per_cell=cells)
+            for m, r, e in zip(mine, ref, exact):
+                torch.testing.assert_close(m, r, rtol=0, atol=1e-6)
+                torch.testing.assert_close(m.double(), e, rtol=0, atol=2e-6)
     with pytest.raises(ValueError, match='float32 CPU tensors; got torch.float64'):
         vlad.patch_descriptors(*args64, native_boxes=True)
+
+
+def test_per_cell_projection_is_the_default_where_it_saves_work():
+    performance, speed = ((2, 5, 8), (1, 1, 1)), ((5,), (1,))     # at 640x480: 30 x 40 cells
+    assert vlad.projects_cells(30, 40, *performance, native=True)          # 1200 < 2826
+    assert vlad.projects_cells(30, 40, *performance, native=False, device='cuda')
+    assert not vlad.projects_cells(30, 40, *performance, native=False)     # torch on the CPU
+    assert not vlad.projects_cells(30, 40, *speed, native=True)            # 1200 > 936
+    assert not vlad.projects_cells(30, 40, *speed, native=False, device='cuda')
 
 
 def test_without_the_c_helper_the_torch_boxes_run():

@@ -108,9 +108,8 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
         dtype = {'ours-bf16': torch.bfloat16, 'ours-fp16': torch.float16}.get(impl)
         winograd = resolve(False if impl == 'ours-direct' else None, device, dtype)
         cfg = model.config
-        per_cell = (torch.device(device).type == 'cpu' and vlad.native_boxes_available()
-                    and vlad.projects_cells(cfg.feature_height, cfg.feature_width,
-                                            cfg.patch_sizes, cfg.strides))
+        per_cell = vlad.projects_cells(cfg.feature_height, cfg.feature_width, cfg.patch_sizes,
+                                       cfg.strides, device=device)
 
         def run():
             model.extract(x, encoder_dtype=dtype, winograd=winograd)

@@ -18,11 +18,11 @@ Patches are kept as columns [K*D, P]: box sums are GEMMs with 0/1 band
 matrices, the intra-normalisation is a per-(cluster, patch) scale, and the
 whitened PCA is accumulated cluster chunk by cluster chunk as W[:, chunk] @ V,
 so no K x D x h x w residual tensor of a whole image is ever held. The PCA GEMM
-(sum_s P_s * K * D * Dp multiply-adds) is the dominant cost. On the CPU a C helper
-(native/patch_vlad.c) takes the boxes instead of the band GEMMs, and where there are
-fewer cells than patches (the performance preset: 1200 against 2826 at 640x480) it
-projects each cell's residual once (N * K * D * Dp) and sums the projections over the
-windows, the same sum in another order: 2.3x fewer multiply-adds.
+(sum_s P_s * K * D * Dp multiply-adds) is the dominant cost. Where there are fewer cells
+than patches (the performance preset: 1200 against 2826 at 640x480) each cell's residual
+is projected once (N * K * D * Dp) and the projections are summed over the windows, the
+same sum in another order: 2.3x fewer multiply-adds for the projection. On the CPU a C
+helper (native/patch_vlad.c) takes the boxes (and those sums) instead of the band GEMMs.
 """
 
 import ctypes
@@ -128,7 +128,7 @@ def _torch_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: 
     scales; P is column-major, as :func:`box_sums`.
     """
     kc, d = k1 - k0, centroids.shape[1]
-    residual = (a[k0:k1, None, :] * (x[None] - centroids[k0:k1, :, None])).view(kc * d, h, w)
+    residual = _residual(x, a, centroids, k0, k1).view(kc * d, h, w)
     for size, stride in scales:
         v = box_sums(residual, size, stride).view(kc, d, -1)
         # The authors normalise the window *mean* (sum / d^2): same direction, but
@@ -138,6 +138,12 @@ def _torch_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: 
         norms = torch.linalg.vector_norm(v, dim=1) / area                   # [kc, P]
         v.mul_((1.0 / (norms.clamp_min(_EPS) * area))[:, None, :])
         yield v.view(kc * d, -1), norms
+
+
+def _residual(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: int,
+              k1: int) -> torch.Tensor:
+    """Residuals a_kn (x_n - c_k) [kc, D, N] of clusters k0..k1; x [D, N], a [K, N]."""
+    return a[k0:k1, None, :] * (x[None] - centroids[k0:k1, :, None])
 
 
 def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: int, k1: int,
@@ -160,10 +166,22 @@ def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0:
         yield out.t(), norms
 
 
-def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int]) -> bool:
-    """Whether the C path projects per cell: fewer cells (h*w) than patches over all scales."""
-    return h * w < sum(r * c for r, c in (grid_shape(h, w, s, st) for s, st in zip(sizes,
-                                                                                   strides)))
+def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int],
+                   native: Optional[bool] = None, device: 'torch.device | str' = 'cpu') -> bool:
+    """Whether :func:`patch_descriptors` projects per cell by default.
+
+    Where an image has fewer cells (h*w) than patches over all scales, and the C helper
+    takes the boxes (``native``; None: where it runs on ``device``) or the device is a GPU.
+    Torch on the CPU keeps projecting windows: its passes over the per-cell projections
+    [kc, Dp, N] cost more there than the multiply-adds saved (performance preset: 35 s
+    against 20 s an image on the AMD machine). On a GPU the choice follows the count of
+    multiply-adds (1.75x fewer at 640x480, band GEMMs included); not timed on one yet.
+    """
+    if native is None:
+        native = torch.device(device).type == 'cpu' and native_boxes_available()
+    fewer = h * w < sum(r * c for r, c in (grid_shape(h, w, s, st)
+                                           for s, st in zip(sizes, strides)))
+    return fewer and (native or torch.device(device).type != 'cpu')
 
 
 def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
@@ -210,11 +228,44 @@ def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     return [t.t() for t in acc], sq
 
 
+def _torch_project_cells(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
+                         pca_weight: torch.Tensor, h: int, w: int,
+                         scales: Sequence[Tuple[int, int]], chunk_bytes: int
+                         ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """As :func:`_project_cells`, in torch (any device): x [D, N], the rest the same.
+
+    Per chunk of clusters: u_k = W_k a_kn (x_n - c_k) [kc, Dp, N] by one batched GEMM, its
+    box sums per scale (band GEMMs, as :func:`box_sums`), weighted by 1 / |V_kp| from the
+    residuals' own box sums and summed over the chunk's clusters.
+    """
+    k, d = centroids.shape
+    dp, n = pca_weight.shape[0], h * w
+    shapes = [grid_shape(h, w, size, stride) for size, stride in scales]
+    most = max(r * c for r, c in shapes)
+    acc = [x.new_zeros(dp, r * c) for r, c in shapes]                      # [Dp, P]
+    sq = [x.new_zeros(r * c) for r, c in shapes]
+    # per cluster: u and its box sums along rows, then columns, then their weighted copy
+    step = max(1, min(k, chunk_bytes // (dp * (2 * n + 2 * most) * x.element_size())))
+    for k0 in range(0, k, step):
+        k1 = min(k0 + step, k)
+        kc = k1 - k0
+        u = torch.bmm(pca_weight[:, k0 * d:k1 * d].view(dp, kc, d).transpose(0, 1),
+                      _residual(x, a, centroids, k0, k1))                  # [kc, Dp, N]
+        for i, ((size, stride), (_, norms)) in enumerate(
+                zip(scales, _torch_boxes(x, a, centroids, k0, k1, h, w, scales))):
+            clamped = norms.clamp_min(_EPS)
+            sq[i] += ((norms / clamped) ** 2).sum(0)
+            boxes = box_sums(u.view(kc * dp, h, w), size, stride).view(kc, dp, -1)
+            acc[i] += torch.einsum('kdp,kp->dp', boxes, 1.0 / (clamped * float(size * size)))
+    return acc, sq
+
+
 def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
                       pca_weight: torch.Tensor, pca_bias: torch.Tensor, h: int, w: int,
                       sizes: Sequence[int], strides: Sequence[int],
                       chunk_bytes: int = 16 << 20,
-                      native_boxes: Optional[bool] = None) -> List[torch.Tensor]:
+                      native_boxes: Optional[bool] = None,
+                      per_cell: Optional[bool] = None) -> List[torch.Tensor]:
     """Patch descriptors of one image, one [P_s, Dp] tensor per scale, row-major patches.
 
     x: [D, N] unit features, a: [K, N] soft assignments, centroids: [K, D], N = h * w,
@@ -227,18 +278,28 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     the sum: y = (sum_k W_k V_k / |V_k|) / sqrt(sum_k |V_k / |V_k||^2) + b, then y / |y|,
     where |.| is clamped at F.normalize's eps applied to the window mean V_k / d^2.
     native_boxes: the boxes and their normalisation in C (``native/patch_vlad.c``, several
-    times faster than the torch GEMMs with 0/1 band matrices, same sums), and, when there
-    are fewer cells than patches, the projection per cell (see :func:`_project_cells`);
-    None: where the helper runs (float32 on the CPU, built).
+    times faster than the torch GEMMs with 0/1 band matrices, same sums); None: where the
+    helper runs (float32 on the CPU, built). per_cell: project each cell's residual and sum
+    the projections over the windows (see :func:`_project_cells`) instead of projecting
+    each window's VLAD: the same sum in another order; None: as :func:`projects_cells`.
     """
     k, d = centroids.shape
     scales = list(zip(sizes, strides))
     shapes = [grid_shape(h, w, s, st) for s, st in scales]
-    if _runs_native(native_boxes, x):
+    native_path = _runs_native(native_boxes, x)
+    if per_cell is None:
+        per_cell = projects_cells(h, w, sizes, strides, native_path, x.device)
+    if per_cell:
+        if native_path:
+            acc, sq = _project_cells(x.t().contiguous(), a.contiguous(),
+                                     centroids.contiguous(), pca_weight, h, w, scales,
+                                     chunk_bytes)
+        else:
+            acc, sq = _torch_project_cells(x, a, centroids, pca_weight, h, w, scales,
+                                           chunk_bytes)
+        return _finish(acc, sq, shapes, pca_bias)
+    if native_path:
         xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
-        if projects_cells(h, w, sizes, strides):
-            acc, sq = _project_cells(xt, a, centroids, pca_weight, h, w, scales, chunk_bytes)
-            return _finish(acc, sq, shapes, pca_bias)
         step = max(1, chunk_bytes // (d * max(r * c for r, c in shapes) * 4))
         buffers = [x.new_empty(r * c * min(step, k) * d) for r, c in shapes]
 
