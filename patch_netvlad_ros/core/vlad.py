@@ -206,9 +206,8 @@ def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
         if lib.pnv_patch_vlad(xt.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d, 0, k,
                               size, stride, eps, None, norms.data_ptr()):
             raise MemoryError("out of memory for the patch boxes' scratch space")
-        clamped = norms.clamp_min(eps)
-        sq.append(((norms / clamped) ** 2).sum(0))
-        weights.append(1.0 / (clamped * float(size * size)))                # [K, P]
+        sq.append(_normed_sq(norms))
+        weights.append(1.0 / (norms.clamp_min(eps) * float(size * size)))  # [K, P]
     acc = [xt.new_zeros(rows * cols, dp) for rows, cols in shapes]         # [P, Dp]
     step = max(1, min(k, chunk_bytes // (n * dp * 4)))
     u = xt.new_empty(step, n, dp)
@@ -253,10 +252,10 @@ def _torch_project_cells(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tens
                       _residual(x, a, centroids, k0, k1))                  # [kc, Dp, N]
         for i, ((size, stride), (_, norms)) in enumerate(
                 zip(scales, _torch_boxes(x, a, centroids, k0, k1, h, w, scales))):
-            clamped = norms.clamp_min(_EPS)
-            sq[i] += ((norms / clamped) ** 2).sum(0)
+            sq[i] += _normed_sq(norms)
             boxes = box_sums(u.view(kc * dp, h, w), size, stride).view(kc, dp, -1)
-            acc[i] += torch.einsum('kdp,kp->dp', boxes, 1.0 / (clamped * float(size * size)))
+            acc[i] += torch.einsum('kdp,kp->dp', boxes,
+                                   1.0 / (norms.clamp_min(_EPS) * float(size * size)))
     return acc, sq
 
 
@@ -315,9 +314,14 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     for k0 in range(0, k, step):
         k1 = min(k0 + step, k)
         for i, (v, norms) in enumerate(boxes(k0, k1)):
-            sq[i] += ((norms / norms.clamp_min(_EPS)) ** 2).sum(0)
+            sq[i] += _normed_sq(norms)
             acc[i].addmm_(pca_weight[:, k0 * d:k1 * d], v)
     return _finish(acc, sq, shapes, pca_bias)
+
+
+def _normed_sq(norms: torch.Tensor) -> torch.Tensor:
+    """Return |intra-normalised VLAD|^2 [P] from norms [kc, P] (1 per cluster above eps)."""
+    return ((norms / norms.clamp_min(_EPS)) ** 2).sum(0)
 
 
 def _finish(acc: List[torch.Tensor], sq: List[torch.Tensor], shapes: List[Tuple[int, int]],

@@ -73,21 +73,22 @@ def transform_weights(weight: torch.Tensor) -> torch.Tensor:
     return u.permute(2, 3, 1, 0).reshape(36, weight.shape[1], weight.shape[0]).float()
 
 
-def supported(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a 3x3 stride-1 pad-1 dense convolution this module can run."""
+def _same_3x3(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a dense 3x3 stride-1 convolution with one pixel of zero padding."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
             and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == 'zeros'
-            and conv.in_channels % CHANNEL_MULTIPLE == 0
+            and conv.groups == 1 and conv.padding_mode == 'zeros')
+
+
+def supported(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 3x3 stride-1 pad-1 dense convolution Winograd can run."""
+    return (_same_3x3(conv) and conv.in_channels % CHANNEL_MULTIPLE == 0
             and conv.out_channels % CHANNEL_MULTIPLE == 0)
 
 
 def supported_direct(conv: nn.Module) -> bool:
     """Whether ``conv`` is a 3x3 stride-1 pad-1 convolution for :class:`DirectConv3x3`."""
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
-            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == 'zeros'
-            and conv.in_channels < CHANNEL_MULTIPLE
+    return (_same_3x3(conv) and conv.in_channels < CHANNEL_MULTIPLE
             and conv.out_channels % (4 * CHANNEL_MULTIPLE) == 0)
 
 
@@ -146,8 +147,8 @@ class WinogradConv3x3(nn.Module):
         tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
         chunk = min(tiles, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (c + k))))
         work = [torch.empty(0), torch.empty(0)] if work is None else work
-        v = grown(work, 0, 36 * chunk * c).view(36, chunk, c)
-        m = grown(work, 1, 36 * chunk * k).view(36, chunk, k)
+        v = _grown(work, 0, 36 * chunk * c).view(36, chunk, c)
+        m = _grown(work, 1, 36 * chunk * k).view(36, chunk, k)
         for t0 in range(0, tiles, chunk):
             nt = min(chunk, tiles - t0)
             # the last chunk's [36, nt, C] lives in the front of the same buffers
@@ -202,7 +203,7 @@ class DirectConv3x3(nn.Module):
 def _library():
     lib = native.library('winograd')
     if lib is None:
-        raise RuntimeError('Winograd transforms unavailable: '
+        raise RuntimeError('the Winograd C helper is unavailable: '
                            f'{native.unavailable_reason("winograd")}')
     return lib
 
@@ -220,7 +221,7 @@ def _output(out: Optional[torch.Tensor], n: int, k: int, h: int, w: int) -> torc
     return out[:n * h * w * k].view(n, h, w, k).permute(0, 3, 1, 2)
 
 
-def grown(buffers: List[torch.Tensor], i: int, numel: int) -> torch.Tensor:
+def _grown(buffers: List[torch.Tensor], i: int, numel: int) -> torch.Tensor:
     """Return the front ``numel`` elements of ``buffers[i]``, grown first if it is short.
 
     A new buffer is a normal tensor even under inference mode, so that a later call outside
@@ -239,12 +240,13 @@ def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
 class WinogradEncoder(nn.Sequential):
     """A backbone whose 3x3 convolutions run by Winograd (made by :func:`winograd_encoder`).
 
-    The Winograd layers write their maps into two scratch buffers, in turn, that are kept
-    between calls, as are the transformed-tile buffers: a fresh map per layer (79-157 MB
-    each at 640x480, batch 4) costs its page faults on every call, 10% of the backbone's
-    time on a VM here. The buffers grow to the largest map seen (two of 157 MB at 640x480,
-    batch 4) and are not part of the state dict. The result is always a tensor of its own.
-    Calls are serialised, since they share the buffers.
+    The C layers (:class:`DirectConv3x3`, :class:`WinogradConv3x3`) write their maps into
+    two scratch buffers, in turn, that are kept between calls, as are the transformed-tile
+    buffers: a new map per layer (10-315 MB each at 640x480, batch 4) costs its page
+    faults on every call, about 9% of the backbone's time on a VM here. Each buffer grows
+    to the largest map written into it (315 and 79 MB at 640x480, batch 4) and neither is
+    part of the state dict. The result is always a tensor of its own. Calls are
+    serialised, since they share the buffers.
     """
 
     def __init__(self, *layers: nn.Module) -> None:
@@ -263,7 +265,7 @@ class WinogradEncoder(nn.Sequential):
                 if isinstance(mod, (DirectConv3x3, WinogradConv3x3)):
                     # write into the map buffer that x does not live in
                     i = 1 if _shares(x, self._maps[0]) else 0
-                    out = grown(self._maps, i, mod.output_numel(x.shape))
+                    out = _grown(self._maps, i, mod.output_numel(x.shape))
                     x = (mod(x, out, self._work) if isinstance(mod, WinogradConv3x3)
                          else mod(x, out))
                 else:
