@@ -4,8 +4,8 @@
 
 Both ways of taking the patch boxes are checked: the torch one (0/1 band GEMMs) and the
 C helper ``native/patch_vlad.c``, the default on the CPU where it builds; and both ways of
-projecting: each window's VLAD, or each cell's residual summed over the windows (per cell:
-C, and torch as on a GPU).
+projecting, in each: each window's VLAD, or each cell's residual summed over the windows
+(the default where there are fewer cells than patches).
 """
 
 import numpy as np
@@ -22,19 +22,17 @@ needs_c_boxes = pytest.mark.skipif(
     not vlad.native_boxes_available(),
     reason=f'no C helper for the patch boxes here: {native.unavailable_reason("patch_vlad")}')
 
-#: the patch boxes in torch, in torch projecting per cell as on a GPU, and in C where the
-#: helper builds
-BOXES = ['torch', 'torch-cells', pytest.param('c', marks=needs_c_boxes)]
+#: the patch boxes in torch (projecting by the default rule, or always each window), and
+#: in C where the helper builds
+BOXES = ['torch', 'torch-windows', pytest.param('c', marks=needs_c_boxes)]
 
 
 @pytest.fixture
 def boxes(request, monkeypatch):
     """Make model.aggregate (which takes the C boxes where they build) use the ones named."""
     monkeypatch.setattr(vlad, 'native_boxes_available', lambda: request.param == 'c')
-    if request.param == 'torch-cells':     # per cell where there are fewer cells, as on a GPU
-        default = vlad.projects_cells
-        monkeypatch.setattr(vlad, 'projects_cells', lambda *args, **kwargs: default(
-            *args[:4], native=True))
+    if request.param == 'torch-windows':
+        monkeypatch.setattr(vlad, 'projects_cells', lambda *args: False)
     return request.param
 
 
@@ -199,10 +197,10 @@ def test_c_path_with_empty_clusters_and_odd_dims(rng, dim, dp, strides, per_cell
     b = torch.from_numpy(rng.normal(size=dp))
     args64 = (x, a, c, wpca, b, h, w, (2, 3), strides)
     args32 = tuple(t.float() if torch.is_tensor(t) else t for t in args64)
-    exact = vlad.patch_descriptors(*args64, native_boxes=False)
-    ref = vlad.patch_descriptors(*args32, native_boxes=False)
+    exact = vlad.patch_descriptors(*args64, native_boxes=False, per_cell=False)
+    ref = vlad.patch_descriptors(*args32, native_boxes=False, per_cell=False)
     for chunk in (16 << 20, 1 << 10):   # one chunk, and one cluster per chunk
-        for in_c, cells in ((True, None), (False, True)):
+        for in_c, cells in ((True, None), (True, not per_cell), (False, True)):
             mine = vlad.patch_descriptors(*args32, chunk_bytes=chunk, native_boxes=in_c,
                                           per_cell=cells)
             for m, r, e in zip(mine, ref, exact):
@@ -214,11 +212,8 @@ def test_c_path_with_empty_clusters_and_odd_dims(rng, dim, dp, strides, per_cell
 
 def test_per_cell_projection_is_the_default_where_it_saves_work():
     performance, speed = ((2, 5, 8), (1, 1, 1)), ((5,), (1,))     # at 640x480: 30 x 40 cells
-    assert vlad.projects_cells(30, 40, *performance, native=True)          # 1200 < 2826
-    assert vlad.projects_cells(30, 40, *performance, native=False, device='cuda')
-    assert not vlad.projects_cells(30, 40, *performance, native=False)     # torch on the CPU
-    assert not vlad.projects_cells(30, 40, *speed, native=True)            # 1200 > 936
-    assert not vlad.projects_cells(30, 40, *speed, native=False, device='cuda')
+    assert vlad.projects_cells(30, 40, *performance)                  # 1200 < 2826 patches
+    assert not vlad.projects_cells(30, 40, *speed)                    # 1200 > 936
 
 
 def test_without_the_c_helper_the_torch_boxes_run():

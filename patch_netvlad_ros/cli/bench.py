@@ -109,7 +109,7 @@ def case_extract(impl: str, preset: str, batch: int, repeats: int,
         winograd = resolve(False if impl == 'ours-direct' else None, device, dtype)
         cfg = model.config
         per_cell = vlad.projects_cells(cfg.feature_height, cfg.feature_width, cfg.patch_sizes,
-                                       cfg.strides, device=device)
+                                       cfg.strides)
 
         def run():
             model.extract(x, encoder_dtype=dtype, winograd=winograd)

@@ -21,8 +21,9 @@ so no K x D x h x w residual tensor of a whole image is ever held. The PCA GEMM
 (sum_s P_s * K * D * Dp multiply-adds) is the dominant cost. Where there are fewer cells
 than patches (the performance preset: 1200 against 2826 at 640x480) each cell's residual
 is projected once (N * K * D * Dp) and the projections are summed over the windows, the
-same sum in another order: 2.3x fewer multiply-adds for the projection. On the CPU a C
-helper (native/patch_vlad.c) takes the boxes (and those sums) instead of the band GEMMs.
+same sum in another order: 2.3x fewer multiply-adds for the projection (1.75x counting
+the box sums of the projections). On the CPU a C helper (native/patch_vlad.c) takes the
+boxes (and those sums) instead of the band GEMMs.
 """
 
 import ctypes
@@ -166,22 +167,10 @@ def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0:
         yield out.t(), norms
 
 
-def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int],
-                   native: Optional[bool] = None, device: 'torch.device | str' = 'cpu') -> bool:
-    """Whether :func:`patch_descriptors` projects per cell by default.
-
-    Where an image has fewer cells (h*w) than patches over all scales, and the C helper
-    takes the boxes (``native``; None: where it runs on ``device``) or the device is a GPU.
-    Torch on the CPU keeps projecting windows: its passes over the per-cell projections
-    [kc, Dp, N] cost more there than the multiply-adds saved (performance preset: 35 s
-    against 20 s an image on the AMD machine). On a GPU the choice follows the count of
-    multiply-adds (1.75x fewer at 640x480, band GEMMs included); not timed on one yet.
-    """
-    if native is None:
-        native = torch.device(device).type == 'cpu' and native_boxes_available()
-    fewer = h * w < sum(r * c for r, c in (grid_shape(h, w, s, st)
-                                           for s, st in zip(sizes, strides)))
-    return fewer and (native or torch.device(device).type != 'cpu')
+def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether :func:`patch_descriptors` projects per cell by default: h*w < patches."""
+    return h * w < sum(r * c for r, c in (grid_shape(h, w, s, st)
+                                          for s, st in zip(sizes, strides)))
 
 
 def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
@@ -287,7 +276,7 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     shapes = [grid_shape(h, w, s, st) for s, st in scales]
     native_path = _runs_native(native_boxes, x)
     if per_cell is None:
-        per_cell = projects_cells(h, w, sizes, strides, native_path, x.device)
+        per_cell = projects_cells(h, w, sizes, strides)
     if per_cell:
         if native_path:
             acc, sq = _project_cells(x.t().contiguous(), a.contiguous(),
