@@ -120,16 +120,15 @@ def _runs_native(native_boxes: Optional[bool], x: torch.Tensor) -> bool:
     return native_boxes
 
 
-def _torch_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0: int, k1: int,
-                 h: int, w: int, scales: Sequence[Tuple[int, int]]
+def _torch_boxes(residual: torch.Tensor, h: int, w: int, scales: Sequence[Tuple[int, int]]
                  ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Intra-normalised boxes V [kc*D, P] and norms [kc, P] per scale (torch path).
 
-    The residuals a_kn (x_n - c_k) [kc, D, h, w] of clusters k0..k1 are made once for all
-    scales; P is column-major, as :func:`box_sums`.
+    residual: a_kn (x_n - c_k) [kc, D, N] of a chunk of clusters (:func:`_residual`), made
+    once for all scales; P is column-major, as :func:`box_sums`.
     """
-    kc, d = k1 - k0, centroids.shape[1]
-    residual = _residual(x, a, centroids, k0, k1).view(kc * d, h, w)
+    kc, d = residual.shape[:2]
+    residual = residual.view(kc * d, h, w)
     for size, stride in scales:
         v = box_sums(residual, size, stride).view(kc, d, -1)
         # The authors normalise the window *mean* (sum / d^2): same direction, but
@@ -237,10 +236,11 @@ def _torch_project_cells(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tens
     for k0 in range(0, k, step):
         k1 = min(k0 + step, k)
         kc = k1 - k0
+        residual = _residual(x, a, centroids, k0, k1)                      # [kc, D, N]
         u = torch.bmm(pca_weight[:, k0 * d:k1 * d].view(dp, kc, d).transpose(0, 1),
-                      _residual(x, a, centroids, k0, k1))                  # [kc, Dp, N]
+                      residual)                                             # [kc, Dp, N]
         for i, ((size, stride), (_, norms)) in enumerate(
-                zip(scales, _torch_boxes(x, a, centroids, k0, k1, h, w, scales))):
+                zip(scales, _torch_boxes(residual, h, w, scales))):
             sq[i] += _normed_sq(norms)
             boxes = box_sums(u.view(kc * dp, h, w), size, stride).view(kc, dp, -1)
             acc[i] += torch.einsum('kdp,kp->dp', boxes,
@@ -297,7 +297,7 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
         step = max(1, chunk_bytes // (d * h * w * x.element_size()))
 
         def boxes(k0, k1):
-            return _torch_boxes(x, a, centroids, k0, k1, h, w, scales)
+            return _torch_boxes(_residual(x, a, centroids, k0, k1), h, w, scales)
     acc = [x.new_zeros(pca_weight.shape[0], r * c) for r, c in shapes]   # [Dp, P] per scale
     sq = [x.new_zeros(r * c) for r, c in shapes]                          # |intra-normed|^2
     for k0 in range(0, k, step):
