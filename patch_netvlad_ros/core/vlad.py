@@ -277,17 +277,16 @@ def patch_descriptors(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     native_path = _runs_native(native_boxes, x)
     if per_cell is None:
         per_cell = projects_cells(h, w, sizes, strides)
+    if native_path:        # the C helper reads x^T [N, D] and dense a and centroids
+        xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
     if per_cell:
         if native_path:
-            acc, sq = _project_cells(x.t().contiguous(), a.contiguous(),
-                                     centroids.contiguous(), pca_weight, h, w, scales,
-                                     chunk_bytes)
+            acc, sq = _project_cells(xt, a, centroids, pca_weight, h, w, scales, chunk_bytes)
         else:
             acc, sq = _torch_project_cells(x, a, centroids, pca_weight, h, w, scales,
                                            chunk_bytes)
         return _finish(acc, sq, shapes, pca_bias)
     if native_path:
-        xt, a, centroids = x.t().contiguous(), a.contiguous(), centroids.contiguous()
         step = max(1, chunk_bytes // (d * max(r * c for r, c in shapes) * 4))
         buffers = [x.new_empty(r * c * min(step, k) * d) for r, c in shapes]
 
