@@ -172,8 +172,12 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
     if impl.startswith('ours'):
         stores = [np.ascontiguousarray(p[np.arange(candidates) % distinct].numpy()
                                        .astype(PATCH_DTYPE)) for p in desc.patches]
-        if torch.device(device).type == 'cuda':
-            stores = [torch.from_numpy(s).to(device) for s in stores]
+        if torch.device(device).type == 'cuda':       # as a GPU localizer keeps them
+            from ..core.resident_patches import ResidentPatches
+            resident = ResidentPatches(stores, device)
+            idx, extra['moved_mb'] = resident.fetch(idx)
+            extra['moved_mb'] /= 1e6
+            stores = resident.slots
         method = 'float32' if impl == 'ours-float32' else 'auto'
         extra['matcher'] = resolve_mnn_method(method, torch.device(device), q[0].shape[1])
 
@@ -308,7 +312,9 @@ def main(argv: Optional[list] = None) -> int:
                         else '')
                      + (' (WPCA per cell: counted per patch)' if row.get('per_cell') else ''))
         elif row['stage'] == 'rerank':
-            notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q'
+            notes = f'{row["matching_gflop"]:.0f} GFLOP, {row["candidate_mb"]:.0f} MB/q read'
+            if 'moved_mb' in row:   # GPU: what crossed the bus per query (resident: 0)
+                notes += f', {row["moved_mb"]:.0f} MB/q copied to the GPU'
         if 'matcher' in row:
             fused = row.get('fused_scales', 0)
             notes += ', ' + row['matcher'] + (' (fused AMX)' if fused else '') + (

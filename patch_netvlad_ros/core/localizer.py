@@ -16,11 +16,17 @@ Confidence in [0, 1] (documented in the README), two equally weighted parts:
 On the corridor set with the bootstrapped speed model (top-100, place_radius 5 m) it
 separates right from wrong best matches with a ROC AUC of 0.878 (test_real_data.py);
 raw match quality alone gave 0.57-0.66.
+
+Device: the rerank runs where the query's patches are put (``device``; default the
+model's, else the CPU). On the CPU the map's float16 memory maps are read in place. On any
+other device (a GPU) the candidates' patches are kept there by
+:class:`~.resident_patches.ResidentPatches`: the whole map by default, copied once, or the
+``cache_references`` most recently used; each result reports the bytes it copied.
 """
 
 from dataclasses import dataclass, field
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +38,7 @@ from .errors import ImageError, MapError
 from .image import to_tensor
 from .matching import rerank
 from .model import Descriptors, PatchNetVLAD
+from .resident_patches import reference_bytes, ResidentPatches
 from .retrieval import top_k
 
 
@@ -55,6 +62,10 @@ class LocalizationResult:
     confidence: float
     candidates: List[Candidate]
     timings: Dict[str, float] = field(default_factory=dict)
+    #: candidate patch bytes the matcher read, and those copied to the rerank device for
+    #: this query (0 when they were resident or read in place)
+    candidate_bytes: int = 0
+    moved_bytes: int = 0
 
     @property
     def retrieval_order(self) -> List[int]:
@@ -73,10 +84,14 @@ class Localizer:
     top_k, matcher and patch_weights may differ from the map's build settings (they only
     change the matching); anything that changes the descriptors may not. place_radius
     (metres): references closer than this to each other count as the same place.
+    device: where the rerank runs (default: the model's device, else the CPU).
+    cache_references: references kept on the rerank device (default: none on the CPU,
+    which reads the map in place; the whole map elsewhere); at least top_k.
     """
 
     def __init__(self, ref_map: ReferenceMap, model: Optional[PatchNetVLAD] = None,
-                 place_radius: float = 5.0, **matching: object) -> None:
+                 place_radius: float = 5.0, device: Union[str, torch.device, None] = None,
+                 cache_references: Optional[int] = None, **matching: object) -> None:
         if len(ref_map) == 0:
             raise MapError('the map holds no references: build it from at least one image')
         allowed = {'top_k', 'matcher', 'patch_weights'}
@@ -92,6 +107,17 @@ class Localizer:
         self.model = model
         if model is not None:
             check_identity(ref_map.identity, descriptor_identity(model), 'the map')
+        if device is None:
+            device = next(model.parameters()).device if model is not None else 'cpu'
+        self.device = torch.device(device)
+        self.resident: Optional[ResidentPatches] = None
+        if self.device.type != 'cpu' or cache_references is not None:
+            need = min(self.config.top_k, len(ref_map))
+            if cache_references is not None and cache_references < need:
+                raise MapError(f'cache_references = {cache_references} cannot hold the '
+                               f'top-{need} candidates of a query: raise it to at least '
+                               f'{need} or lower top_k')
+            self.resident = ResidentPatches(ref_map.patches, self.device, cache_references)
 
     def confidence(self, candidates: Sequence[Candidate], global_best: int) -> float:
         """Confidence in [0, 1] of the first of the reranked candidates (module doc)."""
@@ -142,8 +168,13 @@ class Localizer:
         t0 = time.perf_counter()
         dist, idx = top_k(self.map.index, g.numpy()[None], cfg.top_k)
         t1 = time.perf_counter()
-        result = rerank([torch.as_tensor(p).float() for p in patches], self.map.patches,
-                        idx[0], cfg)
+        query = [torch.as_tensor(p).to(self.device, torch.float32) for p in patches]
+        if self.resident is not None:
+            rows, moved = self.resident.fetch(idx[0])
+            stores = self.resident.slots
+        else:
+            rows, moved, stores = idx[0], 0, self.map.patches
+        result = rerank(query, stores, rows, cfg)
         t2 = time.perf_counter()
         cands = [Candidate(int(idx[0][j]), self.map.references[idx[0][j]].id,
                            float(result.fused[j]), float(result.quality[j]), float(dist[0][j]))
@@ -151,4 +182,5 @@ class Localizer:
         confidence = self.confidence(cands, int(idx[0][0]))
         best = cands[0]
         return LocalizationResult(best.index, self.map.references[best.index], confidence,
-                                  cands, {'retrieve_s': t1 - t0, 'rerank_s': t2 - t1})
+                                  cands, {'retrieve_s': t1 - t0, 'rerank_s': t2 - t1},
+                                  len(idx[0]) * reference_bytes(stores), moved)

@@ -71,13 +71,20 @@ def resolve_mnn_method(method: str, device: torch.device, dim: Optional[int] = N
     return 'int8' if int8_screen.preferred(dim) else 'float32'
 
 
+#: Bytes of float32 candidate blocks and similarities per chunk of the float32 matcher: on
+#: the CPU small blocks stay in cache and are reused by the allocator (no fresh page
+#: faults); a GPU wants few, large GEMMs.
+CHUNK_BYTES = {'cpu': 16 << 20, 'other': 256 << 20}
+
+
 def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
-                     chunk_bytes: int = 16 << 20, method: str = 'auto') -> torch.Tensor:
+                     chunk_bytes: Optional[int] = None, method: str = 'auto') -> torch.Tensor:
     """:func:`mutual_nn` of a query against the references ``indices`` of a patch store.
 
-    store: [N, Pd, D] array or tensor of any float dtype (e.g. a float16 memory map);
-    candidates are read and converted in chunks so memory stays bounded (small blocks
-    are also reused by the allocator instead of costing fresh page faults).
+    store: [N, Pd, D] array or tensor of any float dtype (e.g. a float16 memory map, or
+    a :class:`~.resident_patches.ResidentPatches` slot tensor on the query's device);
+    candidates are read and converted in chunks so memory stays bounded (default
+    :data:`CHUNK_BYTES` for the query's device).
     method: see :data:`MNN_METHODS`; all give the same matches.
     Returns match [C, Pd] in the order of ``indices``.
     """
@@ -88,6 +95,8 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
         return screened_mnn.ScreenedQuery(query).match(store, indices).to(query.device)
     if resolved == 'int8':
         return int8_screen.Int8Query(query).match(store, indices).to(query.device)
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES['cpu' if query.device.type == 'cpu' else 'other']
     # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count
     step = max(1, chunk_bytes // max(4 * pd * max(pq, store.shape[2]), 1))
     out = []
