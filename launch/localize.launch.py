@@ -54,7 +54,8 @@ def generate_launch_description():
                         'sensor_msgs/CompressedImage on <camera_topic>/compressed'),
         DeclareLaunchArgument(
             'device', default_value='auto', choices=['auto', 'cuda', 'cpu'],
-            description="'auto': CUDA when available, else CPU"),
+            description="where the network runs and the rerank keeps the map: 'auto' (CUDA "
+                        "when available, else CPU), 'cuda' or 'cpu'"),
         DeclareLaunchArgument(
             'precision', default_value='fp32', choices=['fp32', 'fp16', 'bf16'],
             description='backbone precision (fp16 needs CUDA)'),
@@ -100,6 +101,7 @@ def generate_launch_description():
     }
     localizer_node = {
         'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
+        'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
     }
     ros_arguments = ['--ros-args', '--log-level', log_level]
 

@@ -15,6 +15,7 @@ import pytest
 from patch_netvlad_ros.cli import evaluate
 from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, POSE_TOPIC
 from patch_netvlad_ros.core.bags import bag_topics
+from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.drives import read_bag_drive
 from patch_netvlad_ros.core.map_building import build_map
 
@@ -70,5 +71,14 @@ def test_graph_replay_matches_offline(demo_map, tmp_path):
     # Offline sanity against the core's measured corridor numbers (test_real_data.py).
     assert offline['recall']['5'] >= 0.85
     assert graph['latency_ms']['p50'] > 0
+    # Both modes report the candidates' bytes per query (top-100 of the 111 references,
+    # float16 patches); on the CPU the map is read in place and nothing is copied.
+    cfg = ReferenceMap.load(demo_map).config
+    per_query = 100 * 2 * cfg.num_patches(0) * cfg.num_pcs / 1e6
+    for report in (offline, graph):
+        assert report['rerank_mb']['candidate'] == {'mean': pytest.approx(per_query),
+                                                    'p50': pytest.approx(per_query),
+                                                    'max': pytest.approx(per_query)}
+        assert report['rerank_mb']['moved']['max'] == 0
     for name in ('trajectory', 'recall_at_n', 'confidence_hist', 'precision_recall'):
         assert (tmp_path / 'graph' / f'{name}.png').stat().st_size > 1000

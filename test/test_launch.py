@@ -301,7 +301,7 @@ def test_overrides_are_declared_typed_and_valid(source, launched):
         'camera_batcher': {'image_topic', 'transport', 'preset', 'image_width', 'image_height'},
         'descriptor_node': {'checkpoint', 'preset', 'image_width', 'image_height', 'device',
                             'precision'},
-        'localizer_node': {'map_path'},
+        'localizer_node': {'map_path', 'device'},
     }
     for key, params in expected.items():
         entries, _ = source.overrides(launched[key])

@@ -146,6 +146,32 @@ def test_latency_percentiles(report):
     assert [q['latency_ms'] for q in report['per_query']] == [100.0, 120.0, None, 300.0, 80.0]
 
 
+def test_rerank_bytes_per_query(tmp_path):
+    """Bytes the rerank read and copied per query, in MB (1e6), over the queries that
+    report them; the summary prints mean/max and reads the same back from JSON."""
+    outs = outcomes()
+    sizes = [(18_000_000, 0), (18_000_000, 3_600_000), None, (9_000_000, 1_800_000),
+             (18_000_000, 0)]
+    for o, size in zip(outs, sizes):
+        if size is not None:
+            o.rerank_bytes = {'candidate': size[0], 'moved': size[1]}
+    report = evaluate(outs, REFS, REF_YAWS, radius=RADIUS, ns=(1, 5))
+    moved = [0.0, 3.6, 1.8, 0.0]
+    assert report['rerank_mb'] == {
+        'candidate': {'mean': pytest.approx(15.75), 'p50': pytest.approx(18.0),
+                      'max': pytest.approx(18.0)},
+        'moved': {'mean': pytest.approx(1.35), 'p50': pytest.approx(np.percentile(moved, 50)),
+                  'max': pytest.approx(3.6)}}
+    text = format_summary(report)
+    assert 'rerank MB per query, mean/max: candidate 15.75/18.00, moved 1.35/3.60' in text
+    with open(write_report(report, tmp_path / 'r.json')) as f:
+        assert format_summary(json.load(f)) == text
+    # outcomes without byte counts give no such line
+    assert evaluate(outcomes(), REFS, REF_YAWS, radius=RADIUS)['rerank_mb'] == {}
+    assert 'rerank MB' not in format_summary(evaluate(outcomes(), REFS, REF_YAWS,
+                                                      radius=RADIUS))
+
+
 def brute_force_auc(scores, labels):
     """Count positive-negative pairs ordered right (1) or tied (1/2)."""
     pos = [s for s, y in zip(scores, labels) if y]

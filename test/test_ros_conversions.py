@@ -378,7 +378,8 @@ def make_result():
     return LocalizationResult(best_index=1, reference=REFERENCES[1], confidence=0.8125,
                               candidates=candidates,
                               timings={'retrieve_s': 0.0125, 'rerank_s': 0.25,
-                                       'total_s': 99.0})
+                                       'total_s': 99.0},
+                              candidate_bytes=3 * 2 ** 33, moved_bytes=2 ** 33 + 5)
 
 
 def test_result_to_msgs():
@@ -410,6 +411,8 @@ def test_result_to_msgs():
     assert match.retrieval_ms == pytest.approx(12.5)
     assert match.rerank_ms == pytest.approx(250.0)
     assert match.latency_ms == 40.25
+    # uint64: byte counts above 32 bits survive
+    assert (match.candidate_bytes, match.moved_bytes) == (3 * 2 ** 33, 2 ** 33 + 5)
     assert [c.reference_id for c in match.candidates] == ['ref-1', 'ref-3']
     assert [c.map_index for c in match.candidates] == [1, 3]
     assert [c.fused_score for c in match.candidates] == [-0.75, -0.5]
@@ -436,6 +439,7 @@ def test_result_to_msgs_all_candidates_and_no_timings():
     assert match.confidence == 0.25
     assert (match.retrieval_ms, match.rerank_ms, match.extraction_ms, match.latency_ms) == (
         0.0, 0.0, 0.0, 0.0)
+    assert (match.candidate_bytes, match.moved_bytes) == (3 * 2 ** 33, 2 ** 33 + 5)
     o = pose.pose.pose.orientation
     assert (o.x, o.y, o.z, o.w) == (0.0, 0.0, 0.0, 1.0)  # ref-2's zero quaternion
     assert pose.header.frame_id == 'map'

@@ -68,6 +68,14 @@ def map_dir(corridor_map, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
+def candidate_bytes(corridor_map) -> int:
+    """Float16 patch bytes of a query's top-k candidates in the corridor map."""
+    cfg = corridor_map.config
+    return min(cfg.top_k, len(corridor_map)) * sum(
+        2 * cfg.num_patches(i) * cfg.num_pcs for i in range(len(cfg.patch_sizes)))
+
+
+@pytest.fixture(scope='module')
 def offline(corridor_map, corridor_query_descriptors) -> Dict[int, str]:
     """Best reference id per sent query, from the core offline (localize_descriptors)."""
     localizer = Localizer(corridor_map)
@@ -144,8 +152,10 @@ def start_graph(context, map_dir, batcher=(), descriptor=(), localizer=()) -> Gr
     ], context)
 
 
-def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int]) -> None:
-    """One pose and one match per frame, stamps and frames right, places as offline."""
+def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int],
+                  candidate_bytes: int) -> None:
+    """One pose and one match per frame, stamps and frames right, places as offline; the
+    candidates' bytes as the map has them, none copied (the CPU reads the map in place)."""
     assert graph.wait(lambda: len(graph.matches) >= len(sent), 240), \
         f'{len(graph.matches)} of {len(sent)} matches within the deadline'
     time.sleep(0.3)  # anything extra would arrive now
@@ -164,6 +174,7 @@ def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int]) -> Non
         assert m.header.frame_id == 'map' and m.camera_frame_id == 'camera_optical'
         assert 0.0 <= m.confidence <= 1.0
         assert m.latency_ms > 0 and m.extraction_ms > 0
+        assert (m.candidate_bytes, m.moved_bytes) == (candidate_bytes, 0)
     right_live = sum(correct(i, m.best_reference_id) for i, m in live.items())
     right_offline = sum(correct(i, queries[i]) for i in sent)
     same = sum(m.best_reference_id == queries[i] for i, m in live.items())
@@ -173,7 +184,7 @@ def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int]) -> Non
     assert same >= len(sent) - 3, f'only {same} of {len(sent)} best references as offline'
 
 
-def test_one_process_raw_images(context, map_dir, offline, corridor_set):
+def test_one_process_raw_images(context, map_dir, offline, corridor_set, candidate_bytes):
     """Image messages through the three nodes in one process: poses as the core offline."""
     graph = start_graph(context, map_dir)
     try:
@@ -182,7 +193,7 @@ def test_one_process_raw_images(context, map_dir, offline, corridor_set):
             rgb = load_image(corridor_set.queries[i])
             graph.image_pub.publish(_bgr8(rgb, stamp_of(i)))
             time.sleep(0.05)
-        check_answers(graph, offline, FRAMES)
+        check_answers(graph, offline, FRAMES, candidate_bytes)
         stats = graph.nodes[0].stats
         assert stats.received == len(FRAMES) and stats.dropped_backpressure == 0
     finally:
@@ -226,7 +237,8 @@ def _interrupt(procs: List[subprocess.Popen]) -> List[str]:
     return outputs
 
 
-def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
+def test_separate_processes_compressed(context, map_dir, offline, corridor_set,
+                                       candidate_bytes):
     """Three node processes (console-script mains), CompressedImage JPEG frames."""
     size = [f'image_width:={CORRIDOR_SIZE["image_width"]}',
             f'image_height:={CORRIDOR_SIZE["image_height"]}']
@@ -247,7 +259,7 @@ def test_separate_processes_compressed(context, map_dir, offline, corridor_set):
             graph.compressed_pub.publish(_jpeg(load_image(corridor_set.queries[i]),
                                                stamp_of(i)))
             time.sleep(0.05)
-        check_answers(graph, offline, sent)
+        check_answers(graph, offline, sent, candidate_bytes)
     finally:
         graph.close()
         outputs = _interrupt(procs)
@@ -434,6 +446,16 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
         LocalizerNode(context=context, parameter_overrides=[
             Parameter('map_path', value=str(map_dir.parent / 'nowhere'))])
     if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="'device' = 'cuda': no CUDA device"):
+            LocalizerNode(context=context, parameter_overrides=[
+                Parameter('map_path', value=str(map_dir)), Parameter('device', value='cuda')])
+    else:
+        with pytest.raises(ParameterError, match="'device_cache_mb' = 1: a device cache of 1 "
+                           'MiB holds 5 references.*fewer than the top-100'):
+            LocalizerNode(context=context, parameter_overrides=[
+                Parameter('map_path', value=str(map_dir)), Parameter('device', value='cuda'),
+                Parameter('device_cache_mb', value=1)])
+    if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="'precision' = 'fp16' needs CUDA"):
             DescriptorNode(context=context, parameter_overrides=[
                 *SIZE, Parameter('precision', value='fp16')])
@@ -451,7 +473,8 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
 
 
 def test_localize_graph_runner_with_params_file_and_shared_patches(context, map_dir, offline,
-                                                                   corridor_set):
+                                                                   corridor_set,
+                                                                   candidate_bytes):
     """The one-process executable with config/localize.yaml and patches kept out of band."""
     params = Path(__file__).resolve().parent.parent / 'config' / 'localize.yaml'
     proc = subprocess.Popen(
@@ -470,7 +493,7 @@ def test_localize_graph_runner_with_params_file_and_shared_patches(context, map_
             graph.image_pub.publish(rgb_to_image(load_image(corridor_set.queries[i]),
                                                  stamp_of(i)))
             time.sleep(0.05)
-        check_answers(graph, offline, sent)
+        check_answers(graph, offline, sent, candidate_bytes)
     finally:
         graph.close()
         output, = _interrupt([proc])

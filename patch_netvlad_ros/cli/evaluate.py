@@ -72,7 +72,9 @@ def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap
         outcomes.append(outcome_of(frame, ranked, msg.confidence, 1e3 * (arrived - sent),
                                    {'extraction': msg.extraction_ms,
                                     'retrieval': msg.retrieval_ms, 'rerank': msg.rerank_ms,
-                                    'node_latency': msg.latency_ms}))
+                                    'node_latency': msg.latency_ms}, None,
+                                   {'candidate': msg.candidate_bytes,
+                                    'moved': msg.moved_bytes}))
     stats = record.batcher_stats
     extra = {'published': len(record.published), 'answered': len(record.matches),
              'poses_published': len(record.poses), 'rate': args.rate,

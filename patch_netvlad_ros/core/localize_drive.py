@@ -17,14 +17,16 @@ from .report import QueryOutcome
 
 def outcome_of(frame: DriveFrame, ranked: Sequence[int], confidence: float,
                latency_ms: Optional[float], stage_ms: dict,
-               global_ranked: Optional[Sequence[int]] = None) -> QueryOutcome:
+               global_ranked: Optional[Sequence[int]] = None,
+               rerank_bytes: Optional[dict] = None) -> QueryOutcome:
     """Make a query's outcome, with its ground truth from the drive frame."""
     return QueryOutcome(stamp=frame.stamp,
                         position=np.array([frame.pose.x, frame.pose.y, frame.pose.z]),
                         yaw=yaw_of(frame.pose), ranked=list(ranked),
                         confidence=float(confidence), latency_ms=latency_ms,
                         stage_ms=dict(stage_ms),
-                        global_ranked=None if global_ranked is None else list(global_ranked))
+                        global_ranked=None if global_ranked is None else list(global_ranked),
+                        rerank_bytes=dict(rerank_bytes or {}))
 
 
 def localize_offline(localizer: Localizer, model: PatchNetVLAD, frames: Sequence[DriveFrame],
@@ -52,7 +54,9 @@ def localize_offline(localizer: Localizer, model: PatchNetVLAD, frames: Sequence
             by_global = [c.index for c in sorted(result.candidates,
                                                  key=lambda c: c.global_distance)]
             outcomes.append(outcome_of(frame, result.retrieval_order, result.confidence,
-                                       sum(stages.values()), stages, by_global))
+                                       sum(stages.values()), stages, by_global,
+                                       {'candidate': result.candidate_bytes,
+                                        'moved': result.moved_bytes}))
         done += n
         if progress is not None:
             progress(n)

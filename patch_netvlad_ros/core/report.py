@@ -47,6 +47,8 @@ class QueryOutcome:
     latency_ms: end to end (graph mode) or total compute (offline), None when not measured.
     stage_ms: per-stage times (ms), e.g. extraction, retrieval, rerank.
     global_ranked: map indices in global-descriptor order (offline mode has it), or None.
+    rerank_bytes: {'candidate': bytes of candidate patches the rerank read, 'moved': those
+    copied to the rerank device for this query}; empty when not reported.
     """
 
     stamp: float
@@ -57,6 +59,7 @@ class QueryOutcome:
     latency_ms: Optional[float] = None
     stage_ms: Dict[str, float] = field(default_factory=dict)
     global_ranked: Optional[List[int]] = None
+    rerank_bytes: Dict[str, int] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:
@@ -170,7 +173,8 @@ def evaluate(outcomes: Sequence[QueryOutcome], ref_positions: np.ndarray,
     ({N: recall@N over all queries}), 'recall_global' (only when every outcome has a
     global ranking), 'position_error_m' and 'heading_error_deg' ({'median', 'mean', 'p95',
     'max'} over answered queries, None without data), 'latency_ms' ({'p50', 'p95', 'mean',
-    'max'} or None), 'stage_ms' ({stage: {'p50', 'p95'}}), 'confidence' ({'auc',
+    'max'} or None), 'stage_ms' ({stage: {'p50', 'p95'}}), 'rerank_mb' ({'candidate',
+    'moved'}: {'mean', 'p50', 'max'} MB per query, 1e6 bytes), 'confidence' ({'auc',
     'right_mean', 'wrong_mean', 'pr_curve'}) and 'per_query' (a list of {'stamp', 'best',
     'correct', 'error_m', 'heading_error_deg', 'confidence', 'latency_ms'}).
 
@@ -255,6 +259,12 @@ def evaluate(outcomes: Sequence[QueryOutcome], ref_positions: np.ndarray,
             if ms is not None and math.isfinite(ms):
                 stages.setdefault(str(stage), []).append(float(ms))
     report['stage_ms'] = {stage: _stats(v, ('p50', 'p95')) for stage, v in sorted(stages.items())}
+    kinds: Dict[str, List[float]] = {}
+    for o in outcomes:
+        for kind, n in o.rerank_bytes.items():
+            kinds.setdefault(str(kind), []).append(n / 1e6)
+    report['rerank_mb'] = {kind: _stats(v, ('mean', 'p50', 'max'))
+                           for kind, v in sorted(kinds.items())}
 
     scored = answered & np.isfinite(confidence)
     right_conf = confidence[scored & right]
@@ -353,6 +363,11 @@ def format_summary(report: Dict[str, Any]) -> str:
         lines.append('stages p50/p95 (ms): ' + ', '.join(
             f'{name} {_fmt(s["p50"], ".1f")}/{_fmt(s["p95"], ".1f")}'
             for name, s in stages.items()))
+    mb = report.get('rerank_mb') or {}
+    if mb:
+        lines.append('rerank MB per query, mean/max: ' + ', '.join(
+            f'{kind} {_fmt(s["mean"], ".2f")}/{_fmt(s["max"], ".2f")}'
+            for kind, s in mb.items()))
     conf = report.get('confidence') or {}
     lines.append(f'confidence AUC {_fmt(conf.get("auc"))}  '
                  f'(right mean {_fmt(conf.get("right_mean"))}, '

@@ -30,7 +30,7 @@ from ..core.models import resolve_model
 from ..msg import ImageBatch, PlaceDescriptors
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
-from ..ros.params import declare, Param, ParameterError
+from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -41,8 +41,7 @@ PARAMS = [
     Param('preset', 'speed', 'Patch-NetVLAD preset', choices=tuple(sorted(PRESETS))),
     Param('image_width', 0, "network input width in px (0: the preset's)", low=0, high=8192),
     Param('image_height', 0, "network input height in px (0: the preset's)", low=0, high=8192),
-    Param('device', 'auto', "'auto': CUDA when available, else CPU",
-          choices=('auto', 'cuda', 'cpu')),
+    Param('device', 'auto', "'auto': CUDA when available, else CPU", choices=DEVICES),
     Param('precision', 'fp32', 'backbone precision (fp16 needs CUDA; bf16 runs on CUDA and on '
           'CPUs with bf16 support); NetVLAD, patches and PCA stay fp32',
           choices=tuple(PRECISIONS)),
@@ -68,11 +67,7 @@ class DescriptorNode(Node):
         self.params = p
         overrides = {k: p[f'image_{k}'] for k in ('width', 'height') if p[f'image_{k}']}
         config = get_config(p['preset'], **{f'image_{k}': v for k, v in overrides.items()})
-        if p['device'] == 'cuda' and not torch.cuda.is_available():
-            raise ParameterError("parameter 'device' = 'cuda': no CUDA device is available; "
-                                 "use 'auto' or 'cpu'")
-        device = torch.device('cuda' if p['device'] == 'cuda' or (
-            p['device'] == 'auto' and torch.cuda.is_available()) else 'cpu')
+        device = resolve_device(p['device'])
         if p['precision'] == 'fp16' and device.type != 'cuda':
             raise ParameterError("parameter 'precision' = 'fp16' needs CUDA (running on cpu): "
                                  "use 'fp32' or 'bf16'")

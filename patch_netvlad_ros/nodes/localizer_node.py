@@ -8,6 +8,11 @@ best reference, top candidates with fused scores, per-stage timings) and, when t
 confidence reaches ``confidence_threshold``, ~/pose (PoseWithCovarianceStamped: the best
 reference's pose in ``map_frame``, stamped with the camera image's stamp). Descriptors
 from another model or preset are refused with a throttled error; the node keeps running.
+
+The rerank runs on ``device``: on the CPU the map's memory-mapped patches are read in
+place; on a GPU they are kept there (the whole map, copied once at start-up, or the
+``device_cache_mb`` most recently used references), and each ~/match reports the bytes
+its candidates took and those copied for it.
 """
 
 import sys
@@ -16,6 +21,7 @@ from typing import List, Optional
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+import torch
 
 from .common import run_node
 from ..core.config import MATCHERS
@@ -23,11 +29,12 @@ from ..core.database import ReferenceMap
 from ..core.errors import ImageError, MapError
 from ..core.localizer import Localizer
 from ..core.matching import resolve_mnn_method
+from ..core.resident_patches import plan_capacity
 from ..msg import PlaceDescriptors, PlaceMatch
 from ..ros import shared_store
 from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, result_to_msgs,
                                seconds, wall_time)
-from ..ros.params import declare, Param, ParameterError
+from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
 
@@ -59,6 +66,12 @@ PARAMS = [
           '(needs tf2_ros)'),
     Param('tf_child_frame', 'place_recognition', 'child frame of the TF broadcast'),
     Param('verify_map', True, 'verify the map checksums at start-up (slow for big maps)'),
+    Param('device', 'auto', "where the rerank runs: 'auto' (CUDA when available, else CPU), "
+          "'cuda' (the candidates' patches kept on the GPU) or 'cpu'", choices=DEVICES),
+    Param('device_cache_mb', 0, "GPU memory for the map's patch descriptors, MiB: 0 keeps the "
+          'whole map there (copied once at start-up); otherwise the most recently used '
+          'references, at least top_k of them. Unused on the CPU, which reads the map in place',
+          low=0, high=2 ** 31 - 1),
 ]
 
 
@@ -95,9 +108,13 @@ class LocalizerNode(Node):
                     f'{len(ref_map.config.patch_sizes)} patch scales')
             matching['patch_weights'] = weights
         self.map = ref_map
+        self.device = resolve_device(p['device'])
+        cfg = ref_map.config.override(**matching)
         self.localizer: Optional[Localizer] = None
         if len(ref_map):
-            self.localizer = Localizer(ref_map, None, p['place_radius'], **matching)
+            self.localizer = Localizer(ref_map, None, p['place_radius'], device=self.device,
+                                       cache_references=self._cache_references(cfg),
+                                       **matching)
         else:
             # Stay up (a map may be rebuilt and the node restarted by a supervisor), but say
             # so loudly: every frame will be answered with an error and no pose.
@@ -110,13 +127,30 @@ class LocalizerNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.answered = 0
         self.rejected = 0
-        cfg = self.localizer.config if self.localizer else ref_map.config.override(**matching)
-        # the localizer reranks on the CPU; say which exact mutual-NN matcher runs there
-        mnn = resolve_mnn_method('auto', 'cpu', cfg.num_pcs)
+        mnn = resolve_mnn_method('auto', self.device, cfg.num_pcs)
+        resident = self.localizer.resident if self.localizer else None
+        where = ('the map read in place' if resident is None else
+                 f'{resident.capacity} of {len(ref_map)} references resident '
+                 f'({resident.nbytes / 2 ** 20:.0f} MiB)')
         self.get_logger().info(
             f"map {p['map_path']}: {len(ref_map)} references, preset {cfg.preset} "
             f'{cfg.image_width}x{cfg.image_height}; top-{cfg.top_k} {cfg.matcher}, '
-            f'{mnn} mutual nearest neighbours')
+            f'{mnn} mutual nearest neighbours on {self.device} ({where})')
+
+    def _cache_references(self, cfg) -> Optional[int]:
+        """Return the references to keep on the rerank device (None on the CPU)."""
+        budget_mb = self.params['device_cache_mb']
+        if self.device.type == 'cpu':
+            if budget_mb:
+                self.get_logger().warning('device_cache_mb is unused: the rerank runs on the '
+                                          'CPU, which reads the map in place')
+            return None
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == 'cuda' else None
+        try:
+            return plan_capacity(self.map.patches, min(cfg.top_k, len(self.map)),
+                                 budget_mb << 20, free)
+        except MapError as exc:
+            raise ParameterError(f"parameter 'device_cache_mb' = {budget_mb}: {exc}") from exc
 
     def on_descriptors(self, msg: PlaceDescriptors) -> None:
         """Localise one frame and publish its match (and pose when confident)."""

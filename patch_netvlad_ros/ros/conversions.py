@@ -220,7 +220,9 @@ def result_to_msgs(result: LocalizationResult, references: Sequence[Reference],
                        extraction_ms=float(extraction_ms),
                        retrieval_ms=1e3 * result.timings.get('retrieve_s', 0.0),
                        rerank_ms=1e3 * result.timings.get('rerank_s', 0.0),
-                       latency_ms=float(latency_ms))
+                       latency_ms=float(latency_ms),
+                       candidate_bytes=int(result.candidate_bytes),
+                       moved_bytes=int(result.moved_bytes))
     for c in result.candidates[:max_candidates]:
         match.candidates.append(MatchCandidate(
             reference_id=c.id, map_index=c.index, fused_score=float(c.fused_score),

@@ -15,6 +15,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+import torch
 
 from ..core.errors import ConfigError
 
@@ -114,3 +115,16 @@ def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
 
     node.add_on_set_parameters_callback(on_set)
     return values
+
+
+#: Values of the nodes' ``device`` parameters.
+DEVICES = ('auto', 'cuda', 'cpu')
+
+
+def resolve_device(value: str, name: str = 'device') -> torch.device:
+    """Return the torch device a ``device`` parameter stands for ('auto': CUDA if any)."""
+    if value == 'cuda' and not torch.cuda.is_available():
+        raise ParameterError(f"parameter '{name}' = 'cuda': no CUDA device is available; "
+                             "use 'auto' or 'cpu'")
+    return torch.device('cuda' if value == 'cuda' or (
+        value == 'auto' and torch.cuda.is_available()) else 'cpu')
