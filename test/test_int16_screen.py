@@ -1,6 +1,6 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The int8-screened mutual nearest neighbours equal the exact ones.
+"""The int16-screened mutual nearest neighbours equal the exact ones.
 
 References: a float64 brute force (the exact mutual NN of the stored vectors) and the
 straightforward float32 path (:func:`matching.mutual_nn`).
@@ -11,23 +11,25 @@ import pytest
 import torch
 
 from conftest import brute_force_mnn, run_without_native, unit
-from patch_netvlad_ros.core import int8_screen, matching, native
+from patch_netvlad_ros.core import int16_screen, matching, native
 
 pytestmark = pytest.mark.skipif(
-    not int8_screen.available(),
-    reason=f'int8 screen not built here: {native.unavailable_reason("int8_mnn")}')
+    not int16_screen.available(),
+    reason=f'int16 screen not built here: {native.unavailable_reason("int16_mnn")}')
 
 
-@pytest.mark.parametrize('dtype', [np.float16, np.float32])
-def test_near_ties_far_below_the_int8_resolution_are_resolved_exactly(rng, dtype):
-    # twins 1e-4 apart: their similarities differ by ~1e-4, fifty times below the int8
-    # screen's resolution, so only the refinement can order them
-    q = unit(rng.standard_normal((50, 96)))
-    q = unit(np.concatenate([q, q[:10] + 1e-4 * rng.standard_normal((10, 96))]))
-    db = np.repeat(q[None, :45], 4, 0) + 2e-3 * rng.standard_normal((4, 45, 96))
-    db = np.concatenate([db, db[:, :10] + 1e-4 * rng.standard_normal((4, 10, 96))], 1)
+@pytest.mark.parametrize('dtype, d', [(np.float16, 96), (np.float32, 96), (np.float16, 101)])
+def test_near_ties_below_the_int16_resolution_are_resolved_exactly(rng, dtype, d):
+    # twins 1e-4 apart: their similarities differ by ~1e-4, inside the int16 screen's
+    # windows at these dims (2E ~ 2.5e-4; float16 twins may even tie exactly), so only the
+    # refinement can order them (d = 101: the dot products' 5-element tail after six
+    # 16-element steps)
+    q = unit(rng.standard_normal((50, d)))
+    q = unit(np.concatenate([q, q[:10] + 1e-4 * rng.standard_normal((10, d))]))
+    db = np.repeat(q[None, :45], 4, 0) + 2e-3 * rng.standard_normal((4, 45, d))
+    db = np.concatenate([db, db[:, :10] + 1e-4 * rng.standard_normal((4, 10, d))], 1)
     db = unit(db).astype(dtype)
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
     match = screen.match(db).numpy()
     expected = brute_force_mnn(q, db.astype(np.float32))
     np.testing.assert_array_equal(match, expected)
@@ -43,7 +45,7 @@ def test_exact_ties_go_to_float64_and_keep_the_lowest_index(rng):
     q = np.concatenate([base, base[:8]])                       # rows 20..27 repeat 0..7
     db = unit(base[None, :12] + 0.05 * rng.standard_normal((3, 12, 64)))
     db = np.concatenate([db, db[:, :4]], 1).astype(np.float16)  # rows 12..15 repeat 0..3
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
     match = screen.match(db).numpy()
     np.testing.assert_array_equal(match, brute_force_mnn(q, db.astype(np.float32)))
     assert screen.counts[3] > 0                                # float64 near-tie path ran
@@ -57,28 +59,45 @@ def test_tail_sizes_single_candidate_and_empty_sets(rng):
     for pq, pd, d in ((1, 1, 5), (17, 33, 31), (50, 7, 130), (16, 4, 32), (3, 5, 1)):
         q = unit(rng.standard_normal((pq, d)))
         db = unit(rng.standard_normal((3, pd, d))).astype(np.float16)
-        np.testing.assert_array_equal(int8_screen.Int8Query(torch.from_numpy(q)).match(db),
+        np.testing.assert_array_equal(int16_screen.Int16Query(torch.from_numpy(q)).match(db),
                                       brute_force_mnn(q, db.astype(np.float32)))
-        one = int8_screen.Int8Query(torch.from_numpy(q)).match(db[:1])
+        one = int16_screen.Int16Query(torch.from_numpy(q)).match(db[:1])
         np.testing.assert_array_equal(one, brute_force_mnn(q, db[:1].astype(np.float32)))
-    screen = int8_screen.Int8Query(torch.from_numpy(unit(rng.standard_normal((5, 8)))))
+    screen = int16_screen.Int16Query(torch.from_numpy(unit(rng.standard_normal((5, 8)))))
     assert screen.match(np.zeros((3, 0, 8), np.float16)).shape == (3, 0)
-    empty = int8_screen.Int8Query(torch.zeros(0, 8))
+    empty = int16_screen.Int16Query(torch.zeros(0, 8))
     assert (empty.match(unit(rng.standard_normal((2, 6, 8)))).numpy() == -1).all()
     with pytest.raises(ValueError, match=r'\[Pq, D\] with D >= 1; got shape \(4, 0\)'):
-        int8_screen.Int8Query(torch.zeros(4, 0))
+        int16_screen.Int16Query(torch.zeros(4, 0))
 
 
 def test_long_descriptors_are_blocked_over_the_dimension(rng):
     # 4096 dims (the performance preset) with 300 query rows: the GEMM runs the dimension
-    # in blocks that keep the query panels in the L2 cache, accumulating in int32
+    # in blocks of the query panels, accumulating in int32
     q = unit(rng.standard_normal((300, 4096)))
     db = unit(q[rng.integers(0, 300, (2, 60))] + 0.5 * rng.standard_normal((2, 60, 4096)))
     db = db.astype(np.float16)
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
     match = screen.match(db).numpy()
     np.testing.assert_array_equal(match, brute_force_mnn(q, db.astype(np.float32)))
     assert (match >= 0).sum() >= 60
+
+
+@pytest.mark.parametrize('d', [1, 7, 512, 4096, 16384])
+def test_flat_rows_cannot_overflow_the_int32_sums(rng, d):
+    # rows whose entries all have the same magnitude (+-1/sqrt(d)): the smallest max|x| a
+    # unit row can have, so the norm cap sets the scale and a row rounds to |h| ~ 46340;
+    # the dot product of a row with itself is then |h|^2, within 2^31 by a hair. An int32
+    # overflow would wrap it negative and lose every match.
+    signs = np.where(rng.random((min(d + 1, 40), d)) < 0.5, -1.0, 1.0)
+    q = unit(signs)
+    db = q[None, rng.permutation(len(q))].astype(np.float16)
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
+    match = screen.match(db).numpy()
+    np.testing.assert_array_equal(match, brute_force_mnn(q, db.astype(np.float32)))
+    if d >= 64:     # distinct sign patterns: each candidate row matches its own copy
+        assert (match[0] >= 0).all()
+        np.testing.assert_array_equal(np.sign(q[match[0]]), np.sign(db[0].astype(np.float32)))
 
 
 def test_negative_similarities_and_zero_rows(rng):
@@ -90,7 +109,7 @@ def test_negative_similarities_and_zero_rows(rng):
     near = unit(x[rng.integers(0, 200, (3, 150))] + 0.3 * rng.standard_normal((3, 150, 63)))
     db = np.concatenate([near, np.full((3, 150, 16), -0.25, np.float32)], 2).astype(np.float16)
     assert (db.astype(np.float32) @ q.T).max() < 0
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
     np.testing.assert_array_equal(screen.match(db), brute_force_mnn(q, db.astype(np.float32)))
     assert screen.counts[0] > 0 and screen.fallbacks == 0
     zeros = db.copy()
@@ -109,7 +128,7 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
     for qi in range(0, g.shape[0], 10):
         q = patches[0][qi]
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
-        screen = int8_screen.Int8Query(q)
+        screen = int16_screen.Int16Query(q)
         fast = screen.match(store, cands)                # read in place from the map
         plain = matching.match_candidates(q, store, cands, method='float32')
         torch.testing.assert_close(fast, plain, rtol=0, atol=0)
@@ -123,16 +142,17 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
           f'{fallbacks} of {candidates} candidates on the float32 path')
     # the screen leaves a small part to refine (these 176-patch sets at 320x240 are its
     # harder case: 936 patches at 640x480 need about 4%) and keeps most candidates
-    assert dots / entries < int8_screen.MAX_EXACT_FRACTION
+    assert dots / entries < int16_screen.MAX_EXACT_FRACTION
     assert fallbacks < candidates / 4
 
 
 def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
-    # every vector close to one common direction: the int8 screen cannot separate them
+    # every vector within 1e-3 of one common direction: their similarities differ by about
+    # 1e-6, far inside the int16 windows, so every row would need dot products
     common = rng.standard_normal(64)
-    q = unit(common + 0.01 * rng.standard_normal((40, 64)))
-    db = unit(common + 0.01 * rng.standard_normal((3, 40, 64))).astype(np.float16)
-    screen = int8_screen.Int8Query(torch.from_numpy(q))
+    q = unit(common + 1e-3 * rng.standard_normal((40, 64)))
+    db = unit(common + 1e-3 * rng.standard_normal((3, 40, 64))).astype(np.float16)
+    screen = int16_screen.Int16Query(torch.from_numpy(q))
     match = screen.match(db)
     assert screen.fallbacks == 3
     torch.testing.assert_close(
@@ -140,28 +160,29 @@ def test_nearly_parallel_descriptors_fall_back_to_float32(rng):
         rtol=0, atol=0)
 
 
-def test_auto_picks_the_int8_screen_where_it_is_preferred(rng):
+def test_auto_picks_the_int16_screen_where_it_is_preferred(rng):
     expected = ('screened' if matching.screened_mnn.available()
-                else 'int8' if int8_screen.preferred() else 'float32')
+                else 'int16' if int16_screen.preferred() else 'float32')
     assert matching.resolve_mnn_method('auto', torch.device('cpu')) == expected
-    assert matching.resolve_mnn_method('auto', torch.device('cpu'), 512) == expected
-    # 4096-dim whitened descriptors are too close together for the int8 screen
-    assert matching.resolve_mnn_method('auto', torch.device('cpu'), 4096) == (
-        'screened' if expected == 'screened' else 'float32')
-    assert matching.resolve_mnn_method('int8', torch.device('cpu')) == 'int8'
+    # every preset's dimension, the performance preset's 4096 included
+    for dim in (128, 512, 4096):
+        assert matching.resolve_mnn_method('auto', torch.device('cpu'), dim) == expected
+    assert matching.resolve_mnn_method('int16', torch.device('cpu')) == 'int16'
+    with pytest.raises(ValueError, match="unknown matcher method 'int8'"):
+        matching.resolve_mnn_method('int8', torch.device('cpu'))
     q = torch.from_numpy(unit(rng.standard_normal((20, 32))))
     store = unit(rng.standard_normal((5, 25, 32))).astype(np.float16)
     np.testing.assert_array_equal(
-        matching.match_candidates(q, store, [3, 0, 4], method='int8'),
+        matching.match_candidates(q, store, [3, 0, 4], method='int16'),
         brute_force_mnn(q.numpy(), store[[3, 0, 4]].astype(np.float32)))
 
 
 def test_disabled_helper_is_unavailable_and_says_why():
-    code = ('from patch_netvlad_ros.core import int8_screen, native; import torch; '
-            'print(int8_screen.available(), int8_screen.preferred()); '
-            'print(native.unavailable_reason("int8_mnn"))\n'
-            'try:\n    int8_screen.Int8Query(torch.zeros(2, 4))\n'
+    code = ('from patch_netvlad_ros.core import int16_screen, native; import torch; '
+            'print(int16_screen.available(), int16_screen.preferred()); '
+            'print(native.unavailable_reason("int16_mnn"))\n'
+            'try:\n    int16_screen.Int16Query(torch.zeros(2, 4))\n'
             'except RuntimeError as e:\n    print(e)')
     assert run_without_native(code) == [
         'False False', 'disabled by PATCH_NETVLAD_NATIVE=0',
-        'int8 screen unavailable: disabled by PATCH_NETVLAD_NATIVE=0']
+        'int16 screen unavailable: disabled by PATCH_NETVLAD_NATIVE=0']

@@ -1,34 +1,42 @@
 /* Copyright 2026 The patch_netvlad_ros Authors
  * Licensed under the Apache License, Version 2.0 (see LICENSE).
  *
- * Exact mutual nearest neighbours from an int8 similarity screen, for AVX2 CPUs without
- * bf16 units (e.g. AMD Zen 3). Python: core/int8_screen.py.
+ * Exact mutual nearest neighbours from an int16 similarity screen, for AVX2 CPUs without
+ * bf16 units (e.g. AMD Zen 3). Python: core/int16_screen.py.
  *
- * Each query row q_i is rounded to q~_i = sq_i * qh_i (qh in [-127, 127], sq_i = max|q_i| /
- * 127), each candidate row d_j to d~_j = sd_j * dh_j (dh in [-63, 63]: vpmaddubsw adds two
- * u8 x s8 products into a saturating int16, and 2 * 127 * 127 fits where 2 * 255 * 127 does
- * not). The integer dot products dh_j . qh_i are exact (int32), so the screened similarity
- * s~ = sd_j sq_i (dh_j . qh_i), rounded to float, differs from the exact d_j . q_i by at most
+ * Each row x (query q_i or candidate d_j) is rounded to x~ = s * h with integers h, one
+ * scale s per row (row_scale): |h_k| <= 32767 (vpmaddwd's pair sums 2 * 32767^2 fit an
+ * int32) and |h| <= NMAX = 46340, so that |h_q . h_d| <= |h_q| |h_d| < 2^31 holds for every
+ * partial sum the int32 accumulators see (Cauchy-Schwarz over any subset of the dims): no
+ * overflow, whatever the vectors. The integer dot products are exact, so the screened
+ * similarity s~ = sd_j sq_i (dh_j . qh_i), rounded to float, differs from the exact
+ * d_j . q_i by at most
  *   in_err = |d~_j| |q_i - q~_i| + |d_j - d~_j| |q~_i| + |d_j - d~_j| |q_i - q~_i|
- * plus out_rel |s~| for the float rounding of the product. From there on it is the bf16
- * screen's argument (mutual_nn.c): a row's exact argmax lies among its entries within 2E
- * of its screened maximum; rows and columns whose runner-up is further down are decided by
- * the screen, the rest by dot products over their window, only where the outcome can
- * change the mutual match. Those are float32 (8 FMA lanes, with a rigorous rounding bound,
+ * plus out_rel |s~| for the float roundings. From there on it is the bf16 screen's
+ * argument (mutual_nn.c): a row's exact argmax lies among its entries within 2E of its
+ * screened maximum; rows and columns whose runner-up is further down are decided by the
+ * screen, the rest by dot products over their window, only where the outcome can change
+ * the mutual match. Those are float32 (8 FMA lanes, with a rigorous rounding bound,
  * dot_error); a window whose best two come within twice that bound is recomputed in
- * float64. On patch descriptors the int8 windows are wide (2E ~ 0.05 against a typical
- * gap of 0.01 between a row's best two), so most rows are refined, over a few percent of
- * their entries.
+ * float64.
  *
- * The int8 GEMM runs at about twice the CPU's float32 FMA rate (32 multiply-adds per
- * vpmaddubsw + vpmaddwd pair); each OpenMP thread takes whole candidates and keeps its
- * similarities in its own buffer.
+ * Why int16: a unit row rounded to |h| ~ 46000 is within about sqrt(d) / 160000 of itself
+ * (1.4e-4 at 512 dims, 4e-4 at 4096), so the windows are narrow (2E ~ 6e-4 at 512 dims,
+ * against a typical gap of 0.01 between a row's best two) and few rows are refined. The
+ * int8 screen this replaced (7- and 8-bit rows, vpmaddubsw) ran its GEMM at the same
+ * multiply rate (vpmaddwd: 16 multiply-adds an instruction; vpmaddubsw + vpmaddwd: 32 in
+ * two) but its windows were 80 times wider: on the speed preset most rows needed dot
+ * products, and the performance preset's 4096-dim descriptors could not be screened at
+ * all (65-90% of the similarities needed one).
+ *
+ * The GEMM runs at about twice the CPU's float32 FMA rate; each OpenMP thread takes whole
+ * candidates and keeps its similarities in its own buffer.
  *
  * Result: match[c, j] = i when i is row j's exact argmax and j is column i's exact argmax
  * (ties: lowest index, as torch.argmax), else -1.
  */
 #if !defined(__AVX2__) || !defined(__F16C__)
-#error "the int8 screen needs AVX2 and F16C"
+#error "the int16 screen needs AVX2 and F16C"
 #endif
 #include <immintrin.h>
 #include <math.h>
@@ -39,8 +47,6 @@
 /* Query columns per GEMM panel (two 8-lane int32 accumulators) and db rows per tile. */
 #define NR 16
 #define MR 4
-/* Offset that makes the candidate's signed 7-bit values unsigned for vpmaddubsw. */
-#define OFFSET 64
 /* Bytes of query panels kept in the L2 cache per pass over the candidate rows. */
 #ifndef PANEL_BYTES
 #define PANEL_BYTES (1 << 20)
@@ -53,35 +59,49 @@ static inline float db_at(const void *row, int is_half, int64_t k) {
   return is_half ? _cvtsh_ss(((const uint16_t *)row)[k]) : ((const float *)row)[k];
 }
 
-/* The query q [pq, d] float32 as int8 GEMM panels [ldq / 16][dk / 4][16][4] (zero padding
- * past pq and d), with per row the scale sq = max|q_i| / 127, the column correction
- * OFFSET * sum_k qh_ik, and the norms of q~ and of q - q~, each rounded up by 1e-3 (far
- * above float64's summation error). ldq = pq rounded up to 16, dk = d rounded up to 4.
- * Once per query, so plain scalar code. */
-void pnv_int8_query(const float *q, int64_t pq, int64_t d, int8_t *panels, float *scale,
-                    int32_t *corr, float *norm, float *err) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
-  memset(panels, 0, (size_t)(ldq * dk));
+/* Largest |h| of a rounded row: vpmaddwd's pair sums 2 * 32767^2 fit an int32. */
+#define HMAX 32767.0f
+/* Largest |h| (2-norm) of a rounded row: |h_q . h_d| <= |h_q| |h_d| < 2^31 for every
+ * partial sum of the int32 accumulators (Cauchy-Schwarz over any subset of dims). */
+#define NMAX 46340.0
+
+/* Scale of a row with max |x| = mx and |x| <= nrm (d values): |x / s| <= HMAX and
+ * |round(x / s)| <= |x| / s + sqrt(d) / 2 <= NMAX. */
+static inline float row_scale(float mx, double nrm, int64_t d) {
+  const double cap = NMAX - 0.5 * sqrt((double)d) - 2.0;
+  double s = fmax((double)mx / HMAX, nrm * 1.001 / cap);
+  return s > 0.0 ? (float)(s * (1.0 + 1e-6)) : 1.0f;
+}
+
+/* The query q [pq, d] float32 as int16 GEMM panels [ldq / 16][dk / 2][16][2] (zero padding
+ * past pq and d), with per row the scale sq (row_scale) and the norms of q~ and of q - q~,
+ * each rounded up by 1e-3 (far above float64's summation error). ldq = pq rounded up to
+ * 16, dk = d rounded up to 2. Once per query, so plain scalar code. */
+void pnv_int16_query(const float *q, int64_t pq, int64_t d, int16_t *panels, float *scale,
+                     float *norm, float *err) {
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 2);
+  memset(panels, 0, (size_t)(ldq * dk) * 2);
   for (int64_t i = 0; i < pq; ++i) {
     const float *row = q + i * d;
-    int8_t *base = panels + (i / NR) * dk * NR + (i % NR) * 4;
+    int16_t *base = panels + (i / NR) * dk * NR + (i % NR) * 2;
     float mx = 0.0f;
-    for (int64_t k = 0; k < d; ++k) mx = fmaxf(mx, fabsf(row[k]));
-    const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
-    double nn = 0.0, ee = 0.0;
-    int32_t sum = 0;
+    double n2 = 0.0;
     for (int64_t k = 0; k < d; ++k) {
-      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -127.0f), 127.0f);
+      mx = fmaxf(mx, fabsf(row[k]));
+      n2 += (double)row[k] * row[k];
+    }
+    const float s = row_scale(mx, sqrt(n2), d);
+    double nn = 0.0, ee = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -HMAX), HMAX);
       const double r = (double)s * (double)h;
       nn += r * r;
       ee += ((double)row[k] - r) * ((double)row[k] - r);
-      base[(k / 4) * NR * 4 + k % 4] = (int8_t)h;
-      sum += (int32_t)h;
+      base[(k / 2) * NR * 2 + k % 2] = (int16_t)h;
     }
     scale[i] = s;
     norm[i] = (float)(sqrt(nn) * 1.001);
     err[i] = (float)(sqrt(ee) * 1.001);
-    corr[i] = OFFSET * sum;
   }
 }
 
@@ -98,37 +118,45 @@ static inline __m256 load8(const void *row, int is_half, int64_t k) {
                  : _mm256_loadu_ps((const float *)row + k);
 }
 
-/* One db row x [d] as u8 (dh + OFFSET, dh in [-63, 63]) in out [dk] (OFFSET past d): its
- * scale, and the norms of scale * dh and of the rounding error x - scale * dh, rounded up
- * by 1e-3. Vectorised: the error is one fused multiply-add (one float rounding, relative
- * 2^-24) and the sums of squares run in 8 float lanes (relative error under d / 8 * 2^-24,
- * well inside the 1e-3 for the dimensions a map can have, at most 32768). */
-static void quantize_db_row(const void *row, int is_half, int64_t d, int64_t dk, uint8_t *out,
+/* One db row x [d] as int16 h in out [dk] (0 past d): its scale (row_scale), and the norms
+ * of scale * h and of the rounding error x - scale * h, rounded up by 1e-3. The error is
+ * one fused multiply-add (one rounding, relative 2^-24) and the sums of squares run in 8
+ * float lanes (relative error under d / 8 * 2^-24, well inside the 1e-3). */
+static void quantize_db_row(const void *row, int is_half, int64_t d, int64_t dk, int16_t *out,
                             float *scale, float *norm, float *err) {
-  const int64_t dv = d / 32 * 32;
+  const int64_t dv = d / 16 * 16;
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 mxv = _mm256_setzero_ps();
-  for (int64_t k = 0; k < dv; k += 8) mxv = _mm256_max_ps(mxv, _mm256_andnot_ps(sign, load8(row, is_half, k)));
-  float mx = hmax8(mxv);
-  for (int64_t k = dv; k < d; ++k) mx = fmaxf(mx, fabsf(db_at(row, is_half, k)));
-  const float s = mx > 0.0f ? mx / 63.0f : 1.0f, inv = 1.0f / s;
-  const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(inv), top = _mm256_set1_ps(63.0f);
-  const __m256i off = _mm256_set1_epi32(OFFSET), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 mxv = _mm256_setzero_ps(), n2v = _mm256_setzero_ps();
+  for (int64_t k = 0; k < dv; k += 8) {
+    const __m256 x = load8(row, is_half, k);
+    mxv = _mm256_max_ps(mxv, _mm256_andnot_ps(sign, x));
+    n2v = _mm256_fmadd_ps(x, x, n2v);
+  }
+  float mx = hmax8(mxv), lanes[8];
+  _mm256_storeu_ps(lanes, n2v);
+  double n2 = 0.0;
+  for (int l = 0; l < 8; ++l) n2 += lanes[l];
+  for (int64_t k = dv; k < d; ++k) {
+    const float x = db_at(row, is_half, k);
+    mx = fmaxf(mx, fabsf(x));
+    n2 += (double)x * x;
+  }
+  const float s = row_scale(mx, sqrt(n2), d), inv = 1.0f / s;
+  const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(inv), top = _mm256_set1_ps(HMAX);
   __m256 nn = _mm256_setzero_ps(), ee = _mm256_setzero_ps();
-  for (int64_t k = 0; k < dv; k += 32) {
-    __m256i h[4];
-    for (int u = 0; u < 4; ++u) {
+  for (int64_t k = 0; k < dv; k += 16) {
+    __m256i h[2];
+    for (int u = 0; u < 2; ++u) {
       const __m256 x = load8(row, is_half, k + 8 * u);
       __m256 hf = _mm256_round_ps(_mm256_mul_ps(x, iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       hf = _mm256_min_ps(_mm256_max_ps(hf, _mm256_sub_ps(_mm256_setzero_ps(), top)), top);
       const __m256 r = _mm256_mul_ps(sv, hf), e = _mm256_fnmadd_ps(sv, hf, x);
       nn = _mm256_fmadd_ps(r, r, nn);
       ee = _mm256_fmadd_ps(e, e, ee);
-      h[u] = _mm256_add_epi32(_mm256_cvtps_epi32(hf), off);
+      h[u] = _mm256_cvtps_epi32(hf);
     }
-    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(h[0], h[1]),
-                                              _mm256_packs_epi32(h[2], h[3]));
-    _mm256_storeu_si256((__m256i *)(out + k), _mm256_permutevar8x32_epi32(bytes, order));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(h[0], h[1]), 0xD8);
+    _mm256_storeu_si256((__m256i *)(out + k), packed);
   }
   float lanes_n[8], lanes_e[8];
   _mm256_storeu_ps(lanes_n, nn);
@@ -137,46 +165,45 @@ static void quantize_db_row(const void *row, int is_half, int64_t d, int64_t dk,
   for (int l = 0; l < 8; ++l) { nsum += lanes_n[l]; esum += lanes_e[l]; }
   for (int64_t k = dv; k < d; ++k) {
     const float x = db_at(row, is_half, k);
-    const float hf = fminf(fmaxf(nearbyintf(x * inv), -63.0f), 63.0f);
+    const float hf = fminf(fmaxf(nearbyintf(x * inv), -HMAX), HMAX);
     const double r = (double)s * (double)hf;
     nsum += r * r;
     esum += ((double)x - r) * ((double)x - r);
-    out[k] = (uint8_t)((int)hf + OFFSET);
+    out[k] = (int16_t)hf;
   }
-  for (int64_t k = d; k < dk; ++k) out[k] = OFFSET;
+  for (int64_t k = d; k < dk; ++k) out[k] = 0;
   *scale = s;
   *norm = (float)(sqrt(nsum) * 1.001);
   *err = (float)(sqrt(esum) * 1.001);
 }
 
-/* A candidate's rows db [pd, d] as u8 (dh + OFFSET) [round_up(pd, 4), dk] (padding rows
- * and columns hold OFFSET, i.e. zero), with per row its scale, norm and error norm. */
+/* A candidate's rows db [pd, d] as int16 [round_up(pd, MR), dk] (zero padding rows and
+ * columns), with per row its scale, norm and error norm. */
 static void quantize_db(const void *db, int is_half, int64_t pd, int64_t d, int64_t dk,
-                        uint8_t *dst, float *scale, float *norm, float *err) {
-  memset(dst + pd * dk, OFFSET, (size_t)((round_up(pd, MR) - pd) * dk));
+                        int16_t *dst, float *scale, float *norm, float *err) {
+  memset(dst + pd * dk, 0, (size_t)((round_up(pd, MR) - pd) * dk) * 2);
   for (int64_t j = 0; j < pd; ++j)
     quantize_db_row((const char *)db + j * d * (is_half ? 2 : 4), is_half, d, dk, dst + j * dk,
                     scale + j, norm + j, err + j);
 }
 
-/* c[4][16] (row stride ldc) = (or +=, when acc) the int32 products of 4 u8 rows a (stride
- * lda, bytes [0, kn)) with one query panel bp [kn / 4][16][4]. */
-static inline void kernel_4x16(const uint8_t *a, int64_t lda, const int8_t *bp, int64_t kn,
+/* c[4][16] (row stride ldc) = (or +=, when acc) the int32 products of 4 int16 rows a
+ * (stride lda, values [0, kn)) with one query panel bp [kn / 2][16][2]. */
+static inline void kernel_4x16(const int16_t *a, int64_t lda, const int16_t *bp, int64_t kn,
                                int32_t *c, int64_t ldc, int acc) {
   __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
           c21 = c00, c30 = c00, c31 = c00;
-  const __m256i one = _mm256_set1_epi16(1);
-  const uint8_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
-  for (int64_t k = 0; k < kn; k += 4) {
+  const int16_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
+  for (int64_t k = 0; k < kn; k += 2) {
     const __m256i b0 = _mm256_load_si256((const __m256i *)(bp + k * NR));
-    const __m256i b1 = _mm256_load_si256((const __m256i *)(bp + k * NR + 32));
+    const __m256i b1 = _mm256_load_si256((const __m256i *)(bp + k * NR + 16));
     __m256i x;
-    int32_t four;
-#define STEP(ar, ca, cb)                                                       \
-  memcpy(&four, (ar) + k, 4);                                                  \
-  x = _mm256_set1_epi32(four);                                                 \
-  ca = _mm256_add_epi32(ca, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), one)); \
-  cb = _mm256_add_epi32(cb, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), one));
+    int32_t two;
+#define STEP(ar, ca, cb)                                        \
+  memcpy(&two, (ar) + k, 4);                                    \
+  x = _mm256_set1_epi32(two);                                   \
+  ca = _mm256_add_epi32(ca, _mm256_madd_epi16(x, b0));          \
+  cb = _mm256_add_epi32(cb, _mm256_madd_epi16(x, b1));
     STEP(a0, c00, c01)
     STEP(a1, c10, c11)
     STEP(a2, c20, c21)
@@ -192,11 +219,11 @@ static inline void kernel_4x16(const uint8_t *a, int64_t lda, const int8_t *bp, 
     }
 }
 
-/* s [pd4, ldq] int32 = a [pd4, dk] (u8) x panels^T; blocked over k so that the query panels
- * of a block stay in the L2 cache while the candidate rows stream past them. */
-static void gemm(const uint8_t *a, int64_t pd4, int64_t dk, const int8_t *panels, int64_t ldq,
+/* s [pd4, ldq] int32 = a [pd4, dk] (int16) x panels^T; blocked over k so that the query
+ * panels of a block stay in the L2 cache while the candidate rows stream past them. */
+static void gemm(const int16_t *a, int64_t pd4, int64_t dk, const int16_t *panels, int64_t ldq,
                  int32_t *s) {
-  int64_t kc = PANEL_BYTES / ldq / 4 * 4;
+  int64_t kc = PANEL_BYTES / 2 / ldq / 2 * 2;
   if (kc < 64) kc = 64;
   if (kc > dk) kc = dk;
   for (int64_t k0 = 0; k0 < dk; k0 += kc) {
@@ -216,7 +243,7 @@ typedef struct {
 
 /* Thread scratch for one candidate. */
 typedef struct {
-  uint8_t *a;                     /* quantized rows [pd4, dk] */
+  int16_t *a;                     /* quantized rows [pd4, dk] */
   float *sim;                     /* similarities [pd4, ldq] (the GEMM's int32, converted) */
   float *sd, *nd, *ed;            /* per row: scale, norm, error norm */
   float *rmax, *r2, *rthr;        /* per row: maximum, runner-up, window threshold */
@@ -236,7 +263,7 @@ static void scratch_free(Scratch *w) {
 static int scratch_alloc(Scratch *w, int64_t pd, int64_t ldq, int64_t dk) {
   const int64_t pd4 = round_up(pd, MR);
   memset(w, 0, sizeof *w);
-  w->a = aligned_alloc(64, (size_t)round_up(pd4 * dk, 64));
+  w->a = aligned_alloc(64, (size_t)round_up(2 * pd4 * dk, 64));
   w->sim = aligned_alloc(64, (size_t)round_up(4 * pd4 * ldq, 64));
   w->sd = malloc(4 * pd4); w->nd = malloc(4 * pd4); w->ed = malloc(4 * pd4);
   w->rmax = malloc(4 * pd4); w->r2 = malloc(4 * pd4); w->rthr = malloc(4 * pd4);
@@ -259,8 +286,7 @@ static inline __m256 lanes_below(int64_t left) {
  * column's maximum and runner-up (two equal maxima make the runner-up equal the maximum).
  * Rows: lane-wise top two, then one lane at the maximum gives its second, the others their
  * maximum. */
-static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *sq,
-                 const int32_t *corr) {
+static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *sq) {
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   for (int64_t i = 0; i < ldq; ++i) { w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY; }
   for (int64_t j = 0; j < pd; ++j) {
@@ -268,8 +294,7 @@ static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *s
     const __m256 f = _mm256_set1_ps(w->sd[j]);
     __m256 rm = ninf, rs = ninf;
     for (int64_t i = 0; i < pq; i += 8) {
-      const __m256i raw = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(row + i)),
-                                           _mm256_loadu_si256((const __m256i *)(corr + i)));
+      const __m256i raw = _mm256_loadu_si256((const __m256i *)(row + i));
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(raw), _mm256_mul_ps(f, _mm256_loadu_ps(sq + i)));
       v = _mm256_blendv_ps(ninf, v, lanes_below(pq - i));
       _mm256_storeu_ps(row + i, v);
@@ -554,18 +579,19 @@ static int decide(Candidate *c, const float *nq, const float *eq, const Bounds *
 }
 
 /* Mutual nearest neighbours of n_cand candidates db[cand] ([pd, d] float16/float32, read in
- * place) against the query q [pq, d] float32 prepared by pnv_int8_query (panels, sq, corr,
- * nq, eq). Candidates run in parallel on OpenMP threads (torch's own pool when loaded into
- * a torch process). match [n_cand, pd] out; counts [4] accumulates rows refined, columns
- * refined, float32 dot products and float64 ones (near ties). A candidate that needs more than max_dots exact products
- * (descriptors the screen cannot separate) is abandoned: fallback[cand] = 1, its match
- * row undefined. Returns 0, or -1 when out of memory. */
-int pnv_int8_mutual_nn(const void *const *db, int is_half, const float *q, const int8_t *panels,
-                       const float *sq, const int32_t *corr, const float *nq, const float *eq,
-                       int64_t n_cand, int64_t pd, int64_t pq, int64_t d, int64_t max_dots,
-                       int64_t *match, int64_t *counts, uint8_t *fallback) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4), pd4 = round_up(pd, MR);
-  /* the int32 sum and its conversion are exact up to 2^24; then three float roundings
+ * place) against the query q [pq, d] float32 prepared by pnv_int16_query (panels, sq, nq,
+ * eq). Candidates run in parallel on OpenMP threads (torch's own pool when loaded into a
+ * torch process). match [n_cand, pd] out; counts [4] accumulates rows refined, columns
+ * refined, float32 dot products and float64 ones (near ties). A candidate that needs more
+ * than max_dots exact products (descriptors the screen cannot separate) is abandoned:
+ * fallback[cand] = 1, its match row undefined. Returns 0, or -1 when out of memory. */
+int pnv_int16_mutual_nn(const void *const *db, int is_half, const float *q,
+                        const int16_t *panels, const float *sq, const float *nq,
+                        const float *eq, int64_t n_cand, int64_t pd, int64_t pq, int64_t d,
+                        int64_t max_dots, int64_t *match, int64_t *counts,
+                        uint8_t *fallback) {
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 2), pd4 = round_up(pd, MR);
+  /* the int32 sum is exact (no overflow: row_scale); then three float roundings
    * (int32 -> float, sd * sq, the product), each 2^-24 relative */
   Bounds b = {3.0 * 0x1p-24 * 1.01, 0.0, 0.0};
   for (int64_t i = 0; i < pq; ++i) {
@@ -587,7 +613,7 @@ int pnv_int8_mutual_nn(const void *const *db, int is_half, const float *q, const
       if (!ok) continue;
       quantize_db(db[cand], is_half, pd, d, dk, w.a, w.sd, w.nd, w.ed);
       gemm(w.a, pd4, dk, panels, ldq, (int32_t *)w.sim);
-      fold(&w, pd, pq, ldq, sq, corr);
+      fold(&w, pd, pq, ldq, sq);
       Candidate c = {db[cand], is_half, q, pd, pq, ldq, d, &w, 0.0, local};
       fallback[cand] = (uint8_t)decide(&c, nq, eq, &b, max_dots, match + cand * pd);
     }
