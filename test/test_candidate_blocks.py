@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """How both C screens read the candidates' patches from a store (core/candidate_blocks.py).
 
-One test for every screen that reads candidates through candidate_blocks: the int16 screen
+One test for every screen that reads candidates through candidate_blocks: the integer screen
 (AVX2) and the bf16 screen (AVX-512 bf16: oneDNN GEMM + C pass, or the fused AMX kernel);
 each runs where its CPU units are.
 """
@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from conftest import brute_force_mnn, unit
-from patch_netvlad_ros.core import int16_screen, native, screened_mnn
+from patch_netvlad_ros.core import int_screen, native, screened_mnn
+
+
+def _int8(q: torch.Tensor):
+    return int_screen.IntQuery(q, bits=8)
 
 
 def _int16(q: torch.Tensor):
-    return int16_screen.Int16Query(q)
+    return int_screen.IntQuery(q, bits=16)
 
 
 def _bf16(fused: bool):
@@ -24,9 +28,10 @@ def _bf16(fused: bool):
 
 
 SCREENS = [
-    pytest.param(_int16, id='int16', marks=pytest.mark.skipif(
-        not int16_screen.available(),
-        reason=f'int16 screen not built here: {native.unavailable_reason("int16_mnn")}')),
+    *[pytest.param(make, id=make.__name__[1:], marks=pytest.mark.skipif(
+        not int_screen.available(),
+        reason=f'integer screen not built here: {native.unavailable_reason("int_mnn")}'))
+      for make in (_int8, _int16)],
     pytest.param(_bf16(False), id='bf16', marks=pytest.mark.skipif(
         not screened_mnn.available(), reason='no bf16 CPU units or C helper here')),
     pytest.param(_bf16(True), id='bf16-fused-amx', marks=pytest.mark.skipif(

@@ -8,7 +8,7 @@ process's peak resident memory, prints a table and writes JSON.
 
 Rows: ``ours`` (float32 backbone, by Winograd F(4x4, 3x3) on the CPU; rerank with the
 default matcher: the exact bf16-screened one where the CPU has bf16 units, else the exact
-int16-screened one on AVX2 CPUs without AVX-512),
+int8- or int16-screened one on AVX2 CPUs without AVX-512),
 ``ours-direct`` (float32 backbone by oneDNN's direct convolutions, CPU only),
 ``ours-bf16`` (bf16 backbone; on a CPU only where it has bf16 units),
 ``ours-fp16`` (fp16 backbone, GPU only), ``ours-float32`` (rerank with the plain float32
@@ -18,7 +18,7 @@ the float32 matcher and batched RANSAC (the 'auto' choices there); it has not be
 on a GPU yet (none was available to this project).
 
 Extraction time does not depend on the weights (ImageNet VGG16 + seeded NetVLAD/WPCA).
-Rerank time does, for the screened matchers (how many similarities the bf16 or int16
+Rerank time does, for the screened matchers (how many similarities the bf16 or integer
 screen leaves undecided): it uses the corridor model bootstrapped at 640x480 (k-means +
 whitened PCA, built into the cache on first use, about 7 minutes per preset). The
 authors' rerank is timed on descriptors already in memory (their pipeline also re-reads
@@ -157,7 +157,7 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
     """
     import torch
     import numpy as np
-    from ..core import int16_screen, screened_mnn
+    from ..core import int_screen, screened_mnn
     from ..core.database import PATCH_DTYPE
     from ..core.flops import descriptor_bytes, matching_flops
     from ..core.image import to_tensor
@@ -183,9 +183,9 @@ def case_rerank(impl: str, preset: str, candidates: int, repeats: int,
 
         def run():
             rerank(q, stores, idx, cfg, mnn_method=method)
-        if extra['matcher'] in ('screened', 'int16'):
+        if extra['matcher'] in ('screened', 'integer'):
             make = (screened_mnn.ScreenedQuery if extra['matcher'] == 'screened'
-                    else int16_screen.Int16Query)
+                    else int_screen.IntQuery)
             screened = [make(qs) for qs in q]
             for sq, store in zip(screened, stores):
                 sq.match(store)

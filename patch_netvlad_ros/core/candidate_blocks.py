@@ -1,6 +1,6 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""How the C matchers (:mod:`.screened_mnn`, :mod:`.int16_screen`) read candidates.
+"""How the C matchers (:mod:`.screened_mnn`, :mod:`.int_screen`) read candidates.
 
 A patch store [N, Pd, D] (array, memory map or tensor) is read in place when it is a
 C-contiguous float16/float32 array: the helpers get the address of each candidate's

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import batched_ransac, int16_screen, screened_mnn
+from . import batched_ransac, int_screen, screened_mnn
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .geometry import grids_for, PatchGrid
 
@@ -48,11 +48,11 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
 #: Matchers of :func:`match_candidates`: 'float32' is the straightforward path (float32
 #: GEMMs, any device); 'screened' the exact bf16-screened path of
 #: :mod:`patch_netvlad_ros.core.screened_mnn` (CPU with bf16 units and a C compiler);
-#: 'int16' the exact int16-screened path of :mod:`patch_netvlad_ros.core.int16_screen`
-#: (AVX2 CPU and a C compiler); 'auto' takes 'screened' where it can run, else 'int16'
-#: where the CPU's float32 GEMMs are 256 bits wide (:func:`int16_screen.preferred`), else
+#: 'integer' the exact int8- or int16-screened path of :mod:`patch_netvlad_ros.core.int_screen`
+#: (AVX2 CPU and a C compiler); 'auto' takes 'screened' where it can run, else 'integer'
+#: where the CPU's float32 GEMMs are 256 bits wide (:func:`int_screen.preferred`), else
 #: 'float32'.
-MNN_METHODS = ('auto', 'screened', 'int16', 'float32')
+MNN_METHODS = ('auto', 'screened', 'integer', 'float32')
 
 
 def resolve_mnn_method(method: str, device: torch.device, dim: Optional[int] = None) -> str:
@@ -68,7 +68,7 @@ def resolve_mnn_method(method: str, device: torch.device, dim: Optional[int] = N
         return 'float32'
     if screened_mnn.available():
         return 'screened'
-    return 'int16' if int16_screen.preferred(dim) else 'float32'
+    return 'integer' if int_screen.preferred(dim) else 'float32'
 
 
 #: Bytes of float32 candidate blocks and similarities per chunk of the float32 matcher: on
@@ -93,8 +93,8 @@ def match_candidates(query: torch.Tensor, store, indices: Sequence[int],
     resolved = resolve_mnn_method(method, query.device, query.shape[1])
     if resolved == 'screened':
         return screened_mnn.ScreenedQuery(query).match(store, indices).to(query.device)
-    if resolved == 'int16':
-        return int16_screen.Int16Query(query).match(store, indices).to(query.device)
+    if resolved == 'integer':
+        return int_screen.IntQuery(query).match(store, indices).to(query.device)
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES['cpu' if query.device.type == 'cpu' else 'other']
     # the float32 candidate block [c, Pd, D] and the similarities [c, Pd, Pq] both count

@@ -3,9 +3,10 @@
 """The C helpers, each built on first use: the screened matchers, Winograd, patch boxes.
 
 Each source here (``mutual_nn.c``: the bf16-screened mutual-nearest-neighbour matcher,
-which needs AVX-512; ``int16_mnn.c``: the int16-screened one, which needs AVX2 and F16C;
-``winograd.c``: the backbone's Winograd convolution transforms, and ``patch_vlad.c``: the
-IntegralVLAD patch boxes, both for any x86 or ARM CPU) is compiled with the system C
+which needs AVX-512; ``int_mnn.c``: the integer-screened one (int8 or int16), which needs
+AVX2 and F16C; ``winograd.c``: the backbone's Winograd convolution transforms, and
+``patch_vlad.c``: the IntegralVLAD patch boxes, both for any x86 or ARM CPU) is compiled
+with the system C
 compiler (``$CC``, else ``cc``) for this CPU (``-O3 -march=native``) into the cache
 directory, keyed by the source, the flags, the compiler and the CPU, and loaded with
 ctypes (no Python headers needed). Building takes about a second, once per machine.
@@ -29,7 +30,7 @@ from ..backbone import cache_dir
 
 #: Helper name -> its C source.
 SOURCES = {name: Path(__file__).with_name(f'{name}.c')
-           for name in ('mutual_nn', 'int16_mnn', 'winograd', 'patch_vlad')}
+           for name in ('mutual_nn', 'int_mnn', 'winograd', 'patch_vlad')}
 FLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-std=gnu11')
 #: OpenMP: candidates run on parallel threads. Inside a torch process the helper binds to
 #: the libgomp torch already loaded (same soname), so it shares torch's thread pool instead
@@ -97,12 +98,12 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
         lib.pnv_patch_project_cells.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p]
         lib.pnv_patch_project_cells.restype = ctypes.c_int
         return lib
-    if name == 'int16_mnn':
-        lib.pnv_int16_query.argtypes = [p, i64, i64, p, p, p, p]
-        lib.pnv_int16_query.restype = None
-        lib.pnv_int16_mutual_nn.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i64, i64,
-                                            p, p, p]
-        lib.pnv_int16_mutual_nn.restype = ctypes.c_int
+    if name == 'int_mnn':
+        lib.pnv_int_query.argtypes = [p, i64, i64, i32, p, p, p, p, p]
+        lib.pnv_int_query.restype = None
+        lib.pnv_int_mutual_nn.argtypes = [p, i32, p, i32, p, p, p, p, p, i64, i64, i64, i64,
+                                          i64, p, p, p]
+        lib.pnv_int_mutual_nn.restype = ctypes.c_int
         return lib
     lib.pnv_to_bf16.argtypes = [p, i32, i64, i64, i64, p, p, p]
     lib.pnv_to_bf16.restype = None

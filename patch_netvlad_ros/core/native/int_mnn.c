@@ -1,16 +1,20 @@
 /* Copyright 2026 The patch_netvlad_ros Authors
  * Licensed under the Apache License, Version 2.0 (see LICENSE).
  *
- * Exact mutual nearest neighbours from an int16 similarity screen, for AVX2 CPUs without
- * bf16 units (e.g. AMD Zen 3). Python: core/int16_screen.py.
+ * Exact mutual nearest neighbours from an integer similarity screen, for AVX2 CPUs without
+ * bf16 units (e.g. AMD Zen 3). Python: core/int_screen.py.
  *
- * Each row x (query q_i or candidate d_j) is rounded to x~ = s * h with integers h, one
- * scale s per row (row_scale): |h_k| <= 32767 (vpmaddwd's pair sums 2 * 32767^2 fit an
- * int32) and |h| <= NMAX = 46340, so that |h_q . h_d| <= |h_q| |h_d| < 2^31 holds for every
- * partial sum the int32 accumulators see (Cauchy-Schwarz over any subset of the dims): no
- * overflow, whatever the vectors. The integer dot products are exact, so the screened
- * similarity s~ = sd_j sq_i (dh_j . qh_i), rounded to float, differs from the exact
- * d_j . q_i by at most
+ * Each row x (query q_i or candidate d_j) is rounded to x~ = s * h with integers h and one
+ * scale s per row, in one of two widths:
+ * - int8 (bits 8): query h in [-127, 127], candidate h in [-63, 63] (vpmaddubsw adds two
+ *   u8 x s8 products into a saturating int16: 2 * 127 * 127 fits, 2 * 255 * 127 does
+ *   not), s = max|x| / 127 or / 63; 32 multiply-adds per vpmaddubsw + vpmaddwd pair.
+ * - int16 (bits 16): |h_k| <= 32767 (vpmaddwd's pair sums fit an int32) and |h| <= 46340,
+ *   so |h_q . h_d| <= |h_q| |h_d| < 2^31 for every partial sum the int32 accumulators see
+ *   (Cauchy-Schwarz over any subset of the dims): no overflow, whatever the vectors
+ *   (row_scale); 16 multiply-adds per vpmaddwd.
+ * The integer dot products are exact, so the screened similarity s~ = sd_j sq_i
+ * (dh_j . qh_i), rounded to float, differs from the exact d_j . q_i by at most
  *   in_err = |d~_j| |q_i - q~_i| + |d_j - d~_j| |q~_i| + |d_j - d~_j| |q_i - q~_i|
  * plus out_rel |s~| for the float roundings. From there on it is the bf16 screen's
  * argument (mutual_nn.c): a row's exact argmax lies among its entries within 2E of its
@@ -20,23 +24,21 @@
  * dot_error); a window whose best two come within twice that bound is recomputed in
  * float64.
  *
- * Why int16: a unit row rounded to |h| ~ 46000 is within about sqrt(d) / 160000 of itself
- * (1.4e-4 at 512 dims, 4e-4 at 4096), so the windows are narrow (2E ~ 6e-4 at 512 dims,
- * against a typical gap of 0.01 between a row's best two) and few rows are refined. The
- * int8 screen this replaced (7- and 8-bit rows, vpmaddubsw) ran its GEMM at the same
- * multiply rate (vpmaddwd: 16 multiply-adds an instruction; vpmaddubsw + vpmaddwd: 32 in
- * two) but its windows were 80 times wider: on the speed preset most rows needed dot
- * products, and the performance preset's 4096-dim descriptors could not be screened at
- * all (65-90% of the similarities needed one).
+ * The trade: int8's GEMM issues fewer instructions per multiply-add (3 per 32 against 2
+ * per 16), int16's windows are about 80 times narrower. On patch descriptors the int8
+ * windows are wide (2E ~ 0.05 against a typical gap of 0.01 between a row's best two):
+ * at 128 and 512 dims most rows are refined over a few percent of their entries, which
+ * still pays; at 4096 dims 65-90% of the similarities would need a dot product. The
+ * int16 windows (a rounded unit row lies within about sqrt(d) / 160000 of itself) leave
+ * 2-7% of the rows of 4096-dim descriptors to refine.
  *
- * The GEMM runs at about twice the CPU's float32 FMA rate; each OpenMP thread takes whole
- * candidates and keeps its similarities in its own buffer.
+ * Each OpenMP thread takes whole candidates and keeps its similarities in its own buffer.
  *
  * Result: match[c, j] = i when i is row j's exact argmax and j is column i's exact argmax
  * (ties: lowest index, as torch.argmax), else -1.
  */
 #if !defined(__AVX2__) || !defined(__F16C__)
-#error "the int16 screen needs AVX2 and F16C"
+#error "the integer screen needs AVX2 and F16C"
 #endif
 #include <immintrin.h>
 #include <math.h>
@@ -47,6 +49,8 @@
 /* Query columns per GEMM panel (two 8-lane int32 accumulators) and db rows per tile. */
 #define NR 16
 #define MR 4
+/* int8: offset that makes the candidate's signed 7-bit values unsigned for vpmaddubsw. */
+#define OFFSET 64
 /* Bytes of query panels kept in the L2 cache per pass over the candidate rows. */
 #ifndef PANEL_BYTES
 #define PANEL_BYTES (1 << 20)
@@ -73,13 +77,45 @@ static inline float row_scale(float mx, double nrm, int64_t d) {
   return s > 0.0 ? (float)(s * (1.0 + 1e-6)) : 1.0f;
 }
 
+/* The query q [pq, d] float32 as int8 GEMM panels [ldq / 16][dk / 4][16][4] (zero padding
+ * past pq and d), with per row the scale sq = max|q_i| / 127, the column correction
+ * OFFSET * sum_k qh_ik, and the norms of q~ and of q - q~, each rounded up by 1e-3 (far
+ * above float64's summation error). ldq = pq rounded up to 16, dk = d rounded up to 4.
+ * Once per query, so plain scalar code. */
+static void query8(const float *q, int64_t pq, int64_t d, int8_t *panels, float *scale,
+                   int32_t *corr, float *norm, float *err) {
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
+  memset(panels, 0, (size_t)(ldq * dk));
+  for (int64_t i = 0; i < pq; ++i) {
+    const float *row = q + i * d;
+    int8_t *base = panels + (i / NR) * dk * NR + (i % NR) * 4;
+    float mx = 0.0f;
+    for (int64_t k = 0; k < d; ++k) mx = fmaxf(mx, fabsf(row[k]));
+    const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+    double nn = 0.0, ee = 0.0;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < d; ++k) {
+      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -127.0f), 127.0f);
+      const double r = (double)s * (double)h;
+      nn += r * r;
+      ee += ((double)row[k] - r) * ((double)row[k] - r);
+      base[(k / 4) * NR * 4 + k % 4] = (int8_t)h;
+      sum += (int32_t)h;
+    }
+    scale[i] = s;
+    norm[i] = (float)(sqrt(nn) * 1.001);
+    err[i] = (float)(sqrt(ee) * 1.001);
+    corr[i] = OFFSET * sum;
+  }
+}
+
 /* The query q [pq, d] float32 as int16 GEMM panels [ldq / 16][dk / 2][16][2] (zero padding
  * past pq and d), with per row the scale sq (row_scale) and the norms of q~ and of q - q~,
- * each rounded up by 1e-3 (far above float64's summation error). ldq = pq rounded up to
- * 16, dk = d rounded up to 2. Once per query, so plain scalar code. */
-void pnv_int16_query(const float *q, int64_t pq, int64_t d, int16_t *panels, float *scale,
-                     float *norm, float *err) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 2);
+ * each rounded up by 1e-3 (far above float64's summation error), corr 0. ldq = pq
+ * rounded up to 16, dk = d rounded up to 4. Once per query, so plain scalar code. */
+static void query16(const float *q, int64_t pq, int64_t d, int16_t *panels, float *scale,
+                    int32_t *corr, float *norm, float *err) {
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
   memset(panels, 0, (size_t)(ldq * dk) * 2);
   for (int64_t i = 0; i < pq; ++i) {
     const float *row = q + i * d;
@@ -102,7 +138,16 @@ void pnv_int16_query(const float *q, int64_t pq, int64_t d, int16_t *panels, flo
     scale[i] = s;
     norm[i] = (float)(sqrt(nn) * 1.001);
     err[i] = (float)(sqrt(ee) * 1.001);
+    corr[i] = 0;
   }
+}
+
+/* The query q [pq, d] float32 as int8 (bits 8) or int16 (bits 16) GEMM panels, with per
+ * row its scale, offset correction (int8), norm and error norm (see query8, query16). */
+void pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels, float *scale,
+                   int32_t *corr, float *norm, float *err) {
+  if (bits == 8) query8(q, pq, d, (int8_t *)panels, scale, corr, norm, err);
+  else query16(q, pq, d, (int16_t *)panels, scale, corr, norm, err);
 }
 
 static inline float hmax8(__m256 v) {
@@ -118,12 +163,78 @@ static inline __m256 load8(const void *row, int is_half, int64_t k) {
                  : _mm256_loadu_ps((const float *)row + k);
 }
 
-/* One db row x [d] as int16 h in out [dk] (0 past d): its scale (row_scale), and the norms
- * of scale * h and of the rounding error x - scale * h, rounded up by 1e-3. The error is
- * one fused multiply-add (one rounding, relative 2^-24) and the sums of squares run in 8
- * float lanes (relative error under d / 8 * 2^-24, well inside the 1e-3). */
-static void quantize_db_row(const void *row, int is_half, int64_t d, int64_t dk, int16_t *out,
-                            float *scale, float *norm, float *err) {
+/* Round 8 values x to hf = round(x / s), clamped to +-top; add the squares of s * hf and
+ * of the error x - s * hf (one fused multiply-add: one rounding, relative 2^-24) to the
+ * lane sums nn and ee. */
+static inline __m256 round8(__m256 x, __m256 sv, __m256 iv, __m256 top, __m256 *nn,
+                            __m256 *ee) {
+  __m256 hf = _mm256_round_ps(_mm256_mul_ps(x, iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  hf = _mm256_min_ps(_mm256_max_ps(hf, _mm256_sub_ps(_mm256_setzero_ps(), top)), top);
+  const __m256 r = _mm256_mul_ps(sv, hf), e = _mm256_fnmadd_ps(sv, hf, x);
+  *nn = _mm256_fmadd_ps(r, r, *nn);
+  *ee = _mm256_fmadd_ps(e, e, *ee);
+  return hf;
+}
+
+/* Round the tail [dv, d) of a row as round8 into tail[k - dv], and set the row's norms of
+ * s * h and of its rounding error from the lane sums nn, ee plus the tail's, rounded up by
+ * 1e-3 (the 8 float lanes' relative error is under d / 8 * 2^-24, well inside it for the
+ * dimensions a map can have, at most 32768). */
+static void finish_row(const void *row, int is_half, int64_t dv, int64_t d, float s, float top,
+                       __m256 nn, __m256 ee, int32_t *tail, float *norm, float *err) {
+  float lanes_n[8], lanes_e[8];
+  _mm256_storeu_ps(lanes_n, nn);
+  _mm256_storeu_ps(lanes_e, ee);
+  double nsum = 0.0, esum = 0.0;
+  for (int l = 0; l < 8; ++l) { nsum += lanes_n[l]; esum += lanes_e[l]; }
+  const float inv = 1.0f / s;
+  for (int64_t k = dv; k < d; ++k) {
+    const float x = db_at(row, is_half, k);
+    const float hf = fminf(fmaxf(nearbyintf(x * inv), -top), top);
+    const double r = (double)s * (double)hf;
+    nsum += r * r;
+    esum += ((double)x - r) * ((double)x - r);
+    tail[k - dv] = (int32_t)hf;
+  }
+  *norm = (float)(sqrt(nsum) * 1.001);
+  *err = (float)(sqrt(esum) * 1.001);
+}
+
+/* One db row x [d] as u8 (dh + OFFSET, dh in [-63, 63]) in out [dk] (OFFSET past d), with
+ * its scale max|x| / 63, norm and error norm (finish_row). */
+static void quantize_db_row8(const void *row, int is_half, int64_t d, int64_t dk, uint8_t *out,
+                             float *scale, float *norm, float *err) {
+  const int64_t dv = d / 32 * 32;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 mxv = _mm256_setzero_ps();
+  for (int64_t k = 0; k < dv; k += 8)
+    mxv = _mm256_max_ps(mxv, _mm256_andnot_ps(sign, load8(row, is_half, k)));
+  float mx = hmax8(mxv);
+  for (int64_t k = dv; k < d; ++k) mx = fmaxf(mx, fabsf(db_at(row, is_half, k)));
+  const float s = mx > 0.0f ? mx / 63.0f : 1.0f;
+  const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(1.0f / s), top = _mm256_set1_ps(63.0f);
+  const __m256i off = _mm256_set1_epi32(OFFSET), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 nn = _mm256_setzero_ps(), ee = _mm256_setzero_ps();
+  for (int64_t k = 0; k < dv; k += 32) {
+    __m256i h[4];
+    for (int u = 0; u < 4; ++u)
+      h[u] = _mm256_add_epi32(
+          _mm256_cvtps_epi32(round8(load8(row, is_half, k + 8 * u), sv, iv, top, &nn, &ee)), off);
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(h[0], h[1]),
+                                              _mm256_packs_epi32(h[2], h[3]));
+    _mm256_storeu_si256((__m256i *)(out + k), _mm256_permutevar8x32_epi32(bytes, order));
+  }
+  int32_t tail[32];
+  finish_row(row, is_half, dv, d, s, 63.0f, nn, ee, tail, norm, err);
+  for (int64_t k = dv; k < d; ++k) out[k] = (uint8_t)(tail[k - dv] + OFFSET);
+  for (int64_t k = d; k < dk; ++k) out[k] = OFFSET;
+  *scale = s;
+}
+
+/* One db row x [d] as int16 h in out [dk] (0 past d), with its scale (row_scale), norm and
+ * error norm (finish_row). */
+static void quantize_db_row16(const void *row, int is_half, int64_t d, int64_t dk, int16_t *out,
+                              float *scale, float *norm, float *err) {
   const int64_t dv = d / 16 * 16;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 mxv = _mm256_setzero_ps(), n2v = _mm256_setzero_ps();
@@ -141,56 +252,82 @@ static void quantize_db_row(const void *row, int is_half, int64_t d, int64_t dk,
     mx = fmaxf(mx, fabsf(x));
     n2 += (double)x * x;
   }
-  const float s = row_scale(mx, sqrt(n2), d), inv = 1.0f / s;
-  const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(inv), top = _mm256_set1_ps(HMAX);
+  const float s = row_scale(mx, sqrt(n2), d);
+  const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(1.0f / s), top = _mm256_set1_ps(HMAX);
   __m256 nn = _mm256_setzero_ps(), ee = _mm256_setzero_ps();
   for (int64_t k = 0; k < dv; k += 16) {
-    __m256i h[2];
-    for (int u = 0; u < 2; ++u) {
-      const __m256 x = load8(row, is_half, k + 8 * u);
-      __m256 hf = _mm256_round_ps(_mm256_mul_ps(x, iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      hf = _mm256_min_ps(_mm256_max_ps(hf, _mm256_sub_ps(_mm256_setzero_ps(), top)), top);
-      const __m256 r = _mm256_mul_ps(sv, hf), e = _mm256_fnmadd_ps(sv, hf, x);
-      nn = _mm256_fmadd_ps(r, r, nn);
-      ee = _mm256_fmadd_ps(e, e, ee);
-      h[u] = _mm256_cvtps_epi32(hf);
-    }
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(h[0], h[1]), 0xD8);
-    _mm256_storeu_si256((__m256i *)(out + k), packed);
+    const __m256i h0 = _mm256_cvtps_epi32(round8(load8(row, is_half, k), sv, iv, top, &nn, &ee));
+    const __m256i h1 =
+        _mm256_cvtps_epi32(round8(load8(row, is_half, k + 8), sv, iv, top, &nn, &ee));
+    _mm256_storeu_si256((__m256i *)(out + k),
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(h0, h1), 0xD8));
   }
-  float lanes_n[8], lanes_e[8];
-  _mm256_storeu_ps(lanes_n, nn);
-  _mm256_storeu_ps(lanes_e, ee);
-  double nsum = 0.0, esum = 0.0;
-  for (int l = 0; l < 8; ++l) { nsum += lanes_n[l]; esum += lanes_e[l]; }
-  for (int64_t k = dv; k < d; ++k) {
-    const float x = db_at(row, is_half, k);
-    const float hf = fminf(fmaxf(nearbyintf(x * inv), -HMAX), HMAX);
-    const double r = (double)s * (double)hf;
-    nsum += r * r;
-    esum += ((double)x - r) * ((double)x - r);
-    out[k] = (int16_t)hf;
-  }
+  int32_t tail[16];
+  finish_row(row, is_half, dv, d, s, HMAX, nn, ee, tail, norm, err);
+  for (int64_t k = dv; k < d; ++k) out[k] = (int16_t)tail[k - dv];
   for (int64_t k = d; k < dk; ++k) out[k] = 0;
   *scale = s;
-  *norm = (float)(sqrt(nsum) * 1.001);
-  *err = (float)(sqrt(esum) * 1.001);
 }
 
-/* A candidate's rows db [pd, d] as int16 [round_up(pd, MR), dk] (zero padding rows and
- * columns), with per row its scale, norm and error norm. */
-static void quantize_db(const void *db, int is_half, int64_t pd, int64_t d, int64_t dk,
-                        int16_t *dst, float *scale, float *norm, float *err) {
-  memset(dst + pd * dk, 0, (size_t)((round_up(pd, MR) - pd) * dk) * 2);
-  for (int64_t j = 0; j < pd; ++j)
-    quantize_db_row((const char *)db + j * d * (is_half ? 2 : 4), is_half, d, dk, dst + j * dk,
-                    scale + j, norm + j, err + j);
+/* A candidate's rows db [pd, d] as int8 (u8: dh + OFFSET) or int16 (bits) [round_up(pd, MR),
+ * dk] (padding rows and columns hold the value of zero), with per row its scale, norm and
+ * error norm. */
+static void quantize_db(const void *db, int is_half, int bits, int64_t pd, int64_t d,
+                        int64_t dk, void *dst, float *scale, float *norm, float *err) {
+  const int64_t rows = round_up(pd, MR), row_bytes = dk * (bits / 8);
+  if (bits == 8) memset((char *)dst + pd * row_bytes, OFFSET, (size_t)((rows - pd) * row_bytes));
+  else memset((char *)dst + pd * row_bytes, 0, (size_t)((rows - pd) * row_bytes));
+  for (int64_t j = 0; j < pd; ++j) {
+    const void *row = (const char *)db + j * d * (is_half ? 2 : 4);
+    void *out = (char *)dst + j * row_bytes;
+    if (bits == 8) quantize_db_row8(row, is_half, d, dk, out, scale + j, norm + j, err + j);
+    else quantize_db_row16(row, is_half, d, dk, out, scale + j, norm + j, err + j);
+  }
+}
+
+/* c[4][16] (row stride ldc) = (or +=, when acc) a tile of int32 sums, row r's halves in
+ * out[2r] and out[2r + 1]. */
+static inline void store_tile(int32_t *c, int64_t ldc, const __m256i *out, int acc) {
+  for (int r = 0; r < 4; ++r)
+    for (int h = 0; h < 2; ++h) {
+      __m256i *p = (__m256i *)(c + r * ldc + 8 * h);
+      _mm256_storeu_si256(p, acc ? _mm256_add_epi32(_mm256_loadu_si256(p), out[2 * r + h])
+                                 : out[2 * r + h]);
+    }
+}
+
+/* c[4][16] (row stride ldc) = (or +=, when acc) the int32 products of 4 u8 rows a (stride
+ * lda, bytes [0, kn)) with one query panel bp [kn / 4][16][4]. */
+static inline void kernel8_4x16(const uint8_t *a, int64_t lda, const int8_t *bp, int64_t kn,
+                                int32_t *c, int64_t ldc, int acc) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+          c21 = c00, c30 = c00, c31 = c00;
+  const __m256i one = _mm256_set1_epi16(1);
+  const uint8_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
+  for (int64_t k = 0; k < kn; k += 4) {
+    const __m256i b0 = _mm256_load_si256((const __m256i *)(bp + k * NR));
+    const __m256i b1 = _mm256_load_si256((const __m256i *)(bp + k * NR + 32));
+    __m256i x;
+    int32_t four;
+#define STEP(ar, ca, cb)                                                       \
+  memcpy(&four, (ar) + k, 4);                                                  \
+  x = _mm256_set1_epi32(four);                                                 \
+  ca = _mm256_add_epi32(ca, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), one)); \
+  cb = _mm256_add_epi32(cb, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), one));
+    STEP(a0, c00, c01)
+    STEP(a1, c10, c11)
+    STEP(a2, c20, c21)
+    STEP(a3, c30, c31)
+#undef STEP
+  }
+  const __m256i out[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
+  store_tile(c, ldc, out, acc);
 }
 
 /* c[4][16] (row stride ldc) = (or +=, when acc) the int32 products of 4 int16 rows a
  * (stride lda, values [0, kn)) with one query panel bp [kn / 2][16][2]. */
-static inline void kernel_4x16(const int16_t *a, int64_t lda, const int16_t *bp, int64_t kn,
-                               int32_t *c, int64_t ldc, int acc) {
+static inline void kernel16_4x16(const int16_t *a, int64_t lda, const int16_t *bp, int64_t kn,
+                                int32_t *c, int64_t ldc, int acc) {
   __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
           c21 = c00, c30 = c00, c31 = c00;
   const int16_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
@@ -210,28 +347,31 @@ static inline void kernel_4x16(const int16_t *a, int64_t lda, const int16_t *bp,
     STEP(a3, c30, c31)
 #undef STEP
   }
-  __m256i out[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
-  for (int r = 0; r < 4; ++r)
-    for (int h = 0; h < 2; ++h) {
-      __m256i *p = (__m256i *)(c + r * ldc + 8 * h);
-      _mm256_storeu_si256(p, acc ? _mm256_add_epi32(_mm256_loadu_si256(p), out[2 * r + h])
-                                 : out[2 * r + h]);
-    }
+  const __m256i out[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
+  store_tile(c, ldc, out, acc);
 }
 
-/* s [pd4, ldq] int32 = a [pd4, dk] (int16) x panels^T; blocked over k so that the query
- * panels of a block stay in the L2 cache while the candidate rows stream past them. */
-static void gemm(const int16_t *a, int64_t pd4, int64_t dk, const int16_t *panels, int64_t ldq,
-                 int32_t *s) {
-  int64_t kc = PANEL_BYTES / 2 / ldq / 2 * 2;
+/* s [pd4, ldq] int32 = a [pd4, dk] x panels^T, int8 (a as u8) or int16 (bits); blocked over
+ * k so that the query panels of a block stay in cache while the candidate rows stream past
+ * them. */
+static void gemm(const void *a, int bits, int64_t pd4, int64_t dk, const void *panels,
+                 int64_t ldq, int32_t *s) {
+  const int64_t es = bits / 8;                              /* bytes per value */
+  int64_t kc = PANEL_BYTES / (es * ldq) / 4 * 4;
   if (kc < 64) kc = 64;
   if (kc > dk) kc = dk;
   for (int64_t k0 = 0; k0 < dk; k0 += kc) {
     const int64_t kn = dk - k0 < kc ? dk - k0 : kc;
     for (int64_t r = 0; r < pd4; r += MR)
-      for (int64_t p = 0; p < ldq / NR; ++p)
-        kernel_4x16(a + r * dk + k0, dk, panels + p * dk * NR + k0 * NR, kn, s + r * ldq + p * NR,
-                    ldq, k0 > 0);
+      for (int64_t p = 0; p < ldq / NR; ++p) {
+        const char *ar = (const char *)a + (r * dk + k0) * es;
+        const char *bp = (const char *)panels + (p * dk * NR + k0 * NR) * es;
+        int32_t *c = s + r * ldq + p * NR;
+        if (bits == 8)
+          kernel8_4x16((const uint8_t *)ar, dk, (const int8_t *)bp, kn, c, ldq, k0 > 0);
+        else
+          kernel16_4x16((const int16_t *)ar, dk, (const int16_t *)bp, kn, c, ldq, k0 > 0);
+      }
   }
 }
 
@@ -243,7 +383,7 @@ typedef struct {
 
 /* Thread scratch for one candidate. */
 typedef struct {
-  int16_t *a;                     /* quantized rows [pd4, dk] */
+  void *a;                        /* quantized rows [pd4, dk], int8 or int16 */
   float *sim;                     /* similarities [pd4, ldq] (the GEMM's int32, converted) */
   float *sd, *nd, *ed;            /* per row: scale, norm, error norm */
   float *rmax, *r2, *rthr;        /* per row: maximum, runner-up, window threshold */
@@ -286,7 +426,8 @@ static inline __m256 lanes_below(int64_t left) {
  * column's maximum and runner-up (two equal maxima make the runner-up equal the maximum).
  * Rows: lane-wise top two, then one lane at the maximum gives its second, the others their
  * maximum. */
-static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *sq) {
+static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *sq,
+                 const int32_t *corr) {
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   for (int64_t i = 0; i < ldq; ++i) { w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY; }
   for (int64_t j = 0; j < pd; ++j) {
@@ -294,7 +435,8 @@ static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *s
     const __m256 f = _mm256_set1_ps(w->sd[j]);
     __m256 rm = ninf, rs = ninf;
     for (int64_t i = 0; i < pq; i += 8) {
-      const __m256i raw = _mm256_loadu_si256((const __m256i *)(row + i));
+      const __m256i raw = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(row + i)),
+                                           _mm256_loadu_si256((const __m256i *)(corr + i)));
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(raw), _mm256_mul_ps(f, _mm256_loadu_ps(sq + i)));
       v = _mm256_blendv_ps(ninf, v, lanes_below(pq - i));
       _mm256_storeu_ps(row + i, v);
@@ -579,20 +721,20 @@ static int decide(Candidate *c, const float *nq, const float *eq, const Bounds *
 }
 
 /* Mutual nearest neighbours of n_cand candidates db[cand] ([pd, d] float16/float32, read in
- * place) against the query q [pq, d] float32 prepared by pnv_int16_query (panels, sq, nq,
- * eq). Candidates run in parallel on OpenMP threads (torch's own pool when loaded into a
- * torch process). match [n_cand, pd] out; counts [4] accumulates rows refined, columns
+ * place) against the query q [pq, d] float32 prepared by pnv_int_query with the same bits
+ * (panels, sq, corr, nq, eq). Candidates run in parallel on OpenMP threads (torch's own
+ * pool when loaded into a torch process). match [n_cand, pd] out; counts [4] accumulates rows refined, columns
  * refined, float32 dot products and float64 ones (near ties). A candidate that needs more
  * than max_dots exact products (descriptors the screen cannot separate) is abandoned:
  * fallback[cand] = 1, its match row undefined. Returns 0, or -1 when out of memory. */
-int pnv_int16_mutual_nn(const void *const *db, int is_half, const float *q,
-                        const int16_t *panels, const float *sq, const float *nq,
-                        const float *eq, int64_t n_cand, int64_t pd, int64_t pq, int64_t d,
-                        int64_t max_dots, int64_t *match, int64_t *counts,
-                        uint8_t *fallback) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 2), pd4 = round_up(pd, MR);
-  /* the int32 sum is exact (no overflow: row_scale); then three float roundings
-   * (int32 -> float, sd * sq, the product), each 2^-24 relative */
+int pnv_int_mutual_nn(const void *const *db, int is_half, const float *q, int bits,
+                      const void *panels, const float *sq, const int32_t *corr,
+                      const float *nq, const float *eq, int64_t n_cand, int64_t pd,
+                      int64_t pq, int64_t d, int64_t max_dots, int64_t *match,
+                      int64_t *counts, uint8_t *fallback) {
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4), pd4 = round_up(pd, MR);
+  /* the int32 sum is exact (int8: |sum| <= 127 * 63 * d; int16: row_scale); then three
+   * float roundings (int32 -> float, sd * sq, the product), each 2^-24 relative */
   Bounds b = {3.0 * 0x1p-24 * 1.01, 0.0, 0.0};
   for (int64_t i = 0; i < pq; ++i) {
     if (nq[i] > b.nq_max) b.nq_max = nq[i];
@@ -611,9 +753,9 @@ int pnv_int16_mutual_nn(const void *const *db, int is_half, const float *q,
 #pragma omp for schedule(dynamic)
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
-      quantize_db(db[cand], is_half, pd, d, dk, w.a, w.sd, w.nd, w.ed);
-      gemm(w.a, pd4, dk, panels, ldq, (int32_t *)w.sim);
-      fold(&w, pd, pq, ldq, sq);
+      quantize_db(db[cand], is_half, bits, pd, d, dk, w.a, w.sd, w.nd, w.ed);
+      gemm(w.a, bits, pd4, dk, panels, ldq, (int32_t *)w.sim);
+      fold(&w, pd, pq, ldq, sq, corr);
       Candidate c = {db[cand], is_half, q, pd, pq, ldq, d, &w, 0.0, local};
       fallback[cand] = (uint8_t)decide(&c, nq, eq, &b, max_dots, match + cand * pd);
     }
