@@ -77,77 +77,44 @@ static inline float row_scale(float mx, double nrm, int64_t d) {
   return s > 0.0 ? (float)(s * (1.0 + 1e-6)) : 1.0f;
 }
 
-/* The query q [pq, d] float32 as int8 GEMM panels [ldq / 16][dk / 4][16][4] (zero padding
- * past pq and d), with per row the scale sq = max|q_i| / 127, the column correction
- * OFFSET * sum_k qh_ik, and the norms of q~ and of q - q~, each rounded up by 1e-3 (far
- * above float64's summation error). ldq = pq rounded up to 16, dk = d rounded up to 4.
- * Once per query, so plain scalar code. */
-static void query8(const float *q, int64_t pq, int64_t d, int8_t *panels, float *scale,
+/* The query q [pq, d] float32 as int8 (bits 8) or int16 (bits 16) GEMM panels
+ * [ldq / 16][dk / g][16][g], g = 32 / bits values per 32-bit group (zero padding past pq
+ * and d), with per row the scale sq (int8: max|q_i| / 127; int16: row_scale), the column
+ * correction OFFSET * sum_k qh_ik (int8; 0 for int16), and the norms of q~ and of q - q~,
+ * each rounded up by 1e-3 (far above float64's summation error). ldq = pq rounded up to
+ * 16, dk = d rounded up to 4. Once per query, so plain scalar code. */
+void pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels, float *scale,
                    int32_t *corr, float *norm, float *err) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
-  memset(panels, 0, (size_t)(ldq * dk));
+  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4), g = 32 / bits;
+  const float top = bits == 8 ? 127.0f : HMAX;
+  memset(panels, 0, (size_t)(ldq * dk * (bits / 8)));
   for (int64_t i = 0; i < pq; ++i) {
     const float *row = q + i * d;
-    int8_t *base = panels + (i / NR) * dk * NR + (i % NR) * 4;
-    float mx = 0.0f;
-    for (int64_t k = 0; k < d; ++k) mx = fmaxf(mx, fabsf(row[k]));
-    const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
-    double nn = 0.0, ee = 0.0;
-    int32_t sum = 0;
-    for (int64_t k = 0; k < d; ++k) {
-      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -127.0f), 127.0f);
-      const double r = (double)s * (double)h;
-      nn += r * r;
-      ee += ((double)row[k] - r) * ((double)row[k] - r);
-      base[(k / 4) * NR * 4 + k % 4] = (int8_t)h;
-      sum += (int32_t)h;
-    }
-    scale[i] = s;
-    norm[i] = (float)(sqrt(nn) * 1.001);
-    err[i] = (float)(sqrt(ee) * 1.001);
-    corr[i] = OFFSET * sum;
-  }
-}
-
-/* The query q [pq, d] float32 as int16 GEMM panels [ldq / 16][dk / 2][16][2] (zero padding
- * past pq and d), with per row the scale sq (row_scale) and the norms of q~ and of q - q~,
- * each rounded up by 1e-3 (far above float64's summation error), corr 0. ldq = pq
- * rounded up to 16, dk = d rounded up to 4. Once per query, so plain scalar code. */
-static void query16(const float *q, int64_t pq, int64_t d, int16_t *panels, float *scale,
-                    int32_t *corr, float *norm, float *err) {
-  const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4);
-  memset(panels, 0, (size_t)(ldq * dk) * 2);
-  for (int64_t i = 0; i < pq; ++i) {
-    const float *row = q + i * d;
-    int16_t *base = panels + (i / NR) * dk * NR + (i % NR) * 2;
+    const int64_t base = (i / NR) * dk * NR + (i % NR) * g;
     float mx = 0.0f;
     double n2 = 0.0;
     for (int64_t k = 0; k < d; ++k) {
       mx = fmaxf(mx, fabsf(row[k]));
       n2 += (double)row[k] * row[k];
     }
-    const float s = row_scale(mx, sqrt(n2), d);
+    const float s = bits == 8 ? (mx > 0.0f ? mx / 127.0f : 1.0f) : row_scale(mx, sqrt(n2), d);
     double nn = 0.0, ee = 0.0;
+    int32_t sum = 0;
     for (int64_t k = 0; k < d; ++k) {
-      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -HMAX), HMAX);
+      const float h = fminf(fmaxf(nearbyintf(row[k] / s), -top), top);
       const double r = (double)s * (double)h;
       nn += r * r;
       ee += ((double)row[k] - r) * ((double)row[k] - r);
-      base[(k / 2) * NR * 2 + k % 2] = (int16_t)h;
+      const int64_t at = base + (k / g) * NR * g + k % g;
+      if (bits == 8) ((int8_t *)panels)[at] = (int8_t)h;
+      else ((int16_t *)panels)[at] = (int16_t)h;
+      sum += (int32_t)h;
     }
     scale[i] = s;
     norm[i] = (float)(sqrt(nn) * 1.001);
     err[i] = (float)(sqrt(ee) * 1.001);
-    corr[i] = 0;
+    corr[i] = bits == 8 ? OFFSET * sum : 0;
   }
-}
-
-/* The query q [pq, d] float32 as int8 (bits 8) or int16 (bits 16) GEMM panels, with per
- * row its scale, offset correction (int8), norm and error norm (see query8, query16). */
-void pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels, float *scale,
-                   int32_t *corr, float *norm, float *err) {
-  if (bits == 8) query8(q, pq, d, (int8_t *)panels, scale, corr, norm, err);
-  else query16(q, pq, d, (int16_t *)panels, scale, corr, norm, err);
 }
 
 static inline float hmax8(__m256 v) {
