@@ -100,19 +100,49 @@ def test_cluster_mismatch_and_missing_wpca(tmp_path):
 
 
 class Payload:
-    """An object whose unpickling would run code: weights_only loading must refuse it."""
+    """An object whose unpickling would create a file: the loader must refuse to run it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
 
     def __reduce__(self):
-        return (print, ('this must never run',))
+        return (open, (self.marker, 'w'))
 
 
-def test_arbitrary_pickles_are_not_executed(tmp_path, capsys):
-    path = tmp_path / 'evil.pth.tar'
-    with open(path, 'wb') as handle:
-        pickle.dump({'state_dict': {}, 'x': Payload()}, handle)
-    with pytest.raises(CheckpointError, match='Only tensor checkpoints are accepted'):
+def _refusal(path):
+    with pytest.raises(CheckpointError) as err:
         load_model(path, get_config('speed'))
-    assert 'this must never run' not in capsys.readouterr().out
+    return str(err.value)
+
+
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle.dump'])
+def test_arbitrary_pickles_are_not_executed(tmp_path, writer):
+    marker = tmp_path / 'this_must_never_exist'
+    path = tmp_path / 'evil.pth.tar'
+    blob = {'state_dict': {'pool.centroids': torch.zeros(2, 2)}, 'x': Payload(marker)}
+    if writer == 'torch.save':
+        torch.save(blob, path)
+    else:
+        with open(path, 'wb') as handle:
+            pickle.dump(blob, handle, protocol=4)
+    message = _refusal(path)
+    assert not marker.exists()
+    assert str(path) in message
+    # what to do instead, and never torch's hint to unpickle the file anyway
+    assert "torch.save({'state_dict': model.state_dict()}" in message
+    assert 'trusted environment' in message
+    assert 'weights_only' not in message and 'False' not in message
+    assert 'safe_globals' not in message and '\n' not in message
+    if writer == 'torch.save':
+        assert 'holds pickled Python objects besides tensors (it refers to io.open)' in message
+
+
+def test_not_a_checkpoint_at_all(tmp_path):
+    path = tmp_path / 'notes.pth.tar'
+    path.write_bytes(b'hello world, not a checkpoint\n' * 4)
+    message = _refusal(path)
+    assert message.startswith(f'cannot read checkpoint {path}: ')
+    assert 'not a PyTorch checkpoint' in message and 'weights_only' not in message
 
 
 def test_truncated_checkpoint(tmp_path):

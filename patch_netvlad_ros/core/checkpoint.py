@@ -6,14 +6,16 @@ The official files (``mapillary_WPCA{128,512,4096}.pth.tar``, ``pittsburgh_WPCA*
 hold ``{'state_dict': {...}, ...}`` with keys ``encoder.<i>.weight|bias``,
 ``pool.centroids`` [K, D], ``pool.conv.weight`` [K, D, 1, 1] (+ ``pool.conv.bias``
 for vladv2), ``WPCA.0.weight`` [Dp, K*D, 1, 1] and ``WPCA.0.bias`` [Dp]. They are
-read with ``torch.load(weights_only=True)``: tensors and plain containers only.
+read with torch's tensor-only unpickler: tensors and plain containers only; nothing
+else in a file is ever unpickled (see :func:`read_state_dict`).
 """
 
 import hashlib
 import os
 from pathlib import Path
-import pickle
+import re
 from typing import Any, Dict, Mapping, Optional, Union
+import warnings
 
 import torch
 
@@ -24,8 +26,48 @@ from .model import PatchNetVLAD
 PathLike = Union[str, Path]
 
 
+#: What to do with a checkpoint that holds more than tensors (no hint to unpickle it here).
+CONVERT_HINT = (
+    'If the file comes from a source you trust, convert it once, in a trusted environment '
+    'with the code that wrote it: load the model there and save only its tensors, e.g. '
+    "torch.save({'state_dict': model.state_dict()}, 'clean.pth.tar'); then give the "
+    'clean file')
+
+
+def _refusal(path: Path, exc: BaseException) -> CheckpointError:
+    """Return the error for a file that the tensor-only unpickler refused or could not read.
+
+    torch's own message is not passed on: it suggests unpickling the file anyway.
+    """
+    text = str(exc)
+    found = re.search(r'GLOBAL (\S+) was not an allowed global', text)
+    if found:
+        return CheckpointError(
+            f'checkpoint {path} holds pickled Python objects besides tensors (it refers to '
+            f'{found.group(1)}); they are not loaded, since unpickling them can run any '
+            f'code. {CONVERT_HINT}')
+    found = re.search(r'Unsupported operand (\d+)', text)
+    if found or 'Weights only load failed' in text:
+        what = f' (pickle opcode {found.group(1)})' if found else ''
+        return CheckpointError(
+            f'checkpoint {path} is a pickle that the tensor-only loader does not '
+            f'read{what}: not the format torch.save writes, or it holds more than tensors; '
+            f'nothing in it was run. {CONVERT_HINT}')
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if 'weights_only' in first:
+        first = type(exc).__name__
+    return CheckpointError(
+        f'cannot read checkpoint {path}: {first}. The file may be truncated or not a '
+        'PyTorch checkpoint; only tensors and plain containers are accepted')
+
+
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """Load the ``state_dict`` of a checkpoint file safely onto the CPU."""
+    """Load the ``state_dict`` of a checkpoint file safely onto the CPU.
+
+    Only tensors and plain containers are read (torch's tensor-only unpickler); a file
+    that holds other pickled objects is refused without running anything, with a message
+    that says how to convert a trusted file (:data:`CONVERT_HINT`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -33,11 +75,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
             '(e.g. mapillary_WPCA4096.pth.tar) or bootstrap one from your reference '
             'images with `pnv-bootstrap`')
     try:
-        blob = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f'cannot read checkpoint {path}: {exc}. Only tensor checkpoints are accepted '
-            '(weights_only loading); the file may be truncated or not a checkpoint') from exc
+        with warnings.catch_warnings():
+            # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            blob = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises many kinds here (UnpicklingError, KeyError...)
+        raise _refusal(path, exc) from None
     state = blob.get('state_dict', blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping) or not state:
         raise CheckpointError(f'{path} holds no state_dict of tensors')
