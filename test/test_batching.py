@@ -4,6 +4,7 @@
 
 import pytest
 
+from patch_netvlad_ros.core.accounting import node_balance
 from patch_netvlad_ros.core.batching import FrameBatcher
 from patch_netvlad_ros.core.errors import ConfigError
 
@@ -11,9 +12,13 @@ from patch_netvlad_ros.core.errors import ConfigError
 
 
 def check_invariant(b):
-    """Every frame received is batched, dropped or still waiting."""
+    """Every frame received is batched, dropped or still waiting; every batched frame is in
+    flight, acknowledged or given up; the counters say the same (node_balance)."""
     s = b.stats
-    assert s.received == s.batched + s.dropped_backpressure + s.dropped_invalid + len(b)
+    assert s.received == (s.batched + s.dropped_backpressure + s.dropped_invalid
+                          + s.dropped_oversized + len(b))
+    assert s.batched == b.in_flight_frames + s.acked + s.dropped_ack_timeout
+    assert node_balance('camera_batcher', b.counters()) == 0
 
 
 def test_batch_by_size_exactly_batch_size_oldest_first():
@@ -121,15 +126,19 @@ def test_credit_flow_control_two_in_flight():
 
 
 def test_max_in_flight_zero_disables_flow_control():
-    """max_in_flight 0: batches leave without acks and nothing is tracked."""
-    b = FrameBatcher(batch_size=1, max_age_s=100.0, capacity=10, max_in_flight=0)
+    """max_in_flight 0: batches leave without waiting; acks still account for the frames."""
+    b = FrameBatcher(batch_size=1, max_age_s=100.0, capacity=10, max_in_flight=0,
+                     ack_timeout_s=5.0)
     for i in range(5):
         b.push(i, 0.0)
     got = [b.take(0.0) for _ in range(5)]
     assert got == [(i + 1, [i]) for i in range(5)]
-    assert b.in_flight == 0
-    assert b.ack(1) is False
-    assert b.take(100.0) is None
+    assert (b.in_flight, b.in_flight_frames) == (5, 5)
+    assert b.ack(1) is True and b.ack(1) is False
+    check_invariant(b)
+    assert b.take(100.0) is None  # the four unacknowledged batches are given up
+    assert (b.in_flight, b.stats.acked, b.stats.dropped_ack_timeout) == (0, 1, 4)
+    check_invariant(b)
 
 
 def test_ack_timeout_frees_the_slot():
@@ -147,9 +156,16 @@ def test_ack_timeout_frees_the_slot():
     assert b.take(2.5) == (2, ['c', 'd'])
     assert b.stats.acks_timed_out == 1
     assert b.in_flight == 1  # batch 2 now
-    assert b.ack(1) is False  # the late ack of the given-up batch
+    assert (b.stats.dropped_ack_timeout, b.stats.acked) == (2, 0)
+    check_invariant(b)
+    assert b.ack(1) is False  # the late ack of the given-up batch: it held no slot...
+    # ...but its frames were delivered after all: they move back from given up to acked.
+    assert (b.stats.dropped_ack_timeout, b.stats.acked, b.stats.late_acks) == (0, 2, 1)
+    assert b.ack(1) is False and b.stats.acked == 2  # counted once
     assert b.ack(2) is True
     assert b.stats.acks_timed_out == 1
+    assert (b.stats.acked, b.stats.dropped_ack_timeout) == (4, 0)
+    check_invariant(b)
 
 
 def test_acknowledged_batches_never_time_out():
