@@ -4,6 +4,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,7 +152,7 @@ def test_saved_index_is_loaded_and_exact(small, tmp_path):
     model, ref_map, queries = small
     path = ref_map.save(tmp_path / 'map')
     manifest = json.loads((path / 'manifest.json').read_text())
-    assert manifest['format_version'] == 2 and manifest['index_kind'] == 'flat'
+    assert manifest['format_version'] == 3 and manifest['index_kind'] == 'flat'
     assert set(manifest['files']) == {'global.npy', 'patches_0.npy', 'references.csv',
                                       'global.faiss'}
     loaded = ReferenceMap.load(path)
@@ -273,11 +275,15 @@ def test_interrupted_saves_leave_the_good_map(small, tmp_path, monkeypatch):
     path = ref_map.save(tmp_path / 'map')
     before = Localizer(ReferenceMap.load(path), model).localize(queries[0]).retrieval_order
     # a build killed mid-way leaves its temporary folder (half written) beside the map
-    partial = tmp_path / '.map.tmp-999999'
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    partial = tmp_path / f'.map.tmp-{gone.pid}'
     partial.mkdir()
     (partial / 'global.npy').write_bytes(b'\x93NUMPY half')
-    loaded = ReferenceMap.load(path)
+    said = []
+    loaded = ReferenceMap.load(path, log=said.append)
     assert Localizer(loaded, model).localize(queries[0]).retrieval_order == before
+    assert len(said) == 1 and f'left .map.tmp-{gone.pid} (temporary folder' in said[0]
     # a save that fails part-way cleans up after itself and keeps the previous map
 
     def fail(*args):
@@ -285,11 +291,14 @@ def test_interrupted_saves_leave_the_good_map(small, tmp_path, monkeypatch):
     import faiss
     monkeypatch.setattr(faiss, 'write_index', fail)
     bigger = synthetic_map(20)
+    said = []
     with pytest.raises(OSError, match='disk full'):
-        bigger.save(path)
+        bigger.save(path, log=said.append)          # (it first removes the dead build's)
     monkeypatch.undo()
     assert len(ReferenceMap.load(path)) == 12
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['.map.tmp-999999', 'map']
+    assert said == [f'removing .map.tmp-{gone.pid} (temporary folder, 0.0 MB; its writer, '
+                    f'process {gone.pid}, is gone)']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['map']
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(f'-{os.getpid()}')]
 
 

@@ -3,19 +3,23 @@
 """Maps from recorded drives: bags in every format, interpolation, keyframes, GNSS, CLI."""
 
 import csv
+import json
 from pathlib import Path
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import build_map as build_map_cli
+from patch_netvlad_ros.core.backbone import sha256_file
 from patch_netvlad_ros.core.bags import read_images, write_bag
 from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
 from patch_netvlad_ros.core.errors import MapError
 from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
-from patch_netvlad_ros.core.map_building import build_map, map_model_path
+from patch_netvlad_ros.core.map_building import build_map, map_model_path, resolve_map_model
 from patch_netvlad_ros.core.poses import geodetic_to_enu
 
 KITTI = Path('/work/shared/data/kitti_raw_0005')
@@ -280,3 +284,42 @@ def test_map_building_streams_descriptors_to_disk(corridor_images, corridor_mode
                                    list(ref_map.references))
     np.testing.assert_array_equal(ref_map.patches[0], expected.patches[0])
     np.testing.assert_allclose(ref_map.global_desc, expected.global_desc, rtol=0, atol=1e-6)
+
+
+def test_built_map_checksums_its_model_and_the_next_build_clears_dead_leftovers(
+        five, corridor_model, tmp_path, capsys):
+    """model.pth.tar is in the manifest: a flipped byte is named as a damaged model, not read
+    as another model; the CLI's next build reports and removes a dead build's folder."""
+    bag = write_bag(tmp_path / 'd', 'mcap', [(float(i), 'cam', im) for i, im in
+                                             enumerate(five[:3])],
+                    poses=_odom([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]))
+    out = tmp_path / 'map'
+    build_map(read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE), out,
+              config=corridor_model.config, checkpoint=corridor_model.checkpoint_path)
+    manifest = json.loads((out / 'manifest.json').read_text())
+    model_file = map_model_path(out)
+    assert manifest['files'][model_file.name] == {'sha256': sha256_file(model_file),
+                                                  'bytes': model_file.stat().st_size}
+    ReferenceMap.load(out)
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0x01                   # inside a weight tensor
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(MapError, match="the map's model model.pth.tar fails its SHA-256 check"):
+        ReferenceMap.load(out)
+    loaded = ReferenceMap.load(out, verify=False)  # the node's fast start: sizes only ...
+    with pytest.raises(MapError, match="the map's model model.pth.tar fails its SHA-256 check"):
+        resolve_map_model(out, loaded.config)      # ... the model is still checked
+    # a build killed mid-way: the next build of this map says so and frees the disk
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    dead = tmp_path / f'.map.tmp-{gone.pid}'
+    dead.mkdir()
+    (dead / 'patches_0.npy').write_bytes(b'\0' * 3_000_000)
+    assert build_map_cli.main([str(out), '--bag', str(bag), '--checkpoint',
+                               str(corridor_model.checkpoint_path), '--image-size', '320x240',
+                               '--min-distance', '0']) == 0
+    err = capsys.readouterr().err
+    assert (f'warning: removing .map.tmp-{gone.pid} (temporary folder, 3.0 MB; its writer, '
+            f'process {gone.pid}, is gone)') in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['d', 'map']
+    ReferenceMap.load(out)                         # its own model again, checksummed

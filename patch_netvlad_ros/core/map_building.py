@@ -14,13 +14,13 @@ from typing import Callable, Optional, Tuple, Union
 from .bootstrap import bootstrap_model
 from .checkpoint import load_model, model_digest, save_checkpoint
 from .config import PatchNetVLADConfig
-from .database import MapWriter, Reference, ReferenceMap
+from .database import check_map_file, MapWriter, Reference, ReferenceMap
 from .drives import Drive, Origin
 from .errors import MapError
 from .extraction import describe_batches
+from .map_manifest import MODEL_FILE
 from .model import PatchNetVLAD
 
-MODEL_FILE = 'model.pth.tar'
 PathLike = Union[str, Path]
 Log = Optional[Callable[[str], None]]
 
@@ -38,11 +38,17 @@ def map_origin(ref_map: ReferenceMap) -> Optional[Origin]:
 
 def resolve_map_model(map_dir: PathLike, config: PatchNetVLADConfig,
                       checkpoint: Optional[PathLike] = None) -> PatchNetVLAD:
-    """Load ``checkpoint`` or the map's own model; the caller checks the identity."""
+    """Load ``checkpoint`` or the map's own model; the caller checks the identity.
+
+    The map's own model is first checked against the manifest's size and SHA-256 (format
+    3 maps list it), so a damaged file is named as such rather than read as another model.
+    """
     path = Path(checkpoint) if checkpoint else map_model_path(map_dir)
     if not path.is_file():
         raise MapError(f'{map_dir} keeps no model ({MODEL_FILE}) and no checkpoint was '
                        'given: pass the checkpoint the map was built with')
+    if not checkpoint:
+        check_map_file(map_dir, MODEL_FILE)
     return load_model(path, config)
 
 
@@ -55,7 +61,12 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
 
     config: the preset for a new map (ignored when extending: the base map's is used).
     Written atomically; an interrupted build leaves any previous map at ``output`` intact.
+    log: progress, and what is found beside ``output`` before writing (a map an
+    interrupted commit left, put back; folders of dead builds, removed; see
+    :class:`.database.MapWriter`).
     """
+    # what is found beside the map goes to the caller's log, else to the module's logger
+    found_log = (lambda msg: log(f'warning: {msg}')) if log else None
     log = log or (lambda msg: None)
     if not drive.frames:
         raise MapError(f'drive {drive.name} has no posed keyframes ({drive.summary()}): '
@@ -92,7 +103,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     # images and descriptors stream batch by batch: a performance-preset keyframe alone is
     # 23 MB of patches, so a long drive would not fit in memory (a drive read without
     # holding its images reads them again from its source here)
-    with MapWriter(output, model.config, digest, len(old_refs) + len(refs)) as writer:
+    with MapWriter(output, model.config, digest, len(old_refs) + len(refs),
+                   log=found_log) as writer:
         if base is not None:
             writer.append_map(base)
         for desc in describe_batches(model, drive.frame_images(), batch_size,
@@ -101,6 +113,7 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
                           [p.cpu().numpy() for p in desc.patches])
         save_checkpoint(model, writer.folder / MODEL_FILE)   # renamed in with the map
         path = writer.commit(old_refs + refs, meta)
-    ref_map = ReferenceMap.load(path, verify=False)
+    # every row was checked as it was written (MapWriter.append): no second read
+    ref_map = ReferenceMap.load(path, verify=False, check_values=False, log=found_log)
     log(f'map {path}: {len(ref_map)} references')
     return ref_map, model

@@ -1,0 +1,94 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+r"""pnv-map: check a map folder, put back one an interrupted commit left, remove leftovers.
+
+    pnv-map check maps/office       # schema, sizes, SHA-256 of every file (the model
+                                    # too), descriptor values; read-only
+    pnv-map recover maps/office     # no map there: put back the complete one beside it
+    pnv-map clean maps/office       # recover first, then remove folders of dead builds
+
+A commit interrupted where the file system cannot swap folders atomically leaves no map
+at PATH and the new and old maps beside it (.NAME.tmp-PID, .NAME.old-PID); the new one
+wins when it verifies in full, else the old one. A killed build leaves .NAME.tmp-PID.
+Folders of builds still running are never touched. Exit status 0, or 2 with one
+'error:' line.
+"""
+
+import argparse
+from pathlib import Path
+import sys
+from typing import Optional
+
+from .common import run_main
+from ..core.database import recover_map, ReferenceMap, tidy_map_folder
+from ..core.errors import MapError
+from ..core.map_folder import leftovers
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def check(path: Path, verify: bool, values: bool) -> int:
+    """Load the map as the localizer would, without recovering; print what was checked."""
+    ref_map = ReferenceMap.load(path, verify=verify, check_values=values, recover=False,
+                                log=lambda msg: _say(f'warning: {msg}'))
+    import json
+    manifest = json.loads((path / 'manifest.json').read_text())
+    checked = ['schema', 'sizes'] + (['SHA-256'] if verify else []) + \
+        (['descriptor values'] if values else [])
+    cfg = ref_map.config
+    print(f'{path}: ok ({", ".join(checked)}): format {manifest["format_version"]}, '
+          f'{len(ref_map)} references, preset {cfg.preset} {cfg.image_width}x'
+          f'{cfg.image_height}, {len(manifest["files"])} files '
+          f'({", ".join(sorted(manifest["files"]))})')
+    return 0
+
+
+def recover(path: Path) -> int:
+    """Put back a map an interrupted commit left beside a missing PATH."""
+    if path.exists():
+        print(f'{path}: a map is in place; nothing to recover')
+        return 0
+    if recover_map(path, log=_say) is None:
+        found = leftovers(path)
+        raise MapError(f'no map at {path} and nothing complete beside it to put back'
+                       + (': ' + '; '.join(left.describe() for left in found) if found
+                          else '') + ': build the map again')
+    print(f'{path}: recovered')
+    return 0
+
+
+def clean(path: Path) -> int:
+    """Recover a missing map first, then remove the folders of dead builds."""
+    recovered, removed = tidy_map_folder(path, log=_say)
+    kept = [left for left in leftovers(path)]
+    freed = sum(left.nbytes for left in removed)
+    print(f'{path}: ' + ('recovered; ' if recovered else '')
+          + f'removed {len(removed)} leftover folder(s), {freed / 1e6:.1f} MB freed'
+          + (f'; kept {len(kept)} of running builds' if kept else ''))
+    return 0
+
+
+@run_main
+def main(argv: Optional[list] = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.splitlines()[1:]))
+    parser.add_argument('command', choices=('check', 'recover', 'clean'))
+    parser.add_argument('path', type=Path, help='the map folder')
+    parser.add_argument('--no-verify', action='store_true',
+                        help='check: skip the SHA-256 of every file (sizes still checked)')
+    parser.add_argument('--no-values', action='store_true',
+                        help='check: skip reading the descriptor values')
+    args = parser.parse_args(argv)
+    if args.command == 'check':
+        return check(args.path, not args.no_verify, not args.no_values)
+    if args.command == 'recover':
+        return recover(args.path)
+    return clean(args.path)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
