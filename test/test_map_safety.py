@@ -480,3 +480,34 @@ def test_leftovers_of_other_maps_and_unknown_names_are_not_touched(tmp_path):
     assert map_folder.leftovers(path) == []
     assert map_tool.main(['clean', str(path)]) == 0
     assert len(list(tmp_path.iterdir())) == 6
+
+
+def test_a_live_process_that_reuses_a_dead_writers_id_does_not_keep_its_folder(tmp_path):
+    """After a reboot a writer's PID may be another process's: its start time tells."""
+    path = tmp_path / 'map'
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        old = tmp_path / f'.map.tmp-{other.pid}'
+        old.mkdir()
+        an_hour_ago = old.stat().st_mtime - 3600
+        os.utime(old, (an_hour_ago, an_hour_ago))   # made before that process started
+        fresh = map_folder.leftovers(path)
+        assert [(x.pid, x.alive) for x in fresh] == [(other.pid, False)]
+        os.utime(old)                               # made now, while it runs: its own
+        assert [x.alive for x in map_folder.leftovers(path)] == [True]
+        os.utime(old, (an_hour_ago, an_hour_ago))
+        assert [x.folder for x in map_folder.clean_leftovers(path)] == [old]
+        assert other.poll() is None                 # the process itself is untouched
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_saving_over_a_link_replaces_the_link_and_keeps_its_target(tmp_path):
+    target = synthetic_map(3).save(tmp_path / 'office_v1')
+    (tmp_path / 'current').symlink_to(target)
+    synthetic_map(4, seed=5).save(tmp_path / 'current')
+    assert not (tmp_path / 'current').is_symlink()
+    assert_same_map(ReferenceMap.load(tmp_path / 'current'), synthetic_map(4, seed=5))
+    assert_same_map(ReferenceMap.load(target), synthetic_map(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['current', 'office_v1']

@@ -431,7 +431,7 @@ def _scan_array(path: Path, arr: np.memmap, sha256: Optional[str], check_values:
     row_items = int(np.prod(arr.shape[1:]))
     row_bytes = row_items * arr.dtype.itemsize
     step = max(1, CHECK_BYTES // max(row_bytes, 1))
-    buf = bytearray(min(n, step) * row_bytes)
+    buf = bytearray(max(min(n, step) * row_bytes, 1 << 16))
     view = memoryview(buf)
     is_global = arr.ndim == 2
     bad: List[int] = []
@@ -483,7 +483,8 @@ def _leftover_hint(path: Path) -> str:
         return ''
     return (' (an interrupted build left a temporary folder beside it: '
             + '; '.join(left.describe() for left in found)
-            + f'; `pnv-map recover {path}` says why none is a complete map)')
+            + f'; `pnv-map recover {path}` puts back a complete map from there if one '
+            'verifies)')
 
 
 def _created(folder: Path) -> float:

@@ -102,18 +102,54 @@ def publish(folder: Path, path: Path) -> str:
                 os.rename(backup, path)         # put the old map back
                 raise
             how = 'two renames'
-            shutil.rmtree(backup)
+            _remove(backup)
     if how == 'rename':
         os.rename(folder, path)
     fsync_path(path.parent)
     if how == 'exchange':
-        shutil.rmtree(folder)                   # the old map, now under the temporary name
+        _remove(folder)                         # the old map, now under the temporary name
         fsync_path(path.parent)
     return how
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (another user's counts)."""
+def _remove(path: Path) -> None:
+    """Remove a folder, or the link or file that stood at the map's path."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+
+
+def _boot_time() -> Optional[float]:
+    try:
+        with open('/proc/stat') as handle:
+            for line in handle:
+                if line.startswith('btime '):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_start(pid: int) -> Optional[float]:
+    """Unix time a process started (Linux /proc, to about a second), None if unknown."""
+    boot = _boot_time()
+    try:
+        with open(f'/proc/{pid}/stat') as handle:
+            stat = handle.read()
+        ticks = int(stat.rsplit(')', 1)[1].split()[19])      # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if boot is None else boot + ticks / os.sysconf('SC_CLK_TCK')
+
+
+def pid_alive(pid: int, since: Optional[float] = None) -> bool:
+    """Whether the process with this id that may have written at time ``since`` still runs.
+
+    Another user's process counts. since: a time the writer was already running (a
+    folder's modification time: its writer made it). A process that started later
+    only reuses the id (after a reboot, say), so the writer is gone.
+    """
     if pid <= 0:
         return True                             # never a writer's: leave it alone
     try:
@@ -121,8 +157,9 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    start = process_start(pid) if since is not None else None
+    return start is None or start <= since + 2.0      # start is rounded down to ~1 s
 
 
 @dataclass
@@ -167,7 +204,8 @@ def leftovers(path: PathLike) -> List[Leftover]:
         match = pattern.fullmatch(entry.name)
         if match and entry.is_dir() and not entry.is_symlink():
             pid = int(match.group(2))
-            out.append(Leftover(entry, match.group(1), pid, pid_alive(pid), _folder_bytes(entry)))
+            alive = pid_alive(pid, since=entry.stat().st_mtime)
+            out.append(Leftover(entry, match.group(1), pid, alive, _folder_bytes(entry)))
     return out
 
 
