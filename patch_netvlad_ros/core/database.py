@@ -249,8 +249,9 @@ class ReferenceMap:
         check_values: read the descriptors (in chunks of :data:`CHECK_BYTES`, never the
         whole array) and refuse NaN/Inf values and global rows of other than unit length.
         With verify the same read also hashes them (one pass); without it, this is the
-        only full read (about 1.5 GB/s from the page cache on 2 CPU cores, bounded by the
-        disk when cold: see the README). False skips it, for a map known to be good.
+        only full read: 1.9 s for a 2.4 GB map from the page cache, 4.1 s cold, against 8.2
+        and 16 s with verify (2 shared CPU cores; scripts/bench_map_checks.py), and the
+        resident set does not grow. False skips it, for a map known to be good.
         expect: an identity (see :attr:`identity`) the map must have, e.g. the running
         model's. recover: where there is no map at ``path`` but an interrupted commit
         left one beside it, put it back first (:func:`recover_map`). log: warnings
