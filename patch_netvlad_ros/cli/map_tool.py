@@ -23,6 +23,7 @@ from .common import run_main
 from ..core.database import recover_map, ReferenceMap, tidy_map_folder
 from ..core.errors import MapError
 from ..core.map_folder import leftovers
+from ..core.map_manifest import read_manifest
 
 
 def _say(msg: str) -> None:
@@ -33,8 +34,7 @@ def check(path: Path, verify: bool, values: bool) -> int:
     """Load the map as the localizer would, without recovering; print what was checked."""
     ref_map = ReferenceMap.load(path, verify=verify, check_values=values, recover=False,
                                 log=lambda msg: _say(f'warning: {msg}'))
-    import json
-    manifest = json.loads((path / 'manifest.json').read_text())
+    manifest, _, _ = read_manifest(path)
     checked = ['schema', 'sizes'] + (['SHA-256'] if verify else []) + \
         (['descriptor values'] if values else [])
     cfg = ref_map.config
@@ -62,7 +62,7 @@ def recover(path: Path) -> int:
 def clean(path: Path) -> int:
     """Recover a missing map first, then remove the folders of dead builds."""
     recovered, removed = tidy_map_folder(path, log=_say)
-    kept = [left for left in leftovers(path)]
+    kept = leftovers(path)
     freed = sum(left.nbytes for left in removed)
     print(f'{path}: ' + ('recovered; ' if recovered else '')
           + f'removed {len(removed)} leftover folder(s), {freed / 1e6:.1f} MB freed'

@@ -39,8 +39,8 @@ from .config import PatchNetVLADConfig
 from .errors import MapError
 from .map_folder import clean_leftovers, fsync_path, Leftover, leftovers, publish, \
     temp_folder
-from .map_manifest import check_manifest, descriptor_files, file_record, FORMAT_VERSION, \
-    GLOBAL_FILE, INDEX_FILE, make_manifest, MANIFEST, MODEL_FILE, READABLE_VERSIONS, \
+from .map_manifest import descriptor_files, file_record, FORMAT_VERSION, GLOBAL_FILE, \
+    INDEX_FILE, make_manifest, MANIFEST, MODEL_FILE, read_manifest, READABLE_VERSIONS, \
     REFERENCES_FILE
 
 # FORMAT_VERSION, READABLE_VERSIONS and INDEX_FILE are also read from here
@@ -277,11 +277,7 @@ class ReferenceMap:
         if not manifest_path.is_file():
             raise MapError(f'no map at {path}: {MANIFEST} missing{_leftover_hint(path)}; '
                            'build one with `pnv-build-map`')
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MapError(f'{manifest_path} is not valid JSON: {exc}') from exc
-        version, config = check_manifest(manifest, str(path))
+        manifest, version, config = read_manifest(path)
         files = manifest['files']
         for name, info in files.items():
             f = path / name

@@ -23,6 +23,7 @@ included; formats 1 and 2 did not list the model (it is then not checked).
 """
 
 import hashlib
+import json
 import os
 from pathlib import Path
 import re
@@ -87,6 +88,23 @@ def make_manifest(count: int, config: PatchNetVLADConfig, identity: Dict[str, An
 
 
 # ------------------------------------------------------------------------- checking
+def read_manifest(folder: Path) -> Tuple[Dict[str, Any], int, PatchNetVLADConfig]:
+    """Read and check ``folder/manifest.json``: (the manifest, its version, its config).
+
+    For callers that need only what a map says about itself (its model, preset, size)
+    without loading it; raises :class:`MapError` as :func:`check_manifest` does.
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MapError(f'no map at {folder}: {MANIFEST} missing') from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise MapError(f'{path} is not valid JSON: {exc}') from exc
+    version, config = check_manifest(manifest, str(folder))
+    return manifest, version, config
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, str):
         return f'the string {value[:60]!r}'
