@@ -4,20 +4,16 @@
 
 import csv
 import math
-import os
-from pathlib import Path
 
 import numpy as np
+from pose_data import KITTI_CSV, kitti_z_up, quaternion_rpy, to_camera, write_folder_drive
 import pytest
 
 from patch_netvlad_ros.core.errors import MapError
 from patch_netvlad_ros.core.poses import (
-    geodetic_to_enu, mercator_scale_xy, navsat_trajectory, PoseSample, quaternion_from_yaw,
-    select_keyframes, Trajectory, yaw_of)
-
-KITTI_DIR = Path(os.environ.get('PATCH_NETVLAD_KITTI_0005',
-                                '/work/shared/data/kitti_raw_0005'))
-KITTI_CSV = KITTI_DIR / 'gps_poses_derived.csv'
+    detect_convention, geodetic_to_enu, headings, mercator_scale_xy, navsat_trajectory,
+    PoseSample, quaternion_from_yaw, sample_to_z_up, select_keyframes, to_z_up, Trajectory,
+    yaw_of)
 
 #: WGS84, written out here so the expected values do not come from the module under test.
 A = 6378137.0
@@ -287,9 +283,6 @@ def test_navsat_errors():
 @pytest.fixture(scope='module')
 def kitti():
     """Load the derived GNSS poses of KITTI raw 2011_09_26_drive_0005 (91 frames)."""
-    if not KITTI_CSV.is_file():
-        pytest.skip(f'KITTI drive 0005 data not found at {KITTI_CSV} '
-                    '(set PATCH_NETVLAD_KITTI_0005 to its folder)')
     with open(KITTI_CSV, newline='') as f:
         rows = list(csv.DictReader(f))
     col = {k: np.array([float(r[k]) for r in rows])
@@ -368,3 +361,112 @@ def test_trajectory_errors():
     traj = Trajectory([PoseSample(0.0, 0.0, 0.0, 0.0)])
     with pytest.raises(MapError, match='max_gap'):
         traj.interpolate(0.0, max_gap=-1.0)
+
+
+# ---------------------------------------------------------------- pose conventions
+
+
+def test_camera_poses_to_z_up_by_hand():
+    # camera axes: x right, y down, z forward; z-up: x forward, y left, z up
+    p, q = to_z_up([[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0, 1.0]], 'camera')
+    assert p[0] == pytest.approx([3.0, -1.0, -2.0])
+    assert q[0] == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    s45 = math.sqrt(0.5)
+    # optical axis turned from +z to +x (the right): about +y by 90 deg -> heading -90 deg
+    right = [0.0, s45, 0.0, s45]
+    # rolled 30 deg about the optical axis: no heading change at all
+    rolled = [0.0, 0.0, math.sin(math.radians(15)), math.cos(math.radians(15))]
+    got = np.degrees(headings(np.array([right, rolled]), 'camera'))
+    assert got == pytest.approx([-90.0, 0.0], abs=1e-9)
+    # read as z-up (the bug): the turn vanishes and the roll becomes a 30 deg heading
+    assert np.degrees(headings(np.array([right, rolled]), 'z-up')) == pytest.approx(
+        [0.0, 30.0], abs=1e-9)
+    # z-up poses are left as they are
+    zp, zq = to_z_up([[1.0, 2.0, 3.0]], [right], 'z-up')
+    assert zp[0] == pytest.approx([1.0, 2.0, 3.0]) and zq[0] == pytest.approx(right)
+    up = sample_to_z_up(PoseSample(7.0, 1.0, 2.0, 3.0, *right), 'camera')
+    assert (up.stamp, up.x, up.y, up.z) == pytest.approx((7.0, 3.0, -1.0, -2.0))
+    with pytest.raises(MapError, match="unknown pose convention 'ned'"):
+        to_z_up([[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 1.0]], 'ned')
+
+
+def test_kitti_trajectory_in_both_conventions():
+    """The real drive rotated into camera axes comes back exactly; headings are its yaw."""
+    _, pos, quats, yaw, roll = kitti_z_up()
+    cam_pos, cam_q = to_camera(pos, quats)
+    back_pos, back_q = to_z_up(cam_pos, cam_q, 'camera')
+    np.testing.assert_allclose(back_pos, pos, atol=1e-12)
+    np.testing.assert_allclose(back_q, quats, atol=1e-15)
+    wrapped = np.angle(np.exp(1j * (headings(cam_q, 'camera') - yaw)))
+    assert np.abs(wrapped).max() < 1e-9
+    assert np.abs(np.angle(np.exp(1j * (headings(quats) - yaw)))).max() < 1e-9
+    # taken as z-up, camera poses give a "heading" that is not the yaw (a mix of roll and
+    # the camera's tilt): tens of degrees off on this drive
+    wrong = np.degrees(np.abs(np.angle(np.exp(1j * (headings(cam_q, 'z-up') - yaw)))))
+    assert wrong.min() > 10.0
+    assert np.abs(roll).max() < math.radians(3)   # while the car hardly rolls
+    # distances do not depend on the convention
+    np.testing.assert_allclose(np.linalg.norm(np.diff(cam_pos, axis=0), axis=1),
+                               np.linalg.norm(np.diff(pos, axis=0), axis=1), atol=1e-12)
+
+
+def test_detect_convention_on_the_kitti_drive():
+    _, pos, quats, _, _ = kitti_z_up()
+    cam_pos, cam_q = to_camera(pos, quats)
+    assert detect_convention(pos, quats)[0] == 'z-up'
+    convention, reason = detect_convention(cam_pos, cam_q)
+    assert convention == 'camera' and 'body z axis' in reason
+    # an optical frame says so whatever the trajectory
+    assert detect_convention(pos, quats, '/camera_color_optical_frame')[0] == 'camera'
+
+
+def test_detect_convention_without_travel_evidence():
+    ident = np.tile([0.0, 0.0, 0.0, 1.0], (20, 1))
+    # standing still, identity orientation: nothing to go by, REP 103 assumed
+    convention, reason = detect_convention(np.zeros((20, 3)), ident)
+    assert convention == 'z-up' and 'no evidence' in reason
+    # turning in place about z-up's up axis: body z stays on world z, body y does not
+    turning = np.array([quaternion_from_yaw(a) for a in np.linspace(0, 2 * np.pi, 20)])
+    assert detect_convention(np.zeros((20, 3)), turning)[0] == 'z-up'
+    # the same turn about the camera's up axis (-y)
+    _, cam_turning = to_camera(np.zeros((20, 3)), turning)
+    assert detect_convention(np.zeros((20, 3)), cam_turning)[0] == 'camera'
+    # sliding sideways with identity orientation (no forward-axis evidence): the plane
+    line = np.linspace(0.0, 10.0, 20)
+    flat_y = np.stack([np.zeros(20), line, 0.01 * np.sin(line)], axis=1)
+    convention, reason = detect_convention(flat_y, ident)
+    assert convention == 'z-up' and 'x-y plane' in reason
+    flat_x = np.stack([line, 0.01 * np.sin(line), np.zeros(20)], axis=1)
+    assert detect_convention(flat_x, ident)[0] == 'z-up'   # travels along body x
+    cam_x = np.stack([line, 0.01 * np.sin(line), line], axis=1)   # diagonal in x-z
+    convention, reason = detect_convention(cam_x, ident)
+    assert convention == 'camera' and 'x-z plane' in reason
+
+
+def test_heading_keyframes_agree_in_both_conventions(tmp_path):
+    """min_heading keyframes count turns about the up axis, whatever the convention.
+
+    The ten shipped KITTI frames (0, 10, ..., 90) read as folder drives in both
+    conventions, keyframes every 9 degrees of yaw: by the CSV's yaw (-70.0, -62.6, -55.9,
+    -49.0, -41.0, -30.2, -22.4, -23.6, -34.4, -48.9 deg) frames 0, 20, 40, 50 and 90.
+    """
+    from patch_netvlad_ros.core.drives import KeyframeRule, read_folder_drive
+    stamps, pos, quats, _, _ = kitti_z_up()
+    cam_pos, cam_q = to_camera(pos, quats)
+    frames = range(0, 91, 10)
+    rule = KeyframeRule(min_heading=math.radians(9.0))
+    size = (32, 96)
+    kept = {}
+    for name, (p, q) in (('z-up', (pos, quats)), ('camera', (cam_pos, cam_q))):
+        csv_path = write_folder_drive(tmp_path / name, frames, p, q, stamps)
+        drive = read_folder_drive(tmp_path / name, csv_path, size, rule)
+        assert drive.pose_convention == name       # detected from the trajectory
+        kept[name] = [f.source for f in drive.frames]
+        assert drive.summary()['pose_convention'] == name
+    expected = [f'{i:010d}.jpg' for i in (0, 20, 40, 50, 90)]
+    assert kept['z-up'] == kept['camera'] == expected
+    # what reading camera poses as z-up did: the roll-like angle hardly moves
+    wrong = read_folder_drive(tmp_path / 'camera', tmp_path / 'camera' / 'poses.csv', size,
+                              rule, pose_convention='z-up')
+    assert [f.source for f in wrong.frames] == expected[:1]
+    assert yaw_of(quaternion_rpy(0.1, 0.2, 0.3)) == pytest.approx(0.3)

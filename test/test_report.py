@@ -316,3 +316,70 @@ def test_format_summary(report, tmp_path):
     # The report read back from JSON (string keys, null) formats the same.
     with open(write_report(report, tmp_path / 'r.json')) as f:
         assert format_summary(json.load(f)) == text
+
+
+# ---------------------------------------------------------------- pose conventions
+
+
+def kitti_outcomes(positions, quats, convention):
+    """Map: even KITTI frames; queries: odd frames, answered with the map frame 2 ahead.
+
+    Poses of either convention go through to_z_up and headings, as pnv-evaluate does.
+    Returns (outcomes, z-up map positions [46, 3], map headings [46]).
+    """
+    from patch_netvlad_ros.core.poses import headings, to_z_up
+    pos, q = to_z_up(positions, quats, convention)
+    yaws = headings(q)
+    refs = np.arange(0, 91, 2)
+    out = [QueryOutcome(stamp=float(i), position=pos[i], yaw=float(yaws[i]),
+                        ranked=[min(i // 2 + 1, len(refs) - 1), 0], confidence=0.5)
+           for i in range(1, 91, 2)]
+    return out, pos[refs], yaws[refs]
+
+
+def test_errors_and_plot_axes_agree_in_both_conventions():
+    """The KITTI drive in z-up and camera axes: same errors, same ground-plane plot."""
+    from pose_data import kitti_z_up, to_camera
+    from patch_netvlad_ros.core.report import GROUND_AXES, trajectory_figure
+    _, pos, quats, yaw, _ = kitti_z_up()
+    results = {}
+    for convention, (p, q) in (('z-up', (pos, quats)), ('camera', to_camera(pos, quats))):
+        outs, refs, ref_yaws = kitti_outcomes(p, q, convention)
+        rep = evaluate(outs, refs, ref_yaws, radius=3.0, ns=(1, 2))
+        fig = trajectory_figure(rep, outs, refs, convention=convention)
+        results[convention] = (rep, fig.axes[0])
+    (up, ax_up), (cam, ax_cam) = results['z-up'], results['camera']
+    assert cam['recall'] == up['recall']
+    for a, b in zip(cam['per_query'], up['per_query']):
+        assert a['best'] == b['best'] and a['correct'] == b['correct']
+        assert a['error_m'] == pytest.approx(b['error_m'], abs=1e-9)
+        assert a['heading_error_deg'] == pytest.approx(b['heading_error_deg'], abs=1e-9)
+    # by hand: query frame 2k+1 answered with map frame 2k+2, heading error from the yaw
+    for k, q in enumerate(up['per_query']):
+        i, j = 2 * k + 1, min(2 * k + 2, 90)
+        assert q['error_m'] == pytest.approx(np.linalg.norm(pos[i] - pos[j]), abs=1e-9)
+        diff = math.degrees(abs(math.remainder(yaw[i] - yaw[j], 2 * math.pi)))
+        assert q['heading_error_deg'] == pytest.approx(diff, abs=1e-7)
+    # the plots draw the same ground plane: the map's line is east-north in both
+    for ax in (ax_up, ax_cam):
+        line = ax.get_lines()[0].get_xydata()
+        np.testing.assert_allclose(line, pos[0::2, :2], atol=1e-9)
+    assert ax_cam.get_xlim() == pytest.approx(ax_up.get_xlim())
+    assert ax_cam.get_ylim() == pytest.approx(ax_up.get_ylim())
+    assert (ax_up.get_xlabel(), ax_up.get_ylabel()) == GROUND_AXES['z-up'][:2]
+    assert (ax_cam.get_xlabel(), ax_cam.get_ylabel()) == ('z (m)', '-x (m)')
+    assert 'camera frame' in ax_cam.get_title()
+
+
+def test_camera_poses_taken_as_z_up_plot_lateral_against_height():
+    """What the plot showed before: camera poses read as z-up draw x (lateral) vs y (down)."""
+    from pose_data import kitti_z_up, to_camera
+    from patch_netvlad_ros.core.report import trajectory_figure
+    _, pos, quats, _, _ = kitti_z_up()
+    cam_pos, cam_q = to_camera(pos, quats)
+    outs, refs, ref_yaws = kitti_outcomes(cam_pos, cam_q, 'z-up')
+    rep = evaluate(outs, refs, ref_yaws, radius=3.0, ns=(1,))
+    line = trajectory_figure(rep, outs, refs).axes[0].get_lines()[0].get_xydata()
+    np.testing.assert_allclose(line, np.stack([-pos[0::2, 1], -pos[0::2, 2]], axis=1))
+    with pytest.raises(ValueError, match="unknown pose convention 'ned'"):
+        trajectory_figure(rep, outs, refs, convention='ned')

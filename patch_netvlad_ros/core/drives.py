@@ -15,10 +15,17 @@ Pose sources: nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped (their f
 the map frame), or sensor_msgs/NavSatFix converted to a local ENU frame (x east, y north,
 z up; REP 103/105) around an origin that the map keeps, so that query drives of the same
 map use the same origin.
+
+Pose convention: a drive's poses are either z-up (REP 103) or in the camera convention
+(z forward, y down: KITTI odometry, many SLAM outputs); ``pose_convention='auto'`` tells
+them apart from the trajectory (:func:`~.poses.detect_convention`; NavSatFix drives are
+ENU, z up). The poses are kept as recorded; the convention decides what heading means
+for ``min_heading`` keyframes and in evaluation, and is part of :meth:`Drive.summary`
+(and so of a map's ``meta['drives']``).
 """
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -27,7 +34,8 @@ import numpy as np
 from .bags import BagFix, read_images, read_poses
 from .errors import ImageError, MapError
 from .image import load_image, resize_rgb
-from .poses import navsat_trajectory, PoseSample, select_keyframes, Trajectory
+from .poses import (check_convention, detect_convention, navsat_trajectory, PoseSample,
+                    sample_to_z_up, select_keyframes, Trajectory, Z_UP)
 
 Origin = Tuple[float, float, float]
 PathLike = Union[str, Path]
@@ -42,7 +50,10 @@ class KeyframeRule:
     min_interval: float = 0.0   # seconds
 
     def keep(self, last: Optional[PoseSample], pose: PoseSample) -> bool:
-        """Whether ``pose`` is a keyframe after ``last`` (the first frame always is)."""
+        """Whether ``pose`` is a keyframe after ``last`` (the first frame always is).
+
+        Both poses z-up (:func:`~.poses.sample_to_z_up`): heading is yaw about +z.
+        """
         if last is None:
             return True
         return select_keyframes([last, pose], self.min_distance, self.min_heading,
@@ -72,15 +83,19 @@ class Drive:
     no_pose: int = 0
     not_keyframe: int = 0
     invalid: int = 0
+    #: 'z-up' or 'camera' (see :data:`~.poses.POSE_CONVENTIONS`), and why
+    pose_convention: str = Z_UP
+    convention_reason: str = ''
     #: reads the images of the given kept frames again from the source, in order, at
     #: network size (readers set it; used for frames whose images are not held)
     reread: Optional[Callable[[Sequence[DriveFrame]], Iterator[np.ndarray]]] = field(
         default=None, repr=False, compare=False)
 
-    def summary(self) -> Dict[str, int]:
-        """Return the counts, for logs and reports."""
+    def summary(self) -> Dict[str, Union[int, str]]:
+        """Return the counts and the pose convention, for logs, reports and map metadata."""
         return {'images': self.images, 'kept': len(self.frames), 'no_pose': self.no_pose,
-                'not_keyframe': self.not_keyframe, 'invalid': self.invalid}
+                'not_keyframe': self.not_keyframe, 'invalid': self.invalid,
+                'pose_convention': self.pose_convention}
 
     def frame_images(self) -> Iterator[np.ndarray]:
         """Yield the kept frames' images [H, W, 3] uint8 at network size, in order.
@@ -122,14 +137,56 @@ def bag_trajectory(path: PathLike, pose_topic: str,
                                  [f.longitude for f in fixes], [f.altitude for f in fixes],
                                  origin=origin)
     return Trajectory([PoseSample(p.stamp, p.x, p.y, p.z, p.qx, p.qy, p.qz, p.qw)
-                       for p in poses]), None
+                       for p in poses], frame_id=poses[0].frame_id), None
+
+
+def resolve_convention(drive: Drive, trajectory: Trajectory, requested: str) -> None:
+    """Set the drive's pose convention: requested ('auto', 'z-up' or 'camera').
+
+    'auto' detects it from the trajectory (:func:`~.poses.detect_convention`); a GNSS drive
+    (ENU) is z-up and refuses 'camera'.
+    """
+    if requested != 'auto':
+        check_convention(requested)
+    if drive.origin is not None:
+        if requested not in ('auto', Z_UP):
+            raise MapError(f'drive {drive.name}: NavSatFix poses are ENU (x east, y north, '
+                           f'z up); pose convention {requested!r} does not apply to them')
+        drive.pose_convention, drive.convention_reason = Z_UP, 'NavSatFix poses are ENU'
+    elif requested == 'auto':
+        drive.pose_convention, drive.convention_reason = detect_convention(
+            trajectory.positions, trajectory.quaternions, trajectory.frame_id)
+    else:
+        drive.pose_convention, drive.convention_reason = requested, 'as requested'
+
+
+def meta_convention(meta: Dict) -> Optional[str]:
+    """Return the pose convention a map's drives were read with (``meta['drives']``).
+
+    None for maps whose drives do not say (built before conventions were recorded);
+    MapError when they disagree (a map has one frame).
+    """
+    kept = {d['pose_convention'] for d in meta.get('drives', []) if d.get('pose_convention')}
+    if len(kept) > 1:
+        raise MapError(f"the map's drives were read with different pose conventions "
+                       f'({", ".join(sorted(kept))}); rebuild it with one')
+    return kept.pop() if kept else None
+
+
+def check_reading_options(max_gap: float, rule: KeyframeRule, pose_convention: str) -> None:
+    """Raise MapError for a reading option out of range, before anything is read."""
+    if not (max_gap >= 0.0):  # also NaN
+        raise MapError(f'max_gap must be >= 0 seconds, got {max_gap}')
+    select_keyframes([], rule.min_distance, rule.min_heading, rule.min_interval)
+    if pose_convention != 'auto':
+        check_convention(pose_convention)
 
 
 def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarray]],
              trajectory: Trajectory, size: Tuple[int, int], rule: KeyframeRule,
              max_gap: float, progress: Optional[Callable[[int], None]],
              hold_images: bool) -> Drive:
-    last: Optional[PoseSample] = None
+    last: Optional[PoseSample] = None   # z-up, for the keyframe rule
     for index, stamp, frame_id, source, rgb in items:
         drive.images += 1
         if progress is not None:
@@ -138,10 +195,11 @@ def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarra
         if pose is None:
             drive.no_pose += 1
             continue
-        if not rule.keep(last, pose):
+        up = sample_to_z_up(pose, drive.pose_convention)
+        if not rule.keep(last, up):
             drive.not_keyframe += 1
             continue
-        last = pose
+        last = up
         drive.frames.append(DriveFrame(index, stamp, frame_id, source, pose,
                                        resize_rgb(rgb, *size) if hold_images else None))
     return drive
@@ -152,15 +210,18 @@ def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
                    max_gap: float = 0.5, origin: Optional[Origin] = None,
                    progress: Optional[Callable[[int], None]] = None,
                    on_error: Optional[Callable[[int, str], None]] = None,
-                   hold_images: bool = True) -> Drive:
+                   hold_images: bool = True, pose_convention: str = 'auto') -> Drive:
     """Read a bag drive: posed keyframes at ``size`` = (height, width).
 
     hold_images: keep the keyframes' images in memory; False: :meth:`Drive.frame_images`
     reads them from the bag again (one more pass that decodes only the keyframes).
+    pose_convention: 'auto', 'z-up' or 'camera' (see :func:`resolve_convention`).
     """
+    check_reading_options(max_gap, rule, pose_convention)
     trajectory, origin = bag_trajectory(path, pose_topic, origin)
     name = Path(path).name
     drive = Drive(name, origin=origin)
+    resolve_convention(drive, trajectory, pose_convention)
 
     def invalid(index: int, message: str) -> None:
         drive.invalid += 1
@@ -189,10 +250,11 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
                       rule: KeyframeRule = KeyframeRule(),
                       progress: Optional[Callable[[int], None]] = None,
                       on_error: Optional[Callable[[int, str], None]] = None,
-                      hold_images: bool = True) -> Drive:
+                      hold_images: bool = True, pose_convention: str = 'auto') -> Drive:
     """Read an image folder with a poses CSV: one row per image.
 
     hold_images: as for :func:`read_bag_drive` (False: images are loaded again by name).
+    pose_convention: 'auto', 'z-up' or 'camera' (see :func:`resolve_convention`).
 
     Columns: ``image`` (file name in the folder), ``stamp`` (s), ``x, y`` and optionally
     ``z, qx, qy, qz, qw`` (metres, unit quaternion; default 0 and identity), in the map
@@ -200,6 +262,7 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
     interpolated.
     """
     folder, poses_file = Path(folder), Path(poses_file)
+    check_reading_options(0.0, rule, pose_convention)
     if not folder.is_dir():
         raise MapError(f'image folder {folder} does not exist')
     if not poses_file.is_file():
@@ -221,6 +284,7 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
     order = np.argsort([s.stamp for s in samples], kind='stable')
     trajectory = Trajectory(samples)
     drive = Drive(folder.name)
+    resolve_convention(drive, trajectory, pose_convention)
 
     def items():
         for index, i in enumerate(order):
@@ -243,6 +307,16 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
 
     drive.reread = reread
     return _collect(drive, items(), trajectory, size, rule, 0.0, progress, hold_images)
+
+
+def frames_in_z_up(frames: Sequence[DriveFrame], convention: str) -> List[DriveFrame]:
+    """Return the frames with their poses as z-up poses (:func:`~.poses.sample_to_z_up`).
+
+    Images, stamps and sources are the same; for evaluation, whose ground plane is x-y
+    and whose heading is yaw about +z.
+    """
+    check_convention(convention)
+    return [replace(f, pose=sample_to_z_up(f.pose, convention)) for f in frames]
 
 
 def positions_of(frames: Sequence[DriveFrame]) -> np.ndarray:

@@ -5,6 +5,13 @@
 Conventions (REP 103): positions in metres, quaternions as (x, y, z, w), yaw about +z,
 counter-clockwise positive, 0 along +x. The GNSS frame is a local ENU frame (x east,
 y north, z up) anchored at an origin fix, like a ``map`` frame. ROS-free: numpy only.
+
+Pose conventions of a drive (:data:`POSE_CONVENTIONS`): 'z-up' is REP 103 (world z up,
+the body's x axis forward); 'camera' is the optical convention of KITTI odometry and many
+SLAM outputs (world and body: x right, y down, z forward), whose ground plane is x-z and
+whose heading turns about -y. :func:`to_z_up` rotates camera-convention poses into z-up
+ones (x = z_cam, y = -x_cam, z = -y_cam), so distances, ground plane and heading (yaw
+about the up axis) mean the same for both; :func:`detect_convention` tells them apart.
 """
 
 import bisect
@@ -30,6 +37,16 @@ _MIN_QUAT_NORM = 1e-12
 _MIN_HEADING_BASELINE = 1e-6
 
 ArrayLike = Union[float, Sequence[float], np.ndarray]
+
+Z_UP = 'z-up'
+CAMERA = 'camera'
+#: The pose conventions a drive or map may use (see the module docstring).
+POSE_CONVENTIONS = (Z_UP, CAMERA)
+#: Camera-convention coordinates (x right, y down, z forward) -> z-up coordinates
+#: (x forward, y left, z up): a proper rotation, rows are the z-up axes in camera axes.
+CAMERA_TO_Z_UP = np.array([[0.0, 0.0, 1.0],
+                           [-1.0, 0.0, 0.0],
+                           [0.0, -1.0, 0.0]])
 
 
 @dataclass(frozen=True)
@@ -99,11 +116,13 @@ class Trajectory:
     quaternions, or two different poses at the same stamp.
     """
 
-    def __init__(self, samples: Sequence[PoseSample]) -> None:
+    def __init__(self, samples: Sequence[PoseSample], frame_id: str = '') -> None:
         """Validate and sort the samples.
 
-        samples: PoseSample objects in any order.
+        samples: PoseSample objects in any order. frame_id: the frame the poses are
+        given in, when known (a hint for :func:`detect_convention`).
         """
+        self.frame_id = str(frame_id)
         samples = list(samples)
         if not samples:
             raise MapError('a trajectory needs at least one pose sample, got none')
@@ -256,6 +275,129 @@ def quaternion_from_yaw(yaw: float) -> Tuple[float, float, float, float]:
 def _wrap(angle: float) -> float:
     """Return angle wrapped to [-pi, pi]."""
     return math.atan2(math.sin(angle), math.cos(angle))
+
+
+def check_convention(convention: str) -> str:
+    """Return convention if it is one of :data:`POSE_CONVENTIONS`, else raise MapError."""
+    if convention not in POSE_CONVENTIONS:
+        raise MapError(f'unknown pose convention {convention!r}: use one of '
+                       f'{", ".join(POSE_CONVENTIONS)}')
+    return convention
+
+
+def to_z_up(positions: np.ndarray, quaternions: np.ndarray,
+            convention: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Return poses of a convention as z-up (REP 103) poses.
+
+    positions: [N, 3] metres; quaternions: [N, 4] (qx, qy, qz, qw). Returns ([N, 3],
+    [N, 4]) new arrays. 'z-up' poses come back unchanged. 'camera' poses are rotated by
+    :data:`CAMERA_TO_Z_UP` C: position C p, orientation C R C^T, so the camera's optical
+    axis becomes the body's x axis and the world's -y its z axis. C R C^T is the rotation
+    about the axis C u by the same angle: the quaternion's vector part is rotated, its
+    scalar part kept.
+    """
+    check_convention(convention)
+    p = np.array(positions, dtype=np.float64).reshape(-1, 3)
+    q = np.array(quaternions, dtype=np.float64).reshape(-1, 4)
+    if convention == CAMERA:
+        p = p @ CAMERA_TO_Z_UP.T
+        q[:, :3] = q[:, :3] @ CAMERA_TO_Z_UP.T
+    return p, q
+
+
+def sample_to_z_up(sample: PoseSample, convention: str) -> PoseSample:
+    """Return one pose sample of a convention as a z-up one (see :func:`to_z_up`)."""
+    if convention == Z_UP:
+        return sample
+    p, q = to_z_up(sample.position[None], sample.quaternion[None], convention)
+    return PoseSample(sample.stamp, *(float(v) for v in p[0]), *(float(v) for v in q[0]))
+
+
+def headings(quaternions: np.ndarray, convention: str = Z_UP) -> np.ndarray:
+    """Return the heading (rad, [-pi, pi]) about the up axis of each orientation.
+
+    quaternions: [N, 4] (qx, qy, qz, qw). z-up: yaw about +z (:func:`yaw_of`); camera:
+    the optical axis's turn about -y, 0 along +z, positive towards -x (the left).
+    """
+    _, q = to_z_up(np.zeros((len(quaternions), 3)), quaternions, convention)
+    return np.array([yaw_of(row) for row in q], dtype=np.float64)
+
+
+def _rotations(quaternions: np.ndarray) -> np.ndarray:
+    """Rotation matrices [N, 3, 3] of unit quaternions [N, 4] (qx, qy, qz, qw)."""
+    q = np.asarray(quaternions, dtype=np.float64).reshape(-1, 4)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    x, y, z, w = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], axis=1)
+
+
+#: Travel (m) between the positions whose direction is compared with the forward axis.
+_DETECT_STEP = 0.5
+
+
+def _travel_pairs(positions: np.ndarray, step: float) -> List[Tuple[int, int]]:
+    """Return (i, j) pairs: j is the first sample at least step metres from sample i."""
+    pairs, anchor = [], 0
+    for j in range(1, len(positions)):
+        if np.linalg.norm(positions[j] - positions[anchor]) >= step:
+            pairs.append((anchor, j))
+            anchor = j
+    return pairs
+
+
+def detect_convention(positions: np.ndarray, quaternions: np.ndarray,
+                      frame_id: str = '') -> Tuple[str, str]:
+    """Tell a z-up trajectory from a camera-convention one; return (convention, reason).
+
+    positions: [N, 3]; quaternions: [N, 4]; frame_id: the poses' frame, when known.
+    Evidence, strongest first:
+    1. a frame_id ending in '_optical_frame' (or '_optical') is a camera frame;
+    2. vehicles travel along their forward axis: the body's x (z-up) or z (camera), the
+       median |cosine| between travel (over 0.5 m steps) and each axis;
+    3. the body's up axis stays along the world's: body z on world z (z-up), body y on
+       world y (camera, both down), the median cosine of each;
+    4. ground vehicles stay near a plane: the extent along z (z-up) or y (camera) is a
+       quarter or less of the other's.
+    With no evidence either way (e.g. no motion and identity orientations) REP 103's
+    'z-up' is assumed, and the reason says so.
+    """
+    fid = str(frame_id).strip('/').lower()
+    if fid.endswith('_optical_frame') or fid.endswith('_optical'):
+        return CAMERA, f"the poses' frame {frame_id!r} is an optical frame (z forward, y down)"
+    p = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    rot = _rotations(quaternions)
+    pairs = _travel_pairs(p, _DETECT_STEP)
+    if len(pairs) >= 3:
+        i, j = np.array(pairs).T
+        travel = p[j] - p[i]
+        travel /= np.linalg.norm(travel, axis=1, keepdims=True)
+        along_x = float(np.median(np.abs(np.einsum('nk,nk->n', travel, rot[i][:, :, 0]))))
+        along_z = float(np.median(np.abs(np.einsum('nk,nk->n', travel, rot[i][:, :, 2]))))
+        if max(along_x, along_z) >= 0.7 and abs(along_x - along_z) >= 0.3:
+            if along_x > along_z:
+                return Z_UP, (f'travel follows the body x axis (median |cos| {along_x:.2f}, '
+                              f'z axis {along_z:.2f})')
+            return CAMERA, (f'travel follows the body z axis (median |cos| {along_z:.2f}, '
+                            f'x axis {along_x:.2f})')
+    up_z = float(np.median(rot[:, 2, 2]))
+    up_y = float(np.median(rot[:, 1, 1]))
+    if max(up_z, up_y) >= 0.9 and abs(up_z - up_y) >= 0.2:
+        if up_z > up_y:
+            return Z_UP, f'the body z axis stays on the world z axis (median cos {up_z:.2f})'
+        return CAMERA, f'the body y axis stays on the world y axis (median cos {up_y:.2f})'
+    extent = np.ptp(p, axis=0) if len(p) else np.zeros(3)
+    if extent.max() >= 1.0:
+        if extent[2] <= 0.25 * extent[1]:
+            return Z_UP, (f'the trajectory stays near the x-y plane (extent z {extent[2]:.2f} '
+                          f'm, y {extent[1]:.2f} m)')
+        if extent[1] <= 0.25 * extent[2]:
+            return CAMERA, (f'the trajectory stays near the x-z plane (extent y '
+                            f'{extent[1]:.2f} m, z {extent[2]:.2f} m)')
+    return Z_UP, 'no evidence either way in the trajectory: REP 103 (z up) assumed'
 
 
 def select_keyframes(samples: Sequence[PoseSample], min_distance: float = 0.0,

@@ -31,6 +31,12 @@ DEFAULT_NS = (1, 5, 10, 20)
 PLOT_SIZE = (8.0, 6.0)
 PLOT_DPI = 100
 
+#: Axis labels and title of the trajectory plot per pose convention. The plot shows the
+#: ground plane of z-up positions (:func:`~.poses.to_z_up`): world x-y of z-up poses,
+#: world z and -x of camera-convention poses (seen from above, as z-up ones are).
+GROUND_AXES = {'z-up': ('x (m)', 'y (m)', 'ground plane x-y (z up)'),
+               'camera': ('z (m)', '-x (m)', 'ground plane z-x (camera frame, y down)')}
+
 _RIGHT_COLOUR = 'tab:green'
 _WRONG_COLOUR = 'tab:red'
 
@@ -40,8 +46,9 @@ class QueryOutcome:
     """What the localizer answered for one query, with the query's ground truth.
 
     stamp: query stamp (s).
-    position: [3] (or [2]) ground-truth query position in the map frame (m).
-    yaw: ground-truth heading (rad), None when unknown.
+    position: [3] (or [2]) ground-truth query position in the map frame (m), z-up: the
+    first two coordinates are the ground plane (see :func:`~.poses.to_z_up`).
+    yaw: ground-truth heading about the up axis (rad), None when unknown.
     ranked: map indices in reranked order, best first; empty when there was no answer.
     confidence: in [0, 1]; nan when there was no answer.
     latency_ms: end to end (graph mode) or total compute (offline), None when not measured.
@@ -166,8 +173,11 @@ def evaluate(outcomes: Sequence[QueryOutcome], ref_positions: np.ndarray,
     """Turn per-query outcomes into the evaluation report (a JSON-ready dictionary).
 
     outcomes: [M] one per query. ref_positions: [N, 3] (or [N, 2]) map positions (m).
-    ref_yaws: [N] map headings (rad), or None. radius: ground-truth distance (m), used
-    unless positives ([M] sets or arrays of map indices per query) is given.
+    ref_yaws: [N] map headings about the up axis (rad), or None. radius: ground-truth
+    distance (m), used unless positives ([M] sets or arrays of map indices per query) is
+    given. Positions and headings of camera-convention poses go through
+    :func:`~.poses.to_z_up` and :func:`~.poses.headings` first (pnv-evaluate does), else
+    the heading error would be a turn about the optical axis.
 
     Keys: 'queries', 'answered', 'radius_m' (None when positives are given), 'recall'
     ({N: recall@N over all queries}), 'recall_global' (only when every outcome has a
@@ -391,27 +401,23 @@ def _new_figure(title: str, name: str, ncols: int = 1) -> tuple:
     return fig, axes
 
 
-def write_plots(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
-                ref_positions: np.ndarray, out_dir: Path, title: str = '') -> List[Path]:
-    """Write the report's PNG plots (each PLOT_SIZE at PLOT_DPI) into out_dir.
+def trajectory_figure(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
+                      ref_positions: np.ndarray, title: str = '',
+                      convention: str = 'z-up') -> Any:
+    """Return the trajectory plot (a matplotlib Figure) of the ground plane.
 
-    report: from :func:`evaluate` on the same outcomes ([M]); ref_positions: [N, 2 or 3].
-    Plots: trajectory.png (map in grey, query ground truth green when right and red when
-    wrong, hollow when unanswered, a thin line to the chosen reference), recall_at_n.png
-    (with the global-only curve when present), confidence_hist.png (right and wrong
-    answers) and precision_recall.png (the PR curve, and both against the threshold).
-    Uses matplotlib's Agg canvas directly: no pyplot, no change to the global backend.
-    Returns the paths written.
+    ref_positions: [N, 2 or 3] and the outcomes' positions are z-up (ground plane x-y;
+    camera-convention poses go through :func:`~.poses.to_z_up` first); convention names
+    the axes (:data:`GROUND_AXES`). The map in grey, query ground truth green when right
+    and red when wrong, hollow when unanswered, a thin line to the chosen reference.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = list(outcomes)
     per_query = report['per_query']
     if len(per_query) != len(outcomes):
         raise ValueError(f'report has {len(per_query)} queries, {len(outcomes)} outcomes given')
+    if convention not in GROUND_AXES:
+        raise ValueError(f'unknown pose convention {convention!r}: use one of '
+                         f'{", ".join(GROUND_AXES)}')
     refs = np.asarray(ref_positions, dtype=np.float64)
-    written = []
-
     fig, ax = _new_figure(title, 'trajectory')
     ax.plot(refs[:, 0], refs[:, 1], '-', color='0.75', lw=1.0, zorder=1)
     ax.plot(refs[:, 0], refs[:, 1], '.', color='0.55', ms=3, label='map', zorder=1)
@@ -430,11 +436,34 @@ def write_plots(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
             if best is not None:
                 ax.plot([p[0], refs[best, 0]], [p[1], refs[best, 1]], '-', color=colour,
                         lw=0.5, alpha=0.7, zorder=2)
-    ax.set_xlabel('x (m)')
-    ax.set_ylabel('y (m)')
+    xlabel, ylabel, plane = GROUND_AXES[convention]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(plane, fontsize='medium')
     ax.set_aspect('equal', adjustable='datalim')
     ax.legend(loc='best', fontsize='small')
-    written.append(_save(fig, out_dir / 'trajectory.png'))
+    return fig
+
+
+def write_plots(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
+                ref_positions: np.ndarray, out_dir: Path, title: str = '',
+                convention: str = 'z-up') -> List[Path]:
+    """Write the report's PNG plots (each PLOT_SIZE at PLOT_DPI) into out_dir.
+
+    report: from :func:`evaluate` on the same outcomes ([M]); ref_positions: [N, 2 or 3],
+    z-up like the outcomes' positions; convention: the poses' own, naming the plot's axes.
+    Plots: trajectory.png (:func:`trajectory_figure`), recall_at_n.png (with the
+    global-only curve when present), confidence_hist.png (right and wrong answers) and
+    precision_recall.png (the PR curve, and both against the threshold). Uses
+    matplotlib's Agg canvas directly: no pyplot, no change to the global backend.
+    Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = list(outcomes)
+    per_query = report['per_query']
+    written = [_save(trajectory_figure(report, outcomes, ref_positions, title, convention),
+                     out_dir / 'trajectory.png')]
 
     fig, ax = _new_figure(title, 'recall@N')
     for key, label, style in (('recall', 'reranked', 'o-'),
