@@ -32,11 +32,9 @@ measures the tile unit itself (bf16 tile products on operands in L1), the ceilin
 fused screened matcher.
 """
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-from pathlib import Path
 import platform
 import queue as queue_module
 import resource
@@ -44,6 +42,8 @@ import statistics
 import sys
 import time
 from typing import Dict, List, Optional
+
+from .common import CliParser, output_file, positive_int
 
 PRESET_NAMES = ('performance', 'speed', 'storage')
 #: Side of the square GEMM timed as the practical peak.
@@ -250,17 +250,18 @@ def run_case(kind: str, impl: str, preset: str, arg: int, repeats: int,
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(prog='pnv-bench', description=__doc__.splitlines()[0])
     parser.add_argument('--presets', nargs='+', choices=PRESET_NAMES, default=PRESET_NAMES)
-    parser.add_argument('--batch', type=int, default=4, help='images per extraction batch')
-    parser.add_argument('--candidates', type=int, default=100, help='top-k to rerank')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--batch', type=positive_int, default=4,
+                        help='images per extraction batch')
+    parser.add_argument('--candidates', type=positive_int, default=100, help='top-k to rerank')
+    parser.add_argument('--repeats', type=positive_int, default=3)
     parser.add_argument('--stages', nargs='+', choices=('extract', 'rerank'),
                         default=('extract', 'rerank'))
     parser.add_argument('--skip-authors', action='store_true')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'),
                         help='where both implementations run (cuda: timed with CUDA events)')
-    parser.add_argument('--output', type=Path, default=Path('out/bench.json'))
+    parser.add_argument('--output', type=output_file, default='out/bench.json')
     args = parser.parse_args(argv)
     import torch
     if args.device == 'cuda' and not torch.cuda.is_available():

@@ -21,7 +21,6 @@ latency  synthetic maps (clustered unit-norm global descriptors, random unit-nor
 Prints tables and writes JSON (out/bench_map.json).
 """
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -36,6 +35,9 @@ import time
 from typing import Dict, List, Optional
 
 from .bench import _images, _model, PRESET_NAMES
+from .common import (CliParser, non_negative_int, output_dir, output_file, positive_int,
+                     stride_multiple)
+from ..core.errors import PatchNetVLADError
 
 #: Top-k reranked in the latency part.
 RERANK_K = 100
@@ -449,14 +451,14 @@ def print_latency(rows: List[Dict], label: str) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(prog='pnv-bench-map', description=__doc__.splitlines()[0])
     parser.add_argument('--parts', nargs='+', choices=('build', 'storage', 'latency'),
                         default=('build', 'storage', 'latency'))
     parser.add_argument('--presets', nargs='+', choices=PRESET_NAMES, default=PRESET_NAMES,
                         help='presets of the build part')
-    parser.add_argument('--build-images', type=int, default=8,
+    parser.add_argument('--build-images', type=positive_int, default=8,
                         help='corridor images per map in the build part')
-    parser.add_argument('--authors-images', type=int, default=2,
+    parser.add_argument('--authors-images', type=non_negative_int, default=2,
                         help="images whose authors' feature files are written to confirm "
                              'their size')
     parser.add_argument('--skip-authors', action='store_true',
@@ -464,20 +466,28 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--matchers', nargs='+', choices=('spatial', 'ransac'),
                         default=['spatial', 'ransac'],
                         help='matchers of the storage part (the preset uses spatial)')
-    parser.add_argument('--sizes', nargs='+', type=int, default=(1000, 10_000, 100_000),
+    parser.add_argument('--sizes', nargs='+', type=positive_int, default=(1000, 10_000, 100_000),
                         help='references per synthetic map in the latency part')
-    parser.add_argument('--latency-image', nargs=2, type=int, default=(320, 240),
+    parser.add_argument('--latency-image', nargs=2, type=stride_multiple, default=(320, 240),
                         metavar=('W', 'H'), help='image size fixing the patch grid of the '
                         'synthetic maps (storage preset)')
-    parser.add_argument('--queries', type=int, default=200, help='top-k queries per map')
-    parser.add_argument('--rerank-queries', type=int, default=30,
+    parser.add_argument('--queries', type=positive_int, default=200,
+                        help='top-k queries per map')
+    parser.add_argument('--rerank-queries', type=positive_int, default=30,
                         help='reranked queries per map (warm)')
-    parser.add_argument('--rss-queries', type=int, default=20,
+    parser.add_argument('--rss-queries', type=positive_int, default=20,
                         help='queries of the fresh low-memory process')
-    parser.add_argument('--workdir', type=Path, default=None,
+    parser.add_argument('--workdir', type=output_dir, default=None,
                         help='scratch folder for the maps (default: a new one in /tmp)')
-    parser.add_argument('--output', type=Path, default=Path('out/bench_map.json'))
+    parser.add_argument('--output', type=output_file, default='out/bench_map.json')
     args = parser.parse_args(argv)
+    if 'latency' in args.parts:
+        try:
+            _latency_config(*args.latency_image)
+        except PatchNetVLADError as exc:
+            parser.error(f'argument --latency-image: {exc}')
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix='pnv-bench-map-', dir=args.workdir))
     started = time.perf_counter()
     result: Dict = {}

@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 r"""pnv-evaluate: localise a query drive against a map and report how well it went.
 
-    pnv-evaluate --map maps/office --bag query.mcap --image-topic /camera/image_raw \\
+    pnv-evaluate --map maps/office --bag query.mcap --image-topic /camera/image_raw \
         --pose-topic /odom --mode graph --rate 2.0
 
 Modes: 'offline' runs the core straight over the drive; 'graph' replays the drive's
@@ -12,6 +12,9 @@ drive's poses (NavSatFix drives use the map's ENU origin). Output: recall@N by d
 (--radius, default 25 m) or by frame tolerance, position and heading error of the chosen
 reference, latency percentiles, confidence against correctness; a JSON report and PNG
 plots (trajectory, recall@N, confidence histogram, precision-recall) in --output.
+Positions, headings and the trajectory plot use the ground plane of the map's pose
+convention (x-y for z-up poses, x-z for camera-convention poses, heading about the up
+axis). Every argument is checked before the map, the model or the drive is read.
 """
 
 import argparse
@@ -21,16 +24,18 @@ from typing import List, Optional, Set
 
 import numpy as np
 
-from .build_map import add_drive_options, check_drive_args, read_drive
-from .common import progress_bar, run_main
+from .build_map import add_drive_options, check_drive_args, map_convention, read_drive
+from .common import (CliParser, end_progress, existing_dir, existing_file,
+                     non_negative_int, output_dir, positive_float, positive_int,
+                     progress_bar, run_main, say)
 from ..core.checkpoint import model_digest
 from ..core.database import check_identity, ReferenceMap
-from ..core.drives import Drive
+from ..core.drives import Drive, frames_in_z_up, meta_convention
 from ..core.errors import MapError
 from ..core.localize_drive import localize_offline, outcome_of
 from ..core.localizer import descriptor_identity, Localizer
 from ..core.map_building import map_model_path, map_origin, resolve_map_model
-from ..core.poses import yaw_of
+from ..core.poses import headings, to_z_up
 from ..core.report import evaluate, format_summary, write_plots, write_report
 
 NS = (1, 5, 10, 20)
@@ -88,37 +93,49 @@ def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap
 @run_main
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog='\n'.join(__doc__.splitlines()[1:]))
-    parser.add_argument('--map', type=Path, required=True, help='map folder')
+    parser = CliParser(prog='pnv-evaluate', description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='\n'.join(__doc__.splitlines()[1:]))
+    parser.add_argument('--map', type=existing_dir, required=True, help='map folder')
     add_drive_options(parser, 'query')
-    parser.add_argument('--checkpoint', type=Path,
+    parser.add_argument('--checkpoint', type=existing_file,
                         help="the map's model (default: the model the map folder keeps)")
     parser.add_argument('--mode', choices=('offline', 'graph'), default='offline')
-    parser.add_argument('--rate', type=float, default=1.0,
-                        help='graph mode: replay speed relative to the recording')
-    parser.add_argument('--radius', type=float, default=25.0,
-                        help='a reference within this many metres is right (default 25)')
-    parser.add_argument('--frame-tolerance', type=int, default=None,
+    parser.add_argument('--rate', type=positive_float, default=1.0,
+                        help='graph mode: replay speed relative to the recording (> 0)')
+    parser.add_argument('--radius', type=positive_float, default=25.0,
+                        help='a reference within this many metres is right (> 0, default 25)')
+    parser.add_argument('--frame-tolerance', type=non_negative_int, default=None,
                         help='instead of --radius: right when the reference frame index '
                         'is within this of the query frame index (lock-step drives)')
-    parser.add_argument('--top-k', type=int, default=None, help="default: the map's")
-    parser.add_argument('--output', type=Path, default=Path('out/evaluate'))
+    parser.add_argument('--top-k', type=positive_int, default=None, help="default: the map's")
+    parser.add_argument('--output', type=output_dir, default='out/evaluate',
+                        help='folder for report.json and the plots (default out/evaluate)')
     args = parser.parse_args(argv)
     check_drive_args(parser, args)
+    # every argument is valid: now the map, its model, then the drive
     ref_map = ReferenceMap.load(args.map)
     if len(ref_map) == 0:
         raise MapError(f'{args.map} holds no references: nothing to evaluate against')
+    convention = map_convention(ref_map, args.pose_convention, f'map {args.map}')
     cfg = ref_map.config
     model = resolve_map_model(args.map, cfg, args.checkpoint)
     check_identity(ref_map.identity, descriptor_identity(model), str(args.map))
     drive = read_drive(args, (cfg.image_height, cfg.image_width), origin=map_origin(ref_map),
-                       desc='read queries')
+                       desc='read queries', pose_convention=convention)
     if not drive.frames:
         raise MapError(f'query drive {drive.name} has no posed frames: {drive.summary()}')
-    print(f'{drive.name}: {drive.summary()}; map {len(ref_map)} references, '
-          f'{args.mode} mode', file=sys.stderr)
+    if meta_convention(ref_map.meta):
+        drive.convention_reason = 'kept by the map'
+    # a map without a recorded convention (older maps) takes the query drive's
+    convention = drive.pose_convention
+    say(f'{drive.name}: {drive.summary()}; {convention} poses ({drive.convention_reason}); '
+        f'map {len(ref_map)} references, {args.mode} mode')
+    # ground truth in z-up terms: ground plane x-y, heading about +z (camera poses rotated)
+    drive.frames = frames_in_z_up(drive.frames, convention)
+    ref_positions, ref_quats = to_z_up(
+        ref_map.positions(), [(r.qx, r.qy, r.qz, r.qw) for r in ref_map.references],
+        convention)
     extra = {}
     if args.mode == 'offline':
         matching = {'top_k': args.top_k} if args.top_k else {}
@@ -128,19 +145,22 @@ def main(argv: Optional[list] = None) -> int:
     else:
         ckpt = args.checkpoint or map_model_path(args.map)
         outcomes, extra = graph_outcomes(drive, args, ref_map, ckpt)
+    end_progress()
     positives = (frame_positives(drive, ref_map, args.frame_tolerance)
                  if args.frame_tolerance is not None else None)
-    ref_yaws = np.array([yaw_of((r.qx, r.qy, r.qz, r.qw)) for r in ref_map.references])
-    report = evaluate(outcomes, ref_map.positions(), ref_yaws, args.radius, NS, positives)
+    report = evaluate(outcomes, ref_positions, headings(ref_quats), args.radius, NS,
+                      positives)
     report.update(mode=args.mode, map=str(args.map), drive=drive.name,
                   drive_summary=drive.summary(), model_digest=model_digest(model)[:16],
                   criterion=(f'frame tolerance {args.frame_tolerance}'
                              if positives is not None else f'radius {args.radius} m'),
+                  pose_convention=convention, pose_convention_reason=drive.convention_reason,
                   **extra)
     args.output.mkdir(parents=True, exist_ok=True)
     path = write_report(report, args.output / 'report.json')
-    plots = write_plots(report, outcomes, ref_map.positions(), args.output,
-                        title=f'{drive.name} vs {args.map.name} ({args.mode})')
+    plots = write_plots(report, outcomes, ref_positions, args.output,
+                        title=f'{drive.name} vs {args.map.name} ({args.mode})',
+                        convention=convention)
     print(format_summary(report))
     if extra:
         print(f"graph: published {extra['published']}, answered {extra['answered']}, "

@@ -61,12 +61,13 @@ def _refusal(path: Path, exc: BaseException) -> CheckpointError:
         'PyTorch checkpoint; only tensors and plain containers are accepted')
 
 
-def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: PathLike, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Load the ``state_dict`` of a checkpoint file safely onto the CPU.
 
     Only tensors and plain containers are read (torch's tensor-only unpickler); a file
     that holds other pickled objects is refused without running anything, with a message
-    that says how to convert a trusted file (:data:`CONVERT_HINT`).
+    that says how to convert a trusted file (:data:`CONVERT_HINT`). mmap: map the tensors
+    instead of reading them (zip checkpoints, torch >= 1.6; older ones are read whole).
     """
     path = Path(path)
     if not path.is_file():
@@ -78,7 +79,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             # a plain pickle makes torch warn about its protocol before refusing it
             warnings.filterwarnings('ignore', message='Detected pickle protocol')
-            blob = torch.load(path, map_location='cpu', weights_only=True)
+            try:
+                blob = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+            except RuntimeError as exc:
+                if not (mmap and 'mmap can only be used' in str(exc)):
+                    raise
+                blob = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises many kinds here (UnpicklingError, KeyError...)
         raise _refusal(path, exc) from None
     state = blob.get('state_dict', blob) if isinstance(blob, Mapping) else None
@@ -112,6 +118,15 @@ def config_from_state(state: Mapping[str, torch.Tensor],
             f'{config.num_pcs}: use the WPCA{config.num_pcs} checkpoint, or override '
             f'num_pcs={dp}')
     return config.override(vladv2='pool.conv.bias' in state)
+
+
+def check_checkpoint(path: PathLike, config: PatchNetVLADConfig) -> PatchNetVLADConfig:
+    """Check, cheaply, that a checkpoint is readable and fits config; return the config.
+
+    The file is mapped, not read (:func:`read_state_dict` with mmap), so a CLI can refuse
+    a bad checkpoint in milliseconds before it reads a drive. Raises CheckpointError.
+    """
+    return config_from_state(read_state_dict(path, mmap=True), config)
 
 
 def load_model(path: PathLike, config: PatchNetVLADConfig,
