@@ -92,3 +92,46 @@ def test_bad_configuration(overrides, message):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         get_config('fast')
+
+
+def test_drive_reading_options_are_checked_before_anything_is_read(tmp_path):
+    """A bad option is named even though the bag and folder do not exist: nothing is read."""
+    from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
+    missing = tmp_path / 'missing'
+    with pytest.raises(MapError, match="unknown pose convention 'ned': use one of z-up"):
+        read_folder_drive(missing, missing / 'poses.csv', (96, 128), pose_convention='ned')
+    with pytest.raises(MapError, match='max_gap must be >= 0 seconds, got -1'):
+        read_bag_drive(missing, '/camera/image_raw', '/odom', (96, 128), max_gap=-1.0)
+    with pytest.raises(MapError, match='min_distance must be a finite number >= 0'):
+        read_bag_drive(missing, '/camera/image_raw', '/odom', (96, 128),
+                       KeyframeRule(min_distance=-1.0))
+
+
+def test_gnss_drives_are_z_up_and_maps_have_one_convention(kitti_image, tmp_path):
+    """NavSatFix poses are ENU: 'camera' is refused; auto and z-up read them."""
+    from patch_netvlad_ros.core.bags import write_bag
+    from patch_netvlad_ros.core.drives import meta_convention, read_bag_drive
+    stamps = [10.0, 10.1, 10.2]
+    fixes = [(t, 'gps', 49.0112 + 1e-5 * i, 8.4228, 112.8) for i, t in enumerate(stamps)]
+    bag = write_bag(tmp_path / 'gnss.bag', 'bag', [(t, 'cam', kitti_image) for t in stamps],
+                    fixes=fixes, compressed=True)
+    with pytest.raises(MapError, match="NavSatFix poses are ENU .* 'camera' does not apply"):
+        read_bag_drive(bag, '/camera/image_raw', '/gps/fix', (96, 320), pose_convention='camera')
+    for convention in ('auto', 'z-up'):
+        drive = read_bag_drive(bag, '/camera/image_raw', '/gps/fix', (96, 320),
+                               pose_convention=convention)
+        assert drive.pose_convention == 'z-up' and len(drive.frames) == 3
+    assert meta_convention({'drives': [{'name': 'a'}]}) is None          # older maps
+    assert meta_convention({'drives': [{'pose_convention': 'camera'}] * 2}) == 'camera'
+    with pytest.raises(MapError, match=r'different pose conventions \(camera, z-up\)'):
+        meta_convention({'drives': [{'pose_convention': 'z-up'},
+                                    {'pose_convention': 'camera'}]})
+
+
+@pytest.fixture
+def kitti_image():
+    """A real 1242x375 KITTI frame, shrunk to 310x94 to keep the bag small."""
+    import cv2
+    from pose_data import KITTI_IMAGES
+    from patch_netvlad_ros.core.image import load_image
+    return cv2.resize(load_image(KITTI_IMAGES / '0000000000.jpg'), (310, 94))
