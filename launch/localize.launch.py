@@ -8,6 +8,11 @@
 Parameters come from ``params_file`` (config/localize.yaml: every parameter, documented);
 the launch arguments below override the ones they name. ``one_process:=true`` runs the
 three nodes in one process (the ``localize_graph`` executable) instead of three.
+
+``map`` feeds all three nodes: localizer_node loads the map, descriptor_node runs the model
+the map keeps (``<map>/model.pth.tar``) at the map's preset and image size, and
+camera_batcher resizes frames to that size. ``preset``, ``image_width`` and
+``image_height`` may stay unset ('', 0); when set they must be the map's.
 """
 
 from launch import LaunchDescription
@@ -31,20 +36,22 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument(
             'map', default_value='',
-            description='map database folder (built by the demo or build-map); required'),
+            description='map database folder (built by the demo or build-map; it keeps its '
+                        'model, preset and image size); required'),
         DeclareLaunchArgument(
             'checkpoint', default_value='',
-            description="model checkpoint (*.pth.tar, authors' layout); empty: the model "
-                        'bootstrapped from the shipped corridor references'),
+            description="model checkpoint (*.pth.tar, authors' layout); empty: the map's "
+                        'own model.pth.tar (a checkpoint must be the model the map was built '
+                        'with)'),
         DeclareLaunchArgument(
-            'preset', default_value='speed', choices=['performance', 'speed', 'storage'],
-            description='Patch-NetVLAD preset (must match the map)'),
+            'preset', default_value='', choices=['', 'performance', 'speed', 'storage'],
+            description="Patch-NetVLAD preset (empty: the map's; if set, the map's)"),
         DeclareLaunchArgument(
             'image_width', default_value='0',
-            description="network input width in px (0: the preset's; must match the map)"),
+            description="network input width in px (0: the map's; if set, the map's)"),
         DeclareLaunchArgument(
             'image_height', default_value='0',
-            description="network input height in px (0: the preset's; must match the map)"),
+            description="network input height in px (0: the map's; if set, the map's)"),
         DeclareLaunchArgument(
             'camera_topic', default_value='/camera/image_raw',
             description='camera image topic (relative names follow the namespace)'),
@@ -83,7 +90,9 @@ def generate_launch_description():
     common = {
         'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool),
     }
-    image_size = {
+    # The map, and the network size taken from it (camera_batcher and descriptor_node).
+    network = {
+        'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
         'preset': ParameterValue(LaunchConfiguration('preset'), value_type=str),
         'image_width': ParameterValue(LaunchConfiguration('image_width'), value_type=int),
         'image_height': ParameterValue(LaunchConfiguration('image_height'), value_type=int),
@@ -91,13 +100,13 @@ def generate_launch_description():
     camera_batcher = {
         'image_topic': ParameterValue(LaunchConfiguration('camera_topic'), value_type=str),
         'transport': ParameterValue(LaunchConfiguration('transport'), value_type=str),
-        **image_size,
+        **network,
     }
     descriptor_node = {
         'checkpoint': ParameterValue(LaunchConfiguration('checkpoint'), value_type=str),
         'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
         'precision': ParameterValue(LaunchConfiguration('precision'), value_type=str),
-        **image_size,
+        **network,
     }
     localizer_node = {
         'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),

@@ -35,7 +35,7 @@ NODE_PARAMS = {name: {p.name: p for p in module.PARAMS} for name, module in NODE
 #: Parameters that every rclpy node declares itself.
 BUILTIN = {'use_sim_time'}
 #: The launch arguments the graph is documented with, and their defaults.
-ARGUMENTS = {'map': '', 'checkpoint': '', 'preset': 'speed', 'image_width': '0',
+ARGUMENTS = {'map': '', 'checkpoint': '', 'preset': '', 'image_width': '0',
              'image_height': '0', 'camera_topic': '/camera/image_raw', 'transport': 'raw',
              'device': 'auto', 'precision': 'fp32', 'use_sim_time': 'false', 'namespace': '',
              'params_file': None, 'one_process': 'false', 'log_level': 'info'}
@@ -298,9 +298,10 @@ def test_overrides_are_declared_typed_and_valid(source, launched):
                 assert choices is not None, f'argument {argument}: give choices'
                 assert set(source.constant(choices)) == set(spec.choices), argument
     expected = {
-        'camera_batcher': {'image_topic', 'transport', 'preset', 'image_width', 'image_height'},
-        'descriptor_node': {'checkpoint', 'preset', 'image_width', 'image_height', 'device',
-                            'precision'},
+        'camera_batcher': {'image_topic', 'transport', 'map_path', 'preset', 'image_width',
+                           'image_height'},
+        'descriptor_node': {'checkpoint', 'map_path', 'preset', 'image_width', 'image_height',
+                            'device', 'precision'},
         'localizer_node': {'map_path', 'device'},
     }
     for key, params in expected.items():

@@ -4,10 +4,13 @@
 
 Subscribes ``image_topic`` (sensor_msgs/Image, or CompressedImage on
 ``<image_topic>/compressed`` with transport 'compressed') with sensor-data QoS by default;
-converts every common encoding to RGB, resizes to the model's input size and publishes
-``image_batch`` (ImageBatch) by size or age, whichever comes first. descriptor_node
-acknowledges each batch on ``image_batch_ack``; while ``max_in_flight`` batches wait for
-it, frames queue in a buffer of ``buffer_capacity`` frames that drops the oldest (counted).
+converts every common encoding to RGB, resizes to the network's input size and publishes
+``image_batch`` (ImageBatch) by size or age, whichever comes first. The size is the map's
+with ``map_path`` (as descriptor_node's with the same map), else ``preset``,
+``image_width`` and ``image_height``, which must then be descriptor_node's.
+descriptor_node acknowledges each batch on ``image_batch_ack``; while ``max_in_flight``
+batches wait for it, frames queue in a buffer of ``buffer_capacity`` frames that drops
+the oldest (counted).
 A frame that cannot be converted is dropped with a throttled error naming the problem.
 """
 
@@ -22,9 +25,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, UInt64
 
-from .common import run_node
+from .common import DEFAULT_PRESET, network_config, run_node
 from ..core.batching import FrameBatcher
-from ..core.config import get_config, PRESETS
+from ..core.config import PRESETS
 from ..core.errors import ImageError
 from ..core.image import resize_rgb
 from ..msg import ImageBatch
@@ -40,10 +43,15 @@ PARAMS = [
     Param('qos_reliability', 'sensor_data', 'camera subscription reliability',
           choices=RELIABILITIES),
     Param('qos_depth', 5, 'camera subscription queue depth', low=1, high=1000),
-    Param('preset', 'speed', 'preset whose image size is used when image_width/height are 0',
-          choices=tuple(sorted(PRESETS))),
-    Param('image_width', 0, "network input width in px (0: the preset's)", low=0, high=8192),
-    Param('image_height', 0, "network input height in px (0: the preset's)", low=0, high=8192),
+    Param('map_path', '', "map folder: frames are resized to the map's network input size "
+          '(the one descriptor_node runs at with the same map)'),
+    Param('preset', '', 'preset whose image size is used when image_width/height are 0 '
+          f"(empty: the map's, else '{DEFAULT_PRESET}'; with map_path it must be the map's)",
+          choices=('',) + tuple(sorted(PRESETS))),
+    Param('image_width', 0, "network input width in px (0: the map's, else the preset's; "
+          "with map_path it must be the map's)", low=0, high=8192),
+    Param('image_height', 0, "network input height in px (0: the map's, else the preset's; "
+          "with map_path it must be the map's)", low=0, high=8192),
     Param('batch_size', 4, 'frames per batch', low=1, high=256),
     Param('max_batch_age', 0.25, 'seconds the oldest frame may wait before a partial batch '
           'is sent', low=0.0, high=60.0),
@@ -67,9 +75,8 @@ class CameraBatcher(Node):
         if p['batch_size'] > p['buffer_capacity']:
             raise ParameterError(f"parameter 'buffer_capacity' = {p['buffer_capacity']}: must "
                                  f"hold at least one batch (batch_size {p['batch_size']})")
-        preset = get_config(p['preset'])
-        self.size = (p['image_height'] or preset.image_height,
-                     p['image_width'] or preset.image_width)
+        config, _ = network_config(p)
+        self.size = (config.image_height, config.image_width)
         self.decode = ImageDecoder(p['converter'])
         self.batcher: FrameBatcher = FrameBatcher(
             p['batch_size'], p['max_batch_age'], p['buffer_capacity'], p['max_in_flight'],

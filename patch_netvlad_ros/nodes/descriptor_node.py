@@ -2,11 +2,13 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """descriptor_node: ImageBatch in, one PlaceDescriptors per frame out.
 
-Loads the model once (a checkpoint in the authors' layout, or the model bootstrapped
-from the shipped corridor references when ``checkpoint`` is empty) on CUDA when there is
-one (CPU fallback), runs each batch through it in one pass, publishes each frame's
-descriptors with that frame's header and the model identity, then acknowledges the batch
-on ``image_batch_ack`` so camera_batcher sends the next one.
+Loads the model once, on CUDA when there is one (CPU fallback): the map's own
+(``map_path``: its model.pth.tar, preset and image size), a checkpoint in the authors'
+layout (``checkpoint``), or, only when ``bootstrap_corridor_model`` asks for it, the model
+bootstrapped from the shipped corridor references (a demo and test convenience). With
+none of them it refuses to start. It runs each batch through the model in one pass,
+publishes each frame's descriptors with that frame's header and the model identity, then
+acknowledges the batch on ``image_batch_ack`` so camera_batcher sends the next one.
 """
 
 import sys
@@ -19,14 +21,14 @@ from rclpy.node import Node
 from std_msgs.msg import UInt64
 import torch
 
-from .common import run_node
+from .common import DEFAULT_PRESET, network_config, run_node
 from ..core import winograd
 from ..core.checkpoint import model_digest
-from ..core.config import get_config, PRESETS
+from ..core.config import PRESETS
 from ..core.encodings import decode_raw
 from ..core.errors import ImageError
 from ..core.image import to_tensor
-from ..core.models import resolve_model
+from ..core.models import load_map_model, resolve_model
 from ..msg import ImageBatch, PlaceDescriptors
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
@@ -36,11 +38,20 @@ from ..ros.qos import pipeline_qos
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 PARAMS = [
-    Param('checkpoint', '', "model checkpoint (*.pth.tar, authors' layout); empty: the model "
-          'bootstrapped from the shipped corridor references (built and cached on first use)'),
-    Param('preset', 'speed', 'Patch-NetVLAD preset', choices=tuple(sorted(PRESETS))),
-    Param('image_width', 0, "network input width in px (0: the preset's)", low=0, high=8192),
-    Param('image_height', 0, "network input height in px (0: the preset's)", low=0, high=8192),
+    Param('map_path', '', 'map folder: its model (model.pth.tar), preset and image size are '
+          "used (the model's digest is checked against the map's)"),
+    Param('checkpoint', '', "model checkpoint (*.pth.tar, authors' layout); with map_path it "
+          "replaces the map's model.pth.tar and must be the model the map was built with"),
+    Param('bootstrap_corridor_model', False, 'demo/test convenience: with neither map_path '
+          'nor checkpoint, use the model bootstrapped from the shipped corridor references '
+          '(built and cached on first use: minutes on a CPU). Off: the node refuses to start '
+          'without a model'),
+    Param('preset', '', f"Patch-NetVLAD preset (empty: the map's, else '{DEFAULT_PRESET}'; "
+          "with map_path it must be the map's)", choices=('',) + tuple(sorted(PRESETS))),
+    Param('image_width', 0, "network input width in px (0: the map's, else the preset's; "
+          "with map_path it must be the map's)", low=0, high=8192),
+    Param('image_height', 0, "network input height in px (0: the map's, else the preset's; "
+          "with map_path it must be the map's)", low=0, high=8192),
     Param('device', 'auto', "'auto': CUDA when available, else CPU", choices=DEVICES),
     Param('precision', 'fp32', 'backbone precision (fp16 needs CUDA; bf16 runs on CUDA and on '
           'CPUs with bf16 support); NetVLAD, patches and PCA stay fp32',
@@ -54,7 +65,8 @@ PARAMS = [
     Param('patch_transport', 'message', "'message': patches in PlaceDescriptors; 'shared': "
           'kept in process memory, only a key is sent (localizer_node in the same process)',
           choices=('message', 'shared')),
-    Param('seed', 0, 'seed of the bootstrapped model (checkpoint empty)', low=0, high=2 ** 31 - 1),
+    Param('seed', 0, 'seed of the bootstrapped corridor model (bootstrap_corridor_model)',
+          low=0, high=2 ** 31 - 1),
 ]
 
 
@@ -65,8 +77,6 @@ class DescriptorNode(Node):
         super().__init__('descriptor_node', **kwargs)
         p = declare(self, PARAMS)
         self.params = p
-        overrides = {k: p[f'image_{k}'] for k in ('width', 'height') if p[f'image_{k}']}
-        config = get_config(p['preset'], **{f'image_{k}': v for k, v in overrides.items()})
         device = resolve_device(p['device'])
         if p['precision'] == 'fp16' and device.type != 'cuda':
             raise ParameterError("parameter 'precision' = 'fp16' needs CUDA (running on cpu): "
@@ -80,10 +90,9 @@ class DescriptorNode(Node):
         self.device = device
         self.dtype = PRECISIONS[p['precision']]
         log = self.get_logger()
-        self.model, source = resolve_model(p['checkpoint'], config, p['seed'],
-                                           log=lambda m: log.info(f'bootstrap: {m}'))
+        self.model, source = self._load_model(p)
         self.model.to(device).eval()
-        self.config = self.model.config
+        self.config = config = self.model.config
         self.digest = model_digest(self.model)
         self.descriptors = self.create_publisher(PlaceDescriptors, 'place_descriptors',
                                                  pipeline_qos(16))
@@ -97,6 +106,34 @@ class DescriptorNode(Node):
         log.info(f'model: {source}; preset {config.preset} {config.image_width}x'
                  f'{config.image_height}; {device.type} {p["precision"]} {algorithm}; '
                  f'digest {self.digest[:12]}; {patches}')
+
+    def _load_model(self, p):
+        """Return (model, where it came from) as the model parameters say (see PARAMS)."""
+        if p['bootstrap_corridor_model'] and (p['map_path'] or p['checkpoint']):
+            given = 'map_path' if p['map_path'] else 'checkpoint'
+            raise ParameterError(f"parameter 'bootstrap_corridor_model' = True, and {given} "
+                                 f'= {p[given]!r} is given too: set one of them')
+        if not (p['map_path'] or p['checkpoint'] or p['bootstrap_corridor_model']):
+            raise ParameterError(
+                "no model: set parameter 'map_path' to the map folder (its model.pth.tar, "
+                "preset and image size are used), or 'checkpoint' to a model file (with "
+                "'preset', 'image_width', 'image_height'); 'bootstrap_corridor_model': true "
+                'runs the shipped corridor demo model (built on first use: minutes)')
+        config, map_info = network_config(p)
+        log = self.get_logger()
+        if map_info is not None:
+            log.info(f"loading the model of map {p['map_path']}: "
+                     f"{p['checkpoint'] or map_info.checkpoint}")
+            return load_map_model(p['map_path'], p['checkpoint'] or None, map_info)
+        if p['checkpoint']:
+            log.info(f"loading the model {p['checkpoint']}")
+        else:
+            log.info(f'loading the bootstrapped corridor model ({config.preset} '
+                     f'{config.image_width}x{config.image_height}, seed {p["seed"]}; built '
+                     'on first use)')
+        return resolve_model(p['checkpoint'], config, p['seed'],
+                             log=lambda m: log.info(f'bootstrap: {m}'),
+                             bootstrap=p['bootstrap_corridor_model'])
 
     def decode(self, msg: ImageBatch) -> List[np.ndarray]:
         """Decode the batch's images into RGB arrays (ImageError if one is malformed)."""
