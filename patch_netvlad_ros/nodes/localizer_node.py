@@ -94,6 +94,8 @@ class LocalizerNode(Node):
                                      'not installed: install ros-<distro>-tf2-ros or set it '
                                      'False') from None
             self.tf = TransformBroadcaster(self)
+        self.get_logger().info(f"loading map {p['map_path']}" + (
+            ' (verifying its checksums)' if p['verify_map'] else ''))
         ref_map = ReferenceMap.load(p['map_path'], verify=p['verify_map'])
         matching = {}
         if p['top_k']:
