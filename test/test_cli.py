@@ -393,7 +393,8 @@ def test_errors_and_warnings_start_on_their_own_line_mid_progress(corridor_set,
 
 
 def test_say_and_end_progress_on_a_terminal_and_a_pipe(monkeypatch):
-    """A pipe gets a newline after a bar; a terminal's cleared bar line is reused."""
+    """A pipe gets a newline after a bar; on a terminal the bar line is cleared and reused
+    (and the bar drawn again below a message)."""
     import io
     from patch_netvlad_ros.cli import common
 
@@ -410,7 +411,16 @@ def test_say_and_end_progress_on_a_terminal_and_a_pipe(monkeypatch):
         common.end_progress()
         print('error: done', file=sys.stderr)
         text = stream.getvalue()
-        assert '\nwarning: something\n' in text if not tty else 'warning: something\n' in text
-        before = text[:text.index('error: done')]
-        assert before.endswith('\n') or (tty and before.endswith('\r'))
-        common._STREAMS.clear()
+        at = text.index('warning: something\n')
+        assert text[at - 1] == ('\r' if tty else '\n')
+        assert 'work:' in text[:at] and ('work:' in text[at:]) == tty   # tty: redrawn
+        assert text[:text.index('error: done')].endswith('\r' if tty else '\n')
+    # a bar whose stream was closed (a test's capture) does not break the next error
+    closed = io.StringIO()
+    monkeypatch.setattr(sys, 'stderr', closed)
+    common.progress_bar(None, 'gone')(1)
+    closed.close()
+    monkeypatch.setattr(sys, 'stderr', io.StringIO())
+    common.end_progress()
+    common.say('error: next')
+    assert sys.stderr.getvalue() == 'error: next\n'

@@ -82,3 +82,17 @@ def test_an_option_that_contradicts_the_map_is_refused(runs, capsys):
     assert status == 2 and not (base / 'wrong').exists()
     assert err[-1].startswith('error: --pose-convention z-up: map ')
     assert 'keeps camera poses' in err[-1]
+
+
+def test_appending_keeps_the_maps_convention(runs, capsys):
+    """--append reads the new drive in the map's convention; a contradicting one is refused."""
+    base, _ = runs['camera']
+    before = ReferenceMap.load(base / 'map').meta['drives']
+    status = build_map.main([str(base / 'map'), '--images', str(base / 'query_drive'),
+                             '--poses', str(base / 'query_drive' / 'poses.csv'), '--append',
+                             '--pose-convention', 'z-up'])
+    err = capsys.readouterr().err.strip().split('\n')
+    assert status == 2
+    assert err[-1].startswith('error: --pose-convention z-up: the map at ')
+    assert 'keeps camera poses' in err[-1]
+    assert ReferenceMap.load(base / 'map').meta['drives'] == before

@@ -290,7 +290,7 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-_BARS: List[Any] = []          # open tqdm bars, newest last
+_BARS: List[Tuple[Any, _Tracked]] = []   # open tqdm bars and their streams, newest last
 _STREAMS: List[_Tracked] = []  # streams that bars have written to
 
 
@@ -310,20 +310,28 @@ def progress_bar(total: Optional[int], desc: str) -> Callable[[int], None]:
     """
     from tqdm.auto import tqdm
     end_progress()
-    bar = tqdm(total=total or None, desc=desc, file=_tracked(sys.stderr), leave=False,
-               dynamic_ncols=True)
-    _BARS.append(bar)
+    stream = _tracked(sys.stderr)
+    bar = tqdm(total=total or None, desc=desc, file=stream, leave=False, dynamic_ncols=True)
+    _BARS.append((bar, stream))
     return bar.update
 
 
 def end_progress() -> None:
     """Close the open bars and leave stderr at the start of a line."""
     while _BARS:
-        _BARS.pop().close()
+        bar, _ = _BARS.pop()
+        try:
+            bar.close()
+        except (OSError, ValueError):  # its stream was closed (a test's capture)
+            pass
     for tracked in _STREAMS:
-        if not tracked.at_line_start():
-            tracked.write('\n')
-            tracked.flush()
+        try:
+            if not tracked.at_line_start():
+                tracked.write('\n')
+                tracked.flush()
+        except (OSError, ValueError):  # a stream closed since (a test's capture)
+            pass
+    _STREAMS.clear()   # at a line start now; plain prints keep it so
 
 
 def say(text: str) -> None:
@@ -333,7 +341,7 @@ def say(text: str) -> None:
     if tracked is None:
         print(text, file=stream, flush=True)
         return
-    bars = [b for b in _BARS if b.fp is tracked] if _isatty(stream) else []
+    bars = [b for b, s in _BARS if s is tracked] if _isatty(stream) else []
     for bar in bars:
         bar.clear()
     if not tracked.at_line_start():
