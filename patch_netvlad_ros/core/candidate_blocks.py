@@ -3,14 +3,40 @@
 """How the C matchers (:mod:`.screened_mnn`, :mod:`.int_screen`) read candidates.
 
 A patch store [N, Pd, D] (array, memory map or tensor) is read in place when it is a
-C-contiguous float16/float32 array: the helpers get the address of each candidate's
-[Pd, D] block, with no gather copy. Anything else is gathered and converted per chunk.
+C-contiguous, aligned float16/float32 array: the helpers get the address of each
+candidate's [Pd, D] block, with no gather copy. Anything else is gathered and converted
+per chunk.
+
+Which rows take part (every matcher, float32 included, and ``native/usable.h`` for the C
+helpers): a patch row is usable when all its values are finite and at most
+:data:`USABLE_LIMIT` in magnitude. Mutual nearest neighbours are those of the usable rows
+alone: an unusable candidate row matches nothing (-1), an unusable query row is nobody's
+match, and neither changes any other row's match. A map whose patches picked up a NaN (a
+corrupt file, a bad extraction) thus loses those patches, nothing else, and the answers
+stay deterministic.
 """
 
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+#: Largest magnitude of a usable patch value: float16's largest finite value, so every
+#: finite float16 row is usable, and the similarities, norms and screen scales of usable
+#: rows stay far from float32 overflow. Equal to PNV_USABLE_LIMIT in native/usable.h.
+USABLE_LIMIT = 65504.0
+#: Largest descriptor dimension, and patches or candidates per call, the C matchers accept
+#: (PNV_MAX_DIM, PNV_MAX_ROWS in native/usable.h).
+MAX_DIM = 65536
+MAX_ROWS = 1 << 24
+
+
+def usable_rows(x: torch.Tensor) -> torch.Tensor:
+    """Which rows of x [..., D] take part in matching (module doc): a bool tensor [...]."""
+    if x.shape[-1] == 0:
+        return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    lo, hi = torch.aminmax(x, dim=-1)
+    return (hi <= USABLE_LIMIT) & (lo >= -USABLE_LIMIT)        # False for NaN
 
 
 def as_store(store) -> np.ndarray:
@@ -39,7 +65,8 @@ def candidate_indices(indices: Optional[Sequence[int]], n_store: int) -> np.ndar
 
 def reads_in_place(store: np.ndarray) -> bool:
     """Whether the helpers can read the store's blocks where they are."""
-    return store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
+    return (store.dtype in (np.float16, np.float32) and store.flags.c_contiguous
+            and store.flags.aligned)
 
 
 def block_pointers(blocks: np.ndarray, ids: Optional[np.ndarray] = None) -> np.ndarray:

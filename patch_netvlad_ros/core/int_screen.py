@@ -23,7 +23,10 @@ similarities, int16 refines 2-7% of the rows and runs 1.8-2.1x the float32 match
 
 The result is the exact mutual nearest neighbours of the stored vectors: the same as the
 float32 path except where two similarities tie within float32 rounding (~1e-7), which
-float32 itself resolves arbitrarily.
+float32 itself resolves arbitrarily. Rows that are not usable (NaN, Inf, beyond float16's
+range: :func:`.candidate_blocks.usable_rows`) match nothing and move no other match, as on
+every path; the helper checks its sizes and reads and writes only inside its buffers
+whatever the values.
 """
 
 import functools
@@ -35,7 +38,7 @@ import torch
 
 from . import native
 from .candidate_blocks import (as_store, blocks_of, candidate_indices, float32_matches,
-                               reads_in_place)
+                               MAX_DIM, MAX_ROWS, reads_in_place)
 
 #: Query columns per GEMM panel of the helper (pq is padded to a multiple of this).
 PANEL_COLUMNS = 16
@@ -105,14 +108,19 @@ class IntQuery:
         # torch's allocator aligns to 64 bytes: the GEMM loads panels with aligned loads
         self.panels = torch.empty(max(ldq * dk, 1),
                                   dtype=torch.int8 if self.bits == 8 else torch.int16)
-        # per column (padded to ldq): scale, offset correction (int8), norm, error norm
+        # per column (padded to ldq): scale, offset correction (int8), norm, error norm,
+        # and -1 where the query row is usable (0: unusable, or padding)
         self.scale = np.zeros(ldq, np.float32)
         self.corr = np.zeros(ldq, np.int32)
         self.norm = np.zeros(ldq, np.float32)
         self.err = np.zeros(ldq, np.float32)
-        self.lib.pnv_int_query(self.q.ctypes.data, pq, d, self.bits, self.panels.data_ptr(),
-                               self.scale.ctypes.data, self.corr.ctypes.data,
-                               self.norm.ctypes.data, self.err.ctypes.data)
+        self.colmask = np.zeros(ldq, np.int32)
+        if self.lib.pnv_int_query(self.q.ctypes.data, pq, d, self.bits, self.panels.data_ptr(),
+                                  self.scale.ctypes.data, self.corr.ctypes.data,
+                                  self.norm.ctypes.data, self.err.ctypes.data,
+                                  self.colmask.ctypes.data):
+            raise ValueError(f'integer screen: query of shape {self.q.shape} refused (at most '
+                             f'{MAX_ROWS} patches of {MAX_DIM} dims)')
         #: rows refined, columns refined, float32 dot products, float64 dot products
         #: (near ties of the float32 ones), over all blocks
         self.counts = np.zeros(4, dtype=np.int64)
@@ -148,11 +156,14 @@ class IntQuery:
             rc = self.lib.pnv_int_mutual_nn(
                 ptrs.ctypes.data, int(blocks.dtype == np.float16), self.q.ctypes.data,
                 self.bits, self.panels.data_ptr(), self.scale.ctypes.data,
-                self.corr.ctypes.data, self.norm.ctypes.data, self.err.ctypes.data, len(ptrs),
-                pd, pq, d, max_dots, match[c0:].ctypes.data, self.counts.ctypes.data,
-                fallback[c0:].ctypes.data)
-            if rc != 0:
+                self.corr.ctypes.data, self.norm.ctypes.data, self.err.ctypes.data,
+                self.colmask.ctypes.data, len(ptrs), pd, pq, d, max_dots,
+                match[c0:].ctypes.data, self.counts.ctypes.data, fallback[c0:].ctypes.data)
+            if rc == -1:
                 raise MemoryError('integer screen: out of memory')
+            if rc != 0:
+                raise ValueError(f'integer screen: {len(ptrs)} candidates of {pd} x {d} '
+                                 f'refused (at most {MAX_ROWS} of each, {MAX_DIM} dims)')
             del blocks
         redo = np.flatnonzero(fallback)
         if len(redo):

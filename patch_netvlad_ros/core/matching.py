@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import batched_ransac, int_screen, screened_mnn
+from .candidate_blocks import usable_rows
 from .config import BACKBONE_STRIDE, PatchNetVLADConfig
 from .geometry import grids_for, PatchGrid
 
@@ -35,13 +36,22 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
     query: [Pq, D] unit vectors; db: [C, Pd, D] unit vectors.
     Returns match [C, Pd]: for each candidate patch, the index of the query patch it is
     mutually nearest to (Euclidean on unit vectors = largest dot product), or -1.
+    Rows with NaN, Inf or values beyond float16's range take no part (see
+    :func:`.candidate_blocks.usable_rows`: the same rule as the C matchers').
     """
     c, pd, d = db.shape
+    if pd == 0 or query.shape[0] == 0:                         # nothing to match
+        return torch.full((c, pd), -1, dtype=torch.long, device=db.device)
     # one 2-D GEMM [C*Pd, D] @ [D, Pq] runs faster than C batched ones
     sim = (db.reshape(c * pd, d) @ query.t().to(db.dtype)).view(c, pd, -1)  # [C, Pd, Pq]
+    ok_db, ok_q = usable_rows(db), usable_rows(query)          # [C, Pd], [Pq]
+    if not (bool(ok_db.all()) and bool(ok_q.all())):
+        # unusable rows and columns can be nobody's argmax (a NaN would be everybody's)
+        sim = sim.masked_fill(~(ok_db[:, :, None] & ok_q.to(db.device)), float('-inf'))
     fw = sim.argmax(dim=2)                                     # nearest query per db patch
     bw = sim.argmax(dim=1)                                     # nearest db patch per query
     mutual = bw.gather(1, fw) == torch.arange(pd, device=db.device)
+    mutual &= ok_db & ok_q.to(db.device)[fw]                   # all -inf: argmax 0, no match
     return torch.where(mutual, fw, torch.full_like(fw, -1))
 
 

@@ -20,7 +20,10 @@ time of the oneDNN GEMM path, the storage preset's about half.
 
 The result is the exact mutual nearest neighbours of the stored vectors: the same as
 the float32 path except where two similarities tie within float32 rounding (~1e-7),
-which float32 itself resolves arbitrarily.
+which float32 itself resolves arbitrarily. Rows that are not usable (NaN, Inf, beyond
+float16's range: :func:`.candidate_blocks.usable_rows`) match nothing and move no other
+match, as on every path; the helper checks its sizes and reads and writes only inside its
+buffers whatever the values (a NaN patch once made it write before a buffer).
 """
 
 import functools
@@ -32,7 +35,7 @@ import torch
 
 from . import native
 from .candidate_blocks import (as_store, block_pointers, blocks_of, candidate_indices,
-                               float32_matches, reads_in_place)
+                               float32_matches, MAX_DIM, MAX_ROWS, reads_in_place)
 
 #: Screened similarities per chunk of candidates (bf16 bytes): small enough to stay in
 #: the L2 cache between the GEMM and the C pass.
@@ -186,8 +189,8 @@ class ScreenedQuery:
             if rc == -1:
                 raise MemoryError('screened matcher: out of memory')
             if rc != 0:
-                raise RuntimeError(f'fused AMX screen refused Pd={pd} Pq={pq} D={d} (or the '
-                                   'kernel refused the AMX tile state)')
+                raise RuntimeError(f'fused AMX screen refused {len(ptrs)} candidates, Pd={pd} '
+                                   f'Pq={pq} D={d} (or the kernel refused the AMX tile state)')
             del blocks
 
     def _match_gemm(self, store: np.ndarray, indices: np.ndarray, in_place: bool,
@@ -212,6 +215,9 @@ class ScreenedQuery:
                 ed.ctypes.data, self.nq.ctypes.data, self.eq.ctypes.data, n, pd, pq, self.ld, d,
                 max_dots, match[c0:].ctypes.data, self.counts.ctypes.data,
                 fallback[c0:].ctypes.data)
-            if rc != 0:
+            if rc == -1:
                 raise MemoryError('screened matcher: out of memory')
+            if rc != 0:
+                raise ValueError(f'screened matcher: {n} candidates of {pd} x {d} refused (at '
+                                 f'most {MAX_ROWS} of each, {MAX_DIM} dims)')
             del blocks

@@ -99,9 +99,9 @@ def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
         lib.pnv_patch_project_cells.restype = ctypes.c_int
         return lib
     if name == 'int_mnn':
-        lib.pnv_int_query.argtypes = [p, i64, i64, i32, p, p, p, p, p]
-        lib.pnv_int_query.restype = None
-        lib.pnv_int_mutual_nn.argtypes = [p, i32, p, i32, p, p, p, p, p, i64, i64, i64, i64,
+        lib.pnv_int_query.argtypes = [p, i64, i64, i32, p, p, p, p, p, p]
+        lib.pnv_int_query.restype = ctypes.c_int
+        lib.pnv_int_mutual_nn.argtypes = [p, i32, p, i32, p, p, p, p, p, p, i64, i64, i64, i64,
                                           i64, p, p, p]
         lib.pnv_int_mutual_nn.restype = ctypes.c_int
         return lib

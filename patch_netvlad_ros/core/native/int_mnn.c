@@ -36,15 +36,24 @@
  *
  * Result: match[c, j] = i when i is row j's exact argmax and j is column i's exact argmax
  * (ties: lowest index, as torch.argmax), else -1.
+ *
+ * Any values: rows that are not usable (usable.h: a NaN, an infinity or a value beyond
+ * float16's range) are rounded to zero rows and flagged; their similarities are -inf, so
+ * they take no part in any row's or column's maximum, and they match nothing. Scales are
+ * at least FLT_MIN (no division by zero, no 0 * inf for denormal rows). Sizes and the
+ * panels' alignment are checked: refused arguments return PNV_BAD_ARGS.
  */
 #if !defined(__AVX2__) || !defined(__F16C__)
 #error "the integer screen needs AVX2 and F16C"
 #endif
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "usable.h"
 
 /* Query columns per GEMM panel (two 8-lane int32 accumulators) and db rows per tile. */
 #define NR 16
@@ -74,30 +83,51 @@ static inline float db_at(const void *row, int is_half, int64_t k) {
 static inline float row_scale(float mx, double nrm, int64_t d) {
   const double cap = NMAX - 0.5 * sqrt((double)d) - 2.0;
   double s = fmax((double)mx / HMAX, nrm * 1.001 / cap);
-  return s > 0.0 ? (float)(s * (1.0 + 1e-6)) : 1.0f;
+  return s > 0.0 ? (float)fmax(s * (1.0 + 1e-6), FLT_MIN) : 1.0f;
+}
+
+/* Scale of an int8 row with max |x| = mx: mx / top, at least FLT_MIN (a denormal row's
+ * mx / top would round to 0, and x / 0 to inf or NaN); 1 for a zero row. */
+static inline float int8_scale(float mx, float top) {
+  return mx > 0.0f ? fmaxf(mx / top, FLT_MIN) : 1.0f;
 }
 
 /* The query q [pq, d] float32 as int8 (bits 8) or int16 (bits 16) GEMM panels
  * [ldq / 16][dk / g][16][g], g = 32 / bits values per 32-bit group (zero padding past pq
- * and d), with per row the scale sq (int8: max|q_i| / 127; int16: row_scale), the column
- * correction OFFSET * sum_k qh_ik (int8; 0 for int16), and the norms of q~ and of q - q~,
- * each rounded up by 1e-3 (far above float64's summation error). ldq = pq rounded up to
- * 16, dk = d rounded up to 4. Once per query, so plain scalar code. */
-void pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels, float *scale,
-                   int32_t *corr, float *norm, float *err) {
+ * and d), with per row the scale sq (int8: int8_scale; int16: row_scale), the column
+ * correction OFFSET * sum_k qh_ik (int8; 0 for int16), the norms of q~ and of q - q~,
+ * each rounded up by 1e-3 (far above float64's summation error), and colmask[i] = -1 for a
+ * usable row, 0 for an unusable one (a zero column, scale 1, norms 0) and past pq.
+ * ldq = pq rounded up to 16, dk = d rounded up to 4; panels 32-byte aligned. Once per
+ * query, so plain scalar code. Returns 0, or PNV_BAD_ARGS for refused sizes, bits or
+ * alignment (nothing written then). */
+int pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels, float *scale,
+                  int32_t *corr, float *norm, float *err, int32_t *colmask) {
+  if (pq < 0 || pq > PNV_MAX_ROWS || d < 1 || d > PNV_MAX_DIM || (bits != 8 && bits != 16) ||
+      ((uintptr_t)panels & 31))
+    return PNV_BAD_ARGS;
   const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4), g = 32 / bits;
   const float top = bits == 8 ? 127.0f : HMAX;
   memset(panels, 0, (size_t)(ldq * dk * (bits / 8)));
+  for (int64_t i = 0; i < ldq; ++i) {
+    scale[i] = 1.0f;
+    corr[i] = 0;
+    norm[i] = err[i] = 0.0f;
+    colmask[i] = 0;
+  }
   for (int64_t i = 0; i < pq; ++i) {
     const float *row = q + i * d;
     const int64_t base = (i / NR) * dk * NR + (i % NR) * g;
     float mx = 0.0f;
     double n2 = 0.0;
+    int usable = 1;
     for (int64_t k = 0; k < d; ++k) {
+      usable &= fabsf(row[k]) <= PNV_USABLE_LIMIT;      /* false for NaN */
       mx = fmaxf(mx, fabsf(row[k]));
       n2 += (double)row[k] * row[k];
     }
-    const float s = bits == 8 ? (mx > 0.0f ? mx / 127.0f : 1.0f) : row_scale(mx, sqrt(n2), d);
+    if (!usable) continue;                               /* a zero column, masked */
+    const float s = bits == 8 ? int8_scale(mx, 127.0f) : row_scale(mx, sqrt(n2), d);
     double nn = 0.0, ee = 0.0;
     int32_t sum = 0;
     for (int64_t k = 0; k < d; ++k) {
@@ -114,7 +144,9 @@ void pnv_int_query(const float *q, int64_t pq, int64_t d, int bits, void *panels
     norm[i] = (float)(sqrt(nn) * 1.001);
     err[i] = (float)(sqrt(ee) * 1.001);
     corr[i] = bits == 8 ? OFFSET * sum : 0;
+    colmask[i] = -1;
   }
+  return 0;
 }
 
 static inline float hmax8(__m256 v) {
@@ -167,18 +199,44 @@ static void finish_row(const void *row, int is_half, int64_t dv, int64_t d, floa
   *err = (float)(sqrt(esum) * 1.001);
 }
 
+/* An unusable row (usable.h) as the value of zero in out [dk] (fill: the stored zero), with
+ * scale 1 and norms 0. Returns 0, quantize_db_row*'s answer for such a row. */
+static int zero_row(void *out, int64_t dk, int bits, int fill, float *scale, float *norm,
+                    float *err) {
+  if (bits == 8) memset(out, fill, (size_t)dk);
+  else memset(out, 0, (size_t)(2 * dk));
+  *scale = 1.0f;
+  *norm = *err = 0.0f;
+  return 0;
+}
+
+/* Lanes of x that make a row unusable (usable.h): |x| > the limit, or NaN. */
+static inline __m256 unusable8(__m256 ax) {
+  return _mm256_cmp_ps(ax, _mm256_set1_ps(PNV_USABLE_LIMIT), _CMP_NLE_UQ);
+}
+
 /* One db row x [d] as u8 (dh + OFFSET, dh in [-63, 63]) in out [dk] (OFFSET past d), with
- * its scale max|x| / 63, norm and error norm (finish_row). */
-static void quantize_db_row8(const void *row, int is_half, int64_t d, int64_t dk, uint8_t *out,
-                             float *scale, float *norm, float *err) {
+ * its scale int8_scale(max|x|, 63), norm and error norm (finish_row). Returns 1, or 0 for an
+ * unusable row (zero_row). */
+static int quantize_db_row8(const void *row, int is_half, int64_t d, int64_t dk, uint8_t *out,
+                            float *scale, float *norm, float *err) {
   const int64_t dv = d / 32 * 32;
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 mxv = _mm256_setzero_ps();
-  for (int64_t k = 0; k < dv; k += 8)
-    mxv = _mm256_max_ps(mxv, _mm256_andnot_ps(sign, load8(row, is_half, k)));
+  __m256 mxv = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (int64_t k = 0; k < dv; k += 8) {
+    const __m256 ax = _mm256_andnot_ps(sign, load8(row, is_half, k));
+    bad = _mm256_or_ps(bad, unusable8(ax));
+    mxv = _mm256_max_ps(mxv, ax);
+  }
   float mx = hmax8(mxv);
-  for (int64_t k = dv; k < d; ++k) mx = fmaxf(mx, fabsf(db_at(row, is_half, k)));
-  const float s = mx > 0.0f ? mx / 63.0f : 1.0f;
+  int usable = !_mm256_movemask_ps(bad);
+  for (int64_t k = dv; k < d; ++k) {
+    const float ax = fabsf(db_at(row, is_half, k));
+    usable &= ax <= PNV_USABLE_LIMIT;
+    mx = fmaxf(mx, ax);
+  }
+  if (!usable) return zero_row(out, dk, 8, OFFSET, scale, norm, err);
+  const float s = int8_scale(mx, 63.0f);
   const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(1.0f / s), top = _mm256_set1_ps(63.0f);
   const __m256i off = _mm256_set1_epi32(OFFSET), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   __m256 nn = _mm256_setzero_ps(), ee = _mm256_setzero_ps();
@@ -196,29 +254,34 @@ static void quantize_db_row8(const void *row, int is_half, int64_t d, int64_t dk
   for (int64_t k = dv; k < d; ++k) out[k] = (uint8_t)(tail[k - dv] + OFFSET);
   for (int64_t k = d; k < dk; ++k) out[k] = OFFSET;
   *scale = s;
+  return 1;
 }
 
 /* One db row x [d] as int16 h in out [dk] (0 past d), with its scale (row_scale), norm and
- * error norm (finish_row). */
-static void quantize_db_row16(const void *row, int is_half, int64_t d, int64_t dk, int16_t *out,
-                              float *scale, float *norm, float *err) {
+ * error norm (finish_row). Returns 1, or 0 for an unusable row (zero_row). */
+static int quantize_db_row16(const void *row, int is_half, int64_t d, int64_t dk, int16_t *out,
+                             float *scale, float *norm, float *err) {
   const int64_t dv = d / 16 * 16;
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 mxv = _mm256_setzero_ps(), n2v = _mm256_setzero_ps();
+  __m256 mxv = _mm256_setzero_ps(), n2v = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
   for (int64_t k = 0; k < dv; k += 8) {
-    const __m256 x = load8(row, is_half, k);
-    mxv = _mm256_max_ps(mxv, _mm256_andnot_ps(sign, x));
+    const __m256 x = load8(row, is_half, k), ax = _mm256_andnot_ps(sign, x);
+    bad = _mm256_or_ps(bad, unusable8(ax));
+    mxv = _mm256_max_ps(mxv, ax);
     n2v = _mm256_fmadd_ps(x, x, n2v);
   }
   float mx = hmax8(mxv), lanes[8];
+  int usable = !_mm256_movemask_ps(bad);
   _mm256_storeu_ps(lanes, n2v);
   double n2 = 0.0;
   for (int l = 0; l < 8; ++l) n2 += lanes[l];
   for (int64_t k = dv; k < d; ++k) {
     const float x = db_at(row, is_half, k);
+    usable &= fabsf(x) <= PNV_USABLE_LIMIT;
     mx = fmaxf(mx, fabsf(x));
     n2 += (double)x * x;
   }
+  if (!usable) return zero_row(out, dk, 16, 0, scale, norm, err);
   const float s = row_scale(mx, sqrt(n2), d);
   const __m256 sv = _mm256_set1_ps(s), iv = _mm256_set1_ps(1.0f / s), top = _mm256_set1_ps(HMAX);
   __m256 nn = _mm256_setzero_ps(), ee = _mm256_setzero_ps();
@@ -234,21 +297,25 @@ static void quantize_db_row16(const void *row, int is_half, int64_t d, int64_t d
   for (int64_t k = dv; k < d; ++k) out[k] = (int16_t)tail[k - dv];
   for (int64_t k = d; k < dk; ++k) out[k] = 0;
   *scale = s;
+  return 1;
 }
 
 /* A candidate's rows db [pd, d] as int8 (u8: dh + OFFSET) or int16 (bits) [round_up(pd, MR),
- * dk] (padding rows and columns hold the value of zero), with per row its scale, norm and
- * error norm. */
+ * dk] (padding rows and columns hold the value of zero), with per row its scale, norm,
+ * error norm and whether it is usable (ok; an unusable row is stored as zeros). */
 static void quantize_db(const void *db, int is_half, int bits, int64_t pd, int64_t d,
-                        int64_t dk, void *dst, float *scale, float *norm, float *err) {
+                        int64_t dk, void *dst, float *scale, float *norm, float *err,
+                        uint8_t *ok) {
   const int64_t rows = round_up(pd, MR), row_bytes = dk * (bits / 8);
   if (bits == 8) memset((char *)dst + pd * row_bytes, OFFSET, (size_t)((rows - pd) * row_bytes));
   else memset((char *)dst + pd * row_bytes, 0, (size_t)((rows - pd) * row_bytes));
   for (int64_t j = 0; j < pd; ++j) {
     const void *row = (const char *)db + j * d * (is_half ? 2 : 4);
     void *out = (char *)dst + j * row_bytes;
-    if (bits == 8) quantize_db_row8(row, is_half, d, dk, out, scale + j, norm + j, err + j);
-    else quantize_db_row16(row, is_half, d, dk, out, scale + j, norm + j, err + j);
+    ok[j] = (uint8_t)(bits == 8
+                          ? quantize_db_row8(row, is_half, d, dk, out, scale + j, norm + j, err + j)
+                          : quantize_db_row16(row, is_half, d, dk, out, scale + j, norm + j,
+                                              err + j));
   }
 }
 
@@ -353,6 +420,7 @@ typedef struct {
   void *a;                        /* quantized rows [pd4, dk], int8 or int16 */
   float *sim;                     /* similarities [pd4, ldq] (the GEMM's int32, converted) */
   float *sd, *nd, *ed;            /* per row: scale, norm, error norm */
+  uint8_t *ok;                    /* per row: usable (usable.h) */
   float *rmax, *r2, *rthr;        /* per row: maximum, runner-up, window threshold */
   float *cmax, *c2, *cthr;        /* per column */
   uint8_t *need;                  /* per column: its exact argmax is needed */
@@ -364,7 +432,7 @@ typedef struct {
 static void scratch_free(Scratch *w) {
   free(w->a); free(w->sim); free(w->sd); free(w->nd); free(w->ed); free(w->rmax);
   free(w->r2); free(w->rthr); free(w->cmax); free(w->c2); free(w->cthr); free(w->need);
-  free(w->col_arg); free(w->col_best); free(w->col_run); free(w->window);
+  free(w->col_arg); free(w->col_best); free(w->col_run); free(w->window); free(w->ok);
 }
 
 static int scratch_alloc(Scratch *w, int64_t pd, int64_t ldq, int64_t dk) {
@@ -376,9 +444,10 @@ static int scratch_alloc(Scratch *w, int64_t pd, int64_t ldq, int64_t dk) {
   w->rmax = malloc(4 * pd4); w->r2 = malloc(4 * pd4); w->rthr = malloc(4 * pd4);
   w->cmax = malloc(4 * ldq); w->c2 = malloc(4 * ldq); w->cthr = malloc(4 * ldq);
   w->need = malloc(ldq); w->col_arg = malloc(4 * ldq); w->col_best = malloc(4 * ldq);
-  w->col_run = malloc(4 * ldq); w->window = malloc(4 * ldq);
+  w->col_run = malloc(4 * ldq); w->window = malloc(4 * ldq); w->ok = malloc(pd4);
   return w->a && w->sim && w->sd && w->nd && w->ed && w->rmax && w->r2 && w->rthr && w->cmax &&
-         w->c2 && w->cthr && w->need && w->col_arg && w->col_best && w->col_run && w->window;
+         w->c2 && w->cthr && w->need && w->col_arg && w->col_best && w->col_run && w->window &&
+         w->ok;
 }
 
 /* Lanes [0, left) set (all when left >= 8), as a vector mask. */
@@ -392,20 +461,26 @@ static inline __m256 lanes_below(int64_t left) {
 /* Convert the GEMM's int32 sums to similarities in place and find every row's and
  * column's maximum and runner-up (two equal maxima make the runner-up equal the maximum).
  * Rows: lane-wise top two, then one lane at the maximum gives its second, the others their
- * maximum. */
+ * maximum. Entries of unusable rows (w->ok) and of columns outside colmask (unusable query
+ * rows, padding) become -inf: they reach no maximum and no window. */
 static void fold(Scratch *w, int64_t pd, int64_t pq, int64_t ldq, const float *sq,
-                 const int32_t *corr) {
+                 const int32_t *corr, const int32_t *colmask) {
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   for (int64_t i = 0; i < ldq; ++i) { w->cmax[i] = -INFINITY; w->c2[i] = -INFINITY; }
   for (int64_t j = 0; j < pd; ++j) {
     float *row = w->sim + j * ldq;
+    if (!w->ok[j]) {
+      for (int64_t i = 0; i < ldq; ++i) row[i] = -INFINITY;
+      w->rmax[j] = w->r2[j] = -INFINITY;
+      continue;
+    }
     const __m256 f = _mm256_set1_ps(w->sd[j]);
     __m256 rm = ninf, rs = ninf;
     for (int64_t i = 0; i < pq; i += 8) {
       const __m256i raw = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(row + i)),
                                            _mm256_loadu_si256((const __m256i *)(corr + i)));
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(raw), _mm256_mul_ps(f, _mm256_loadu_ps(sq + i)));
-      v = _mm256_blendv_ps(ninf, v, lanes_below(pq - i));
+      v = _mm256_blendv_ps(ninf, v, _mm256_loadu_ps((const float *)(colmask + i)));
       _mm256_storeu_ps(row + i, v);
       rs = _mm256_max_ps(rs, _mm256_min_ps(rm, v));
       rm = _mm256_max_ps(rm, v);
@@ -643,8 +718,8 @@ static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots)
 
 /* Mutual matches of one candidate from its folded screen. Returns 0, or 1 when it needs
  * more than max_dots exact products (out undefined then). */
-static int decide(Candidate *c, const float *nq, const float *eq, const Bounds *b,
-                  int64_t max_dots, int64_t *out) {
+static int decide(Candidate *c, const float *nq, const float *eq, const int32_t *colmask,
+                  const Bounds *b, int64_t max_dots, int64_t *out) {
   Scratch *w = c->w;
   double nd_max = 0.0, ed_max = 0.0;
   for (int64_t j = 0; j < c->pd; ++j) {
@@ -655,21 +730,28 @@ static int decide(Candidate *c, const float *nq, const float *eq, const Bounds *
   }
   c->dot_err = dot_error(c->d, nd_max + ed_max, b->nq_max + b->eq_max);
   for (int64_t i = 0; i < c->ldq; ++i) {
-    if (i >= c->pq) { w->cthr[i] = INFINITY; continue; }
+    w->need[i] = 0;
+    /* padding, unusable columns and columns without a usable row: an empty window */
+    if (i >= c->pq || !colmask[i] || !(w->cmax[i] > -INFINITY)) {
+      w->cthr[i] = INFINITY;
+      continue;
+    }
     const double in_err = nd_max * eq[i] + ed_max * nq[i] + ed_max * eq[i];
     w->cthr[i] = window_threshold(w->cmax[i], in_err, b->out_rel);
-    w->need[i] = 0;
   }
   const int64_t dots_before = c->counts[2];
   for (int64_t j = 0; j < c->pd; ++j) {
     if (c->counts[2] - dots_before > max_dots) return 1;
+    /* an unusable row, or a row without a usable column: no entry above -inf */
+    if (!(w->rmax[j] > -INFINITY)) { out[j] = -1; continue; }
     int64_t i;
     if (w->r2[j] < w->rthr[j]) {
       i = first_at_max(c, j);                           /* row decided by the screen */
     } else {
       if (!may_be_mutual(c, j)) { out[j] = -1; continue; }
       i = exact_row(c, j);
-      if (i < 0) { out[j] = -1; continue; }   /* an empty window: only with NaN input */
+      if (i < 0) { out[j] = -1; continue; }   /* an empty window (defensive: rows that take
+                                                 part have finite entries) */
     }
     const float sji = w->sim[j * c->ldq + i];
     if (sji < w->cthr[i]) { out[j] = -1; continue; }
@@ -688,17 +770,28 @@ static int decide(Candidate *c, const float *nq, const float *eq, const Bounds *
 }
 
 /* Mutual nearest neighbours of n_cand candidates db[cand] ([pd, d] float16/float32, read in
- * place) against the query q [pq, d] float32 prepared by pnv_int_query with the same bits
- * (panels, sq, corr, nq, eq). Candidates run in parallel on OpenMP threads (torch's own
- * pool when loaded into a torch process). match [n_cand, pd] out; counts [4] accumulates rows refined, columns
- * refined, float32 dot products and float64 ones (near ties). A candidate that needs more
- * than max_dots exact products (descriptors the screen cannot separate) is abandoned:
- * fallback[cand] = 1, its match row undefined. Returns 0, or -1 when out of memory. */
+ * place, aligned to their element size) against the query q [pq, d] float32 prepared by
+ * pnv_int_query with the same bits (panels, sq, corr, nq, eq, colmask). Candidates run in
+ * parallel on OpenMP threads (torch's own pool when loaded into a torch process).
+ * match [n_cand, pd] out; counts [4] accumulates rows refined, columns refined, float32 dot
+ * products and float64 ones (near ties). A candidate that needs more than max_dots exact
+ * products (descriptors the screen cannot separate) is abandoned: fallback[cand] = 1, its
+ * match row undefined. Any values (see the file comment). Returns 0, -1 when out of memory,
+ * or PNV_BAD_ARGS for refused sizes, bits or alignment (nothing written then). */
 int pnv_int_mutual_nn(const void *const *db, int is_half, const float *q, int bits,
                       const void *panels, const float *sq, const int32_t *corr,
-                      const float *nq, const float *eq, int64_t n_cand, int64_t pd,
-                      int64_t pq, int64_t d, int64_t max_dots, int64_t *match,
+                      const float *nq, const float *eq, const int32_t *colmask, int64_t n_cand,
+                      int64_t pd, int64_t pq, int64_t d, int64_t max_dots, int64_t *match,
                       int64_t *counts, uint8_t *fallback) {
+  if (n_cand < 0 || n_cand > PNV_MAX_ROWS || pd < 0 || pd > PNV_MAX_ROWS || pq < 0 ||
+      pq > PNV_MAX_ROWS || d < 1 || d > PNV_MAX_DIM || (bits != 8 && bits != 16) ||
+      ((uintptr_t)panels & 31))
+    return PNV_BAD_ARGS;
+  if (pd == 0 || pq == 0) {                 /* nothing to match (and no GEMM of width 0) */
+    for (int64_t k = 0; k < n_cand * pd; ++k) match[k] = -1;
+    for (int64_t k = 0; k < n_cand; ++k) fallback[k] = 0;
+    return 0;
+  }
   const int64_t ldq = round_up(pq, NR), dk = round_up(d, 4), pd4 = round_up(pd, MR);
   /* the int32 sum is exact (int8: |sum| <= 127 * 63 * d; int16: row_scale); then three
    * float roundings (int32 -> float, sd * sq, the product), each 2^-24 relative */
@@ -720,11 +813,11 @@ int pnv_int_mutual_nn(const void *const *db, int is_half, const float *q, int bi
 #pragma omp for schedule(dynamic)
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
-      quantize_db(db[cand], is_half, bits, pd, d, dk, w.a, w.sd, w.nd, w.ed);
+      quantize_db(db[cand], is_half, bits, pd, d, dk, w.a, w.sd, w.nd, w.ed, w.ok);
       gemm(w.a, bits, pd4, dk, panels, ldq, (int32_t *)w.sim);
-      fold(&w, pd, pq, ldq, sq, corr);
+      fold(&w, pd, pq, ldq, sq, corr, colmask);
       Candidate c = {db[cand], is_half, q, pd, pq, ldq, d, &w, 0.0, local};
-      fallback[cand] = (uint8_t)decide(&c, nq, eq, &b, max_dots, match + cand * pd);
+      fallback[cand] = (uint8_t)decide(&c, nq, eq, colmask, &b, max_dots, match + cand * pd);
     }
     scratch_free(&w);
 #pragma omp critical

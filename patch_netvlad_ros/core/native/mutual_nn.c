@@ -19,7 +19,14 @@
  * computes the next block (see the section at the end of this file).
  *
  * Result: match[c, j] = i when i is row j's exact argmax and j is column i's exact
- * argmax (ties: lowest index, as torch.argmax), else -1. Compiled on first use by
+ * argmax (ties: lowest index, as torch.argmax), else -1.
+ *
+ * Any values: a row that is not usable (usable.h: a NaN, an infinity or a value beyond
+ * float16's range) is converted to a zero row with norm -1 (the mark the later passes
+ * read); its similarities are set to -inf before the fold, so it takes no part in any
+ * row's or column's maximum, and it matches nothing. Every index the passes use comes
+ * from the similarities' own positions, never from a comparison that NaN could fail, and
+ * sizes are checked (PNV_BAD_ARGS). Compiled on first use by
  * core/native/__init__.py (with OpenMP when the compiler has it); no Python headers
  * needed (ctypes).
  */
@@ -31,6 +38,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "usable.h"
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 #define PNV_AMX 1
 #include <sys/syscall.h>
@@ -44,7 +53,10 @@ static inline float bf16_to_float(uint16_t b) {
   return f;
 }
 
+/* Lanes [0, left) of 16 (none for left <= 0: a block of padding columns past pq, which the
+ * fused fold meets when ld is pq rounded up by more than one block). */
 static inline __mmask16 tail_mask(int64_t left) {
+  if (left <= 0) return 0;
   return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
 }
 
@@ -73,23 +85,41 @@ static inline __m512i round_measured(__m512 x, __m512 *nn, __m512 *ee) {
 }
 
 /* A row's norm and rounding-error norm from its sums of squares, rounded up by 1e-3: far
- * more than float's summation error for d <= 65536. */
-static inline void store_norms(__m512 nn, __m512 ee, float *norm, float *err) {
+ * more than float's summation error for d <= 65536. An unusable row (bad: the lanes that
+ * made it so) gets norm -1, the mark of a row that takes no part, and error 0. Returns
+ * whether the row is usable. */
+static inline int store_norms(__m512 nn, __m512 ee, __mmask16 bad, float *norm, float *err) {
+  if (bad) {
+    *norm = -1.0f;
+    *err = 0.0f;
+    return 0;
+  }
   *norm = sqrtf(_mm512_reduce_add_ps(nn)) * 1.001f;
   *err = sqrtf(_mm512_reduce_add_ps(ee)) * 1.001f;
+  return 1;
+}
+
+/* Lanes of x (within m) that make a row unusable (usable.h): |x| > the limit, or NaN. */
+static inline __mmask16 unusable16(__m512 x, __mmask16 m) {
+  return _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(x), _mm512_set1_ps(PNV_USABLE_LIMIT),
+                                 _CMP_NLE_UQ);
 }
 
 static void to_bf16_rows(const void *src, int is_half, int64_t n, int64_t d, uint16_t *dst,
                          float *norm, float *err) {
   for (int64_t r = 0; r < n; ++r) {
     __m512 nn = _mm512_setzero_ps(), ee = _mm512_setzero_ps();
+    __mmask16 bad = 0;
     for (int64_t k = 0; k < d; k += 16) {
       __mmask16 m = tail_mask(d - k);
-      __m512i b = round_measured(load16(src, is_half, r * d + k, m), &nn, &ee);
+      const __m512 x = load16(src, is_half, r * d + k, m);
+      bad |= unusable16(x, m);
+      __m512i b = round_measured(x, &nn, &ee);
       _mm256_mask_storeu_epi16(dst + r * d + k, m,
                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16)));
     }
-    store_norms(nn, ee, norm + r, err + r);
+    if (!store_norms(nn, ee, bad, norm + r, err + r))
+      memset(dst + r * d, 0, (size_t)(2 * d));             /* a zero row, marked unusable */
   }
 }
 
@@ -108,25 +138,28 @@ static void to_bf16_tiles(const void *src, int is_half, int64_t row0, int r0, in
       continue;
     }
     __m512 nn = _mm512_setzero_ps(), ee = _mm512_setzero_ps();
+    __mmask16 bad = 0;
     for (int64_t k = 0; k < d; k += 32) {
-      const __m512i b0 = round_measured(load16(src, is_half, (row0 + r) * d + k, 0xFFFF),
-                                        &nn, &ee);
-      const __m512i b1 = round_measured(load16(src, is_half, (row0 + r) * d + k + 16, 0xFFFF),
-                                        &nn, &ee);
+      const __m512 x0 = load16(src, is_half, (row0 + r) * d + k, 0xFFFF);
+      const __m512 x1 = load16(src, is_half, (row0 + r) * d + k + 16, 0xFFFF);
+      bad |= unusable16(x0, 0xFFFF) | unusable16(x1, 0xFFFF);
+      const __m512i b0 = round_measured(x0, &nn, &ee), b1 = round_measured(x1, &nn, &ee);
       /* the high halves of b0, b1: 32 bf16 in column order */
       _mm512_store_si512(dst + k * 32 + r * 32, _mm512_permutex2var_epi16(b0, high_halves, b1));
     }
-    store_norms(nn, ee, norm + row0 + r, err + row0 + r);
+    if (!store_norms(nn, ee, bad, norm + row0 + r, err + row0 + r))
+      for (int64_t k = 0; k < d; k += 32) memset(dst + k * 32 + r * 32, 0, 64);
   }
 }
 #endif
 
 /* n_blocks blocks (src[b]: n rows of d values, float16 if is_half, else float32) to bf16
  * (RNE) in dst [n_blocks * n, d]; per row the norm of the value and of its rounding error
- * (store_norms).
+ * (store_norms: -1 and a zero row for an unusable row).
  * Blocks are candidates read in place from a patch store (no gather copy). */
 void pnv_to_bf16(const void *const *blocks, int is_half, int64_t n_blocks, int64_t n,
                  int64_t d, uint16_t *dst, float *norm, float *err) {
+  if (n_blocks < 0 || n < 0 || d < 0) return;           /* nothing to convert */
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < n_blocks; ++b)
     to_bf16_rows(blocks[b], is_half, n, d, dst + b * n * d, norm + b * n, err + b * n);
@@ -149,6 +182,13 @@ static double exact_dot(const void *db, int is_half, int64_t row, const float *q
   return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
+/* 32 consecutive columns, some of them needed by exact_cols. */
+typedef struct {
+  float lowest;       /* the lowest window threshold of its needed columns */
+  int32_t at;         /* first column */
+  __mmask32 want;     /* its needed columns */
+} NeededChunk;
+
 typedef struct {
   const uint16_t *sim;   /* [pd, ld] of this candidate (pq columns used) */
   const void *db;        /* [pd, d] of this candidate */
@@ -161,6 +201,8 @@ typedef struct {
   uint8_t *need;         /* per column: 1 when its exact argmax is needed */
   int32_t *col_arg;      /* per needed column: exact argmax row (exact_cols) */
   double *col_best;      /* per needed column: its exact maximum (exact_cols) */
+  int32_t *window;       /* [pq]: the columns of one row's window (exact_row) */
+  NeededChunk *chunks;   /* [(pq + 31) / 32]: exact_cols' chunks */
   int64_t *counts;       /* rows refined, columns refined, exact dot products */
 } Candidate;
 
@@ -180,6 +222,7 @@ static inline __m512i keys32(__m512i bits) {
 }
 
 static inline __mmask32 tail32(int64_t left) {
+  if (left <= 0) return 0;
   return left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
 }
 
@@ -201,7 +244,7 @@ static int64_t exact_row(const Candidate *c, int64_t j) {
   const __m512i thr = _mm512_set1_epi16(c->rkey[j]);
   double best = -INFINITY;
   int64_t arg = -1, n = 0;
-  int32_t window[c->pq];
+  int32_t *window = c->window;
   for (int64_t i0 = 0; i0 < c->pq; i0 += 32) {
     const __mmask32 t = tail32(c->pq - i0);
     __mmask32 m = _mm512_mask_cmpge_epi16_mask(t, keys32(_mm512_maskz_loadu_epi16(t, row + i0)),
@@ -254,15 +297,11 @@ static int64_t first_at_least(const uint16_t *row, int64_t n, float mx) {
   return 0;
 }
 
-/* 32 consecutive columns, some of them needed by exact_cols. */
-typedef struct {
-  float lowest;       /* the lowest window threshold of its needed columns */
-  int32_t at;         /* first column */
-  __mmask32 want;     /* its needed columns */
-} NeededChunk;
-
+/* Ascending lowest thresholds; a total order even for NaN (last), as qsort needs. */
 static int by_lowest(const void *x, const void *y) {
   const float a = ((const NeededChunk *)x)->lowest, b = ((const NeededChunk *)y)->lowest;
+  const int na = a != a, nb = b != b;
+  if (na || nb) return na - nb;
   return (a > b) - (a < b);
 }
 
@@ -272,8 +311,7 @@ static int by_lowest(const void *x, const void *y) {
  * larger, so ties keep the first row (as torch.argmax). Stops once more than max_dots
  * exact products were spent on this candidate; returns 0 then, else 1. */
 static int exact_cols(const Candidate *c, int64_t dots_before, int64_t max_dots) {
-  const int64_t n_chunks = (c->pq + 31) / 32;
-  NeededChunk chunks[n_chunks];                   /* the 32-column chunks with needed columns */
+  NeededChunk *chunks = c->chunks;                /* the 32-column chunks with needed columns */
   int64_t needed = 0, n_want = 0;
   for (int64_t i0 = 0; i0 < c->pq; i0 += 32) {
     NeededChunk k = {INFINITY, (int32_t)i0, 0};
@@ -363,15 +401,21 @@ typedef struct {
   int32_t *col_arg;
   double *col_best;
   uint8_t *need;
+  int32_t *window;
+  NeededChunk *chunks;
 } Scratch;
 
 static void scratch_free(Scratch *w) {
   free(w->rmax); free(w->r2); free(w->rthr); free(w->cmax); free(w->c2); free(w->cthr);
   free(w->rkey); free(w->ckey);
-  free(w->col_arg); free(w->col_best); free(w->need);
+  free(w->col_arg); free(w->col_best); free(w->need); free(w->window); free(w->chunks);
 }
 
+/* Per-row arrays for pd rows, per-column ones for pq columns (one more of each: malloc(0)
+ * may return NULL, which would read as out of memory). */
 static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
+  pd += 1;
+  pq += 1;
   w->rmax = malloc(sizeof(float) * pd); w->r2 = malloc(sizeof(float) * pd);
   w->rthr = malloc(sizeof(float) * pd);
   w->cmax = malloc(sizeof(float) * pq); w->c2 = malloc(sizeof(float) * pq);
@@ -379,8 +423,36 @@ static int scratch_alloc(Scratch *w, int64_t pd, int64_t pq) {
   w->rkey = malloc(sizeof(int16_t) * pd); w->ckey = malloc(sizeof(int16_t) * pq);
   w->col_arg = malloc(sizeof(int32_t) * pq); w->col_best = malloc(sizeof(double) * pq);
   w->need = malloc(pq);
+  w->window = malloc(sizeof(int32_t) * pq);
+  w->chunks = malloc(sizeof(NeededChunk) * ((pq + 31) / 32));
   return w->rmax && w->r2 && w->rthr && w->cmax && w->c2 && w->cthr && w->rkey &&
-         w->ckey && w->col_arg && w->col_best && w->need;
+         w->ckey && w->col_arg && w->col_best && w->need && w->window && w->chunks;
+}
+
+/* bf16 bits of -inf: the similarity of a row or column that takes no part. */
+#define BF16_NEG_INF 0xFF80u
+
+/* Whether any of the n norms marks an unusable row (norm < 0, see store_norms). */
+static int any_unusable(const float *norm, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (norm[i] < 0.0f) return 1;
+  return 0;
+}
+
+/* Set the similarities s [pd, ld] (pq columns used) of unusable rows (nd < 0) and columns
+ * (nq < 0) to -inf, so that the fold leaves them out of every maximum. Only for candidates
+ * or queries that have such rows: the common case never gets here. */
+static void mask_unusable(uint16_t *s, int64_t pd, int64_t pq, int64_t ld, const float *nd,
+                          const float *nq) {
+  for (int64_t j = 0; j < pd; ++j) {
+    uint16_t *row = s + j * ld;
+    if (nd[j] < 0.0f) {
+      for (int64_t i = 0; i < pq; ++i) row[i] = BF16_NEG_INF;
+      continue;
+    }
+    for (int64_t i = 0; i < pq; ++i)
+      if (nq[i] < 0.0f) row[i] = BF16_NEG_INF;
+  }
 }
 
 /* Bounds shared by all entries: see pnv_mutual_nn. */
@@ -437,7 +509,15 @@ static int decide(const uint16_t *s, const void *db, int is_half, const float *q
                   int64_t pd, int64_t pq, int64_t ld, int64_t d, int64_t max_dots,
                   const Bounds *b, Scratch *w, int64_t *out, int64_t *counts) {
   double nd_max = 0.0, ed_max = 0.0;
+  const int16_t none = key_at_least(INFINITY);        /* the key of an empty window */
   for (int64_t j = 0; j < pd; ++j) {
+    /* an unusable row, or one without a usable column: no entry above -inf (NaN: the
+     * screen of a row that takes part is always finite; refused all the same) */
+    if (ndc[j] < 0.0f || !(w->rmax[j] > -INFINITY)) {
+      w->rthr[j] = INFINITY;
+      w->rkey[j] = none;
+      continue;
+    }
     const double ndj = ndc[j] + edc[j];
     const double in_err = edc[j] * b->nq_max + ndj * b->eq_max
                           + b->gamma * ndj * (b->nq_max + b->eq_max);
@@ -447,16 +527,22 @@ static int decide(const uint16_t *s, const void *db, int is_half, const float *q
     if (edc[j] > ed_max) ed_max = edc[j];
   }
   for (int64_t i = 0; i < pq; ++i) {
+    w->need[i] = 0;
+    if (nq[i] < 0.0f || !(w->cmax[i] > -INFINITY)) {   /* as for rows: an empty window */
+      w->cthr[i] = INFINITY;
+      w->ckey[i] = none;
+      continue;
+    }
     const double in_err = ed_max * nq[i] + nd_max * eq[i] + b->gamma * nd_max * (nq[i] + eq[i]);
     w->cthr[i] = window_threshold(w->cmax[i], in_err, b->out_rel);
     w->ckey[i] = key_at_least(w->cthr[i]);
-    w->need[i] = 0;
   }
   Candidate c = {s, db, is_half, q, pd, pq, ld, d, w->cthr, w->rkey, w->ckey, w->rmax, w->need,
-                 w->col_arg, w->col_best, counts};
+                 w->col_arg, w->col_best, w->window, w->chunks, counts};
   const int64_t dots_before = counts[2];
   for (int64_t j = 0; j < pd; ++j) {
     if (counts[2] - dots_before > max_dots) return 1;
+    if (w->rthr[j] == INFINITY) { out[j] = -1; continue; }   /* takes no part (above) */
     int64_t i;
     if (w->r2[j] < w->rthr[j]) {
       i = first_at_least(s + j * ld, pq, w->rmax[j]);   /* row decided by the screen */
@@ -464,6 +550,9 @@ static int decide(const uint16_t *s, const void *db, int is_half, const float *q
       /* can j be mutual at all? some window entry must also be in its column's window */
       if (!may_be_mutual(&c, j)) { out[j] = -1; continue; }
       i = exact_row(&c, j);
+      /* an empty window (defensive: a row that takes part has finite entries); -1 must
+       * never index s or need */
+      if (i < 0) { out[j] = -1; continue; }
     }
     const float sji = bf16_to_float(s[j * ld + i]);
     if (sji < w->cthr[i]) { out[j] = -1; continue; }
@@ -504,13 +593,19 @@ static Bounds screen_bounds(const float *nq, const float *eq, int64_t pq, int64_
  * match [n_cand, pd] out; counts [3] accumulates rows refined, columns refined, exact dots.
  * A candidate that needs more than max_dots exact dot products (a screen too coarse for
  * these descriptors, e.g. all nearly parallel) is abandoned: fallback[cand] = 1 and its
- * match row is undefined; the caller computes it another way.
- * Returns 0, or -1 when out of memory. */
-int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const float *q,
+ * match row is undefined; the caller computes it another way. The similarities of
+ * unusable rows and columns (norm -1) are overwritten with -inf. Any values, even in sim:
+ * every index stays inside its buffer.
+ * Returns 0, -1 when out of memory, or PNV_BAD_ARGS for refused sizes (nothing written). */
+int pnv_mutual_nn(uint16_t *sim, const void *const *db, int is_half, const float *q,
                   const float *nd, const float *ed, const float *nq, const float *eq,
                   int64_t n_cand, int64_t pd, int64_t pq, int64_t ld, int64_t d,
                   int64_t max_dots, int64_t *match, int64_t *counts, uint8_t *fallback) {
+  if (n_cand < 0 || n_cand > PNV_MAX_ROWS || pd < 0 || pd > PNV_MAX_ROWS || pq < 0 ||
+      pq > PNV_MAX_ROWS || ld < pq || d < 1 || d > PNV_MAX_DIM)
+    return PNV_BAD_ARGS;
   const Bounds b = screen_bounds(nq, eq, pq, d);
+  const int bad_cols = any_unusable(nq, pq);
   int failed = 0;
 #pragma omp parallel
   {
@@ -524,7 +619,9 @@ int pnv_mutual_nn(const uint16_t *sim, const void *const *db, int is_half, const
 #pragma omp for schedule(dynamic)
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
-      const uint16_t *s = sim + cand * pd * ld;
+      uint16_t *s = sim + cand * pd * ld;
+      if (bad_cols || any_unusable(nd + cand * pd, pd))
+        mask_unusable(s, pd, pq, ld, nd + cand * pd, nq);
       fold_screen(s, pd, pq, ld, &w);
       fallback[cand] = (uint8_t)decide(s, db[cand], is_half, q, nd + cand * pd, ed + cand * pd,
                                        nq, eq, pd, pq, ld, d, max_dots, &b, &w,
@@ -754,14 +851,25 @@ static void amx_screen(const void *db, int is_half, const uint16_t *qp, int64_t 
 /* pnv_mutual_nn with the fused AMX screen: the same arguments, except that the caller gives
  * the query's bf16 columns qp [ld / 32][d / 2][32][2] (amx_screen) instead of the
  * similarities and the candidates' norms (computed here). Needs d % 32 == 0, ld % 32 == 0.
- * Returns 0, -1 when out of memory, -2 when the shapes do not suit the tile unit or the
- * kernel refuses the tile state. */
+ * A candidate with unusable rows, or a query with unusable columns, has its statistics
+ * folded again from the stored similarities after masking them (mask_unusable).
+ * Returns 0, -1 when out of memory, -2 (PNV_BAD_ARGS) when the shapes do not suit the tile
+ * unit or the kernel refuses the tile state. */
 int pnv_mutual_nn_amx(const void *const *db, int is_half, const float *q, const uint16_t *qp,
                       const float *nq, const float *eq, int64_t n_cand, int64_t pd,
                       int64_t pq, int64_t ld, int64_t d, int64_t max_dots, int64_t *match,
                       int64_t *counts, uint8_t *fallback) {
-  if (d % 32 || ld % 32 || ld < pq || pd < 1 || !pnv_amx_init()) return -2;
+  if (d < 32 || d % 32 || d > PNV_MAX_DIM || ld % 32 || ld < pq || pq < 0 ||
+      pq > PNV_MAX_ROWS || pd < 1 || pd > PNV_MAX_ROWS || n_cand < 0 ||
+      n_cand > PNV_MAX_ROWS || !pnv_amx_init())
+    return PNV_BAD_ARGS;
+  if (pq == 0) {                       /* nothing to match (and no column block to fold) */
+    for (int64_t k = 0; k < n_cand * pd; ++k) match[k] = -1;
+    for (int64_t k = 0; k < n_cand; ++k) fallback[k] = 0;
+    return 0;
+  }
   const Bounds b = screen_bounds(nq, eq, pq, d);
+  const int bad_cols = any_unusable(nq, pq);
   const int64_t pd32 = (pd + 31) / 32 * 32;
   int failed = 0;
 #pragma omp parallel
@@ -788,6 +896,10 @@ int pnv_mutual_nn_amx(const void *const *db, int is_half, const float *q, const 
     for (int64_t cand = 0; cand < n_cand; ++cand) {
       if (!ok) continue;
       amx_screen(db[cand], is_half, qp, pd, pq, ld, d, a, s, blk, rl, nd, ed, &w);
+      if (bad_cols || any_unusable(nd, pd)) {     /* rare: fold again without them */
+        mask_unusable(s, pd, pq, ld, nd, nq);
+        fold_screen(s, pd, pq, ld, &w);
+      }
       fallback[cand] = (uint8_t)decide(s, db[cand], is_half, q, nd, ed, nq, eq, pd, pq, ld, d,
                                        max_dots, &b, &w, match + cand * pd, local);
     }
