@@ -61,10 +61,13 @@ def test_upstream_loss_takes_the_larger_exact_count():
     for s in (1, 2, 5):
         up.sequence.update('cam', s)
     assert up.lost == 2
-    up.dds_lost = 7  # e.g. every later frame lost in fragments: no sequence gap shows
-    assert up.lost == 7
+    # Every later frame lost in fragments: no sequence gap shows, DDS events do. Fast DDS
+    # reported 2^31 - 1 for one lost sample here: an implausible change counts as one.
+    assert [up.add_dds_event(n) for n in (3, 2 ** 31 - 1, 1, 2 ** 64 - 2 ** 31, 2)] == \
+        [3, 1, 1, 1, 2]
+    assert up.lost == 8 and up.dds_events == 5
     c = up.counters()
-    assert (c['upstream_lost'], c['upstream_lost_sequence'], c['upstream_lost_dds']) == (7, 2, 7)
+    assert (c['upstream_lost'], c['upstream_lost_sequence'], c['upstream_lost_dds']) == (8, 2, 8)
     assert 'sequence' in c['upstream_method']
 
 

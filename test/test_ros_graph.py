@@ -31,15 +31,18 @@ from std_msgs.msg import Header
 import torch
 
 from conftest import CORRIDOR_SIZE
+from patch_netvlad_ros.core.accounting import graph_ledger
 from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
 from patch_netvlad_ros.core.image import load_image
 from patch_netvlad_ros.core.localizer import Localizer
+from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.msg import PlaceDescriptors, PlaceMatch
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
+from patch_netvlad_ros.ros.diagnostics import DiagnosticsCollector
 from patch_netvlad_ros.ros.params import ParameterError
 
 SIZE = [Parameter('image_width', value=CORRIDOR_SIZE['image_width']),
@@ -62,9 +65,17 @@ def key(header: Header) -> tuple:
 
 
 @pytest.fixture(scope='module')
-def map_dir(corridor_map, tmp_path_factory) -> Path:
-    """The corridor reference map saved as a map database folder."""
-    return corridor_map.save(tmp_path_factory.mktemp('ros') / 'corridor_map')
+def map_dir(corridor_map, corridor_model, tmp_path_factory) -> Path:
+    """The corridor reference map saved as a map database folder, keeping its model."""
+    path = corridor_map.save(tmp_path_factory.mktemp('ros') / 'corridor_map')
+    map_model_path(path).symlink_to(corridor_model.checkpoint_path)
+    return path
+
+
+def model_params(map_dir: Path) -> List[Parameter]:
+    """descriptor_node's model: the map's."""
+    return [Parameter('map_path', value=str(map_dir)),
+            Parameter('checkpoint', value=str(map_model_path(map_dir)))]
 
 
 @pytest.fixture(scope='module')
@@ -105,6 +116,7 @@ class Graph:
         self.image_pub = self.probe.create_publisher(Image, '/camera/image_raw', 10)
         self.compressed_pub = self.probe.create_publisher(
             CompressedImage, '/camera/image_raw/compressed', 10)
+        self.diagnostics = DiagnosticsCollector(self.probe)
         self.executor = MultiThreadedExecutor(num_threads=6, context=context)
         for node in [*nodes, self.probe]:
             self.executor.add_node(node)
@@ -146,7 +158,8 @@ def start_graph(context, map_dir, batcher=(), descriptor=(), localizer=()) -> Gr
         CameraBatcher(context=context, parameter_overrides=[
             *SIZE, Parameter('image_topic', value='/camera/image_raw'),
             Parameter('buffer_capacity', value=64), *batcher]),
-        DescriptorNode(context=context, parameter_overrides=[*SIZE, *descriptor]),
+        DescriptorNode(context=context, parameter_overrides=[
+            *SIZE, *model_params(map_dir), *descriptor]),
         LocalizerNode(context=context, parameter_overrides=[
             Parameter('map_path', value=str(map_dir)), *localizer]),
     ], context)
@@ -245,7 +258,8 @@ def test_separate_processes_compressed(context, map_dir, offline, corridor_set,
     procs = [
         _node_process('camera_batcher', *size, 'transport:=compressed',
                       'image_topic:=/camera/image_raw', 'buffer_capacity:=64'),
-        _node_process('descriptor_node', *size),
+        _node_process('descriptor_node', *size, f'map_path:={map_dir}',
+                      f'checkpoint:={map_model_path(map_dir)}'),
         _node_process('localizer_node', f'map_path:={map_dir}'),
     ]
     graph = Graph([], context)
@@ -347,6 +361,137 @@ def test_backpressure_drops_oldest(context, map_dir, corridor_set, rss_follows_l
         assert all(0 <= m.confidence <= 1 for m in graph.matches)
     finally:
         graph.close()
+
+
+NODE_NAMES = {'camera_batcher': '/camera_batcher', 'descriptor_node': '/descriptor_node',
+              'localizer_node': '/localizer_node'}
+
+
+def settled_ledger(graph: Graph, timeout: float, names=NODE_NAMES) -> dict:
+    """The graph's ledger from /diagnostics once two full rounds of reports agree that
+    nothing is in flight and no frame arrives any more."""
+    end = time.monotonic() + timeout
+    after, previous, ledger = time.monotonic(), None, None
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        latest = graph.diagnostics.latest()
+        if not all(latest.get(n, {}).get('time', 0) > after for n in names.values()):
+            continue
+        ledger = graph_ledger({k: latest[n]['values'] for k, n in names.items()})
+        state = (ledger['received'], ledger['answered'], ledger['dropped_total'])
+        if ledger['settled'] and state == previous:
+            return ledger
+        previous = state if ledger['settled'] else None
+        after = max(latest[n]['time'] for n in names.values())
+    raise AssertionError(f'the graph did not settle within {timeout} s: {ledger}')
+
+
+def test_flood_every_frame_accounted_and_reported(context, map_dir, corridor_set):
+    """Frames published far faster than the graph answers, default camera QoS and buffer:
+    every frame is answered or counted by reason, the ones DDS's queue overwrote before
+    camera_batcher are found from the publisher's sequence numbers, /diagnostics warns."""
+    graph = start_graph(context, map_dir, batcher=[
+        Parameter('buffer_capacity', value=8)])   # the default buffer
+    images = [load_image(corridor_set.queries[i]) for i in FRAMES]
+    published = 0
+    try:
+        assert graph.wait(graph.connected, 20)
+        # Sequence gaps count from the first frame received: one frame first.
+        graph.image_pub.publish(_bgr8(images[0], stamp_of(0)))
+        published += 1
+        assert graph.wait(lambda: graph.nodes[0].stats.received == 1, 20)
+        for i in range(150):   # a 30 Hz camera's stamps, published without pause
+            header = Header(frame_id='camera_optical')
+            header.stamp.sec = STAMP0 + 1 + i // 30
+            header.stamp.nanosec = (i % 30) * 33_333_333
+            graph.image_pub.publish(_bgr8(images[i % len(images)], header))
+            published += 1
+        time.sleep(1.0)
+        # One last frame after a pause: frames lost after the last one received would
+        # show in no sequence gap.
+        header = Header(frame_id='camera_optical')
+        header.stamp.sec, header.stamp.nanosec = STAMP0 + 20, 0
+        graph.image_pub.publish(_bgr8(images[0], header))
+        published += 1
+        t0 = time.monotonic()
+        ledger = settled_ledger(graph, 240)
+        print(f'settled in {time.monotonic() - t0:.1f} s: {ledger}')
+        worst = dict(graph.diagnostics.worst)
+        batcher = graph.diagnostics.latest()['/camera_batcher']
+    finally:
+        graph.close()
+    up = ledger['before_batcher']
+    # Every frame published: received by camera_batcher, or missed and found missing.
+    assert ledger['received'] + up['upstream_lost_sequence'] == published
+    assert up['upstream_lost'] == up['upstream_lost_sequence'] > 0
+    # The stamp estimate needs steady intervals to learn the period first: at most as many.
+    assert up['upstream_lost_stamps_estimate'] <= up['upstream_lost_sequence']
+    # Every frame received: answered or dropped for a named reason, nothing in flight.
+    assert ledger['received'] == ledger['answered'] + ledger['dropped_total']
+    assert ledger['in_flight'] == 0 and ledger['unexplained'] == 0
+    assert set(ledger['node_balance'].values()) == {0}
+    assert ledger['answered'] > 0 and ledger['answered'] == len(graph.matches)
+    # Lost before the batcher (its callback was slower than the flood) or dropped from its
+    # full buffer: how many of each depends on the machine's speed; nothing else.
+    assert {k for k, v in ledger['dropped'].items() if v} <= {'backpressure'}
+    assert up['upstream_lost'] + ledger['dropped']['backpressure'] >= published / 2
+    # /diagnostics said so while it happened: camera_batcher's worst report named a loss.
+    level, message = worst['/camera_batcher']
+    assert level in ('WARN', 'ERROR') and 'since the last report' in message, message
+    assert 'upstream_lost' in message or 'dropped_backpressure' in message, message
+    assert batcher['values']['dropped_backpressure'] == ledger['dropped']['backpressure']
+
+
+def test_oversized_frame_dropped_logged_counted(context, map_dir, corridor_set, capfd):
+    """An 8000x8000 frame is refused before conversion, logged with the limit, counted."""
+    graph = start_graph(context, map_dir)
+    try:
+        assert graph.wait(graph.connected, 20)
+        huge = Image(header=stamp_of(1), height=8000, width=8000, encoding='mono8', step=8000)
+        huge.data = bytes(8000 * 8000)
+        graph.image_pub.publish(huge)
+        graph.image_pub.publish(_bgr8(load_image(corridor_set.queries[2]), stamp_of(2)))
+        ledger = settled_ledger(graph, 120)
+    finally:
+        graph.close()
+    assert ledger['received'] == 2 and ledger['dropped']['oversized'] == 1
+    assert ledger['answered'] == 1 and [key(m.header) for m in graph.matches] == \
+        [key(stamp_of(2))]
+    log = capfd.readouterr().err
+    assert '8000x8000' in log and 'max_image_pixels = 16777216' in log
+
+
+def test_large_best_effort_frame_between_processes_is_not_silent(context, corridor_set):
+    """A 64 MB frame into camera_batcher's default (best-effort) subscription from another
+    process: it arrives and is counted oversized, or DDS loses it and camera_batcher counts
+    and logs the loss (what Fast DDS does here: every best-effort frame above ~512 KiB)."""
+    proc = _node_process('camera_batcher', 'image_topic:=/camera/image_raw')
+    graph = Graph([], context)
+    names = {'camera_batcher': '/camera_batcher'}
+    try:
+        assert graph.wait(lambda: graph.probe.count_subscribers('/camera/image_raw') > 0
+                          and graph.diagnostics.by_kind(names) is not None, 60)
+        huge = Image(header=stamp_of(1), height=8000, width=8000, encoding='mono8', step=8000)
+        huge.data = bytes(8000 * 8000)
+        graph.image_pub.publish(huge)
+        time.sleep(3.0)
+        graph.image_pub.publish(_bgr8(load_image(corridor_set.queries[2]), stamp_of(2)))
+
+        def counted():
+            c = graph.diagnostics.by_kind(names)['camera_batcher']
+            return c['received'] >= 1 and c['dropped_oversized'] + c['upstream_lost'] >= 1
+        assert graph.wait(counted, 30), graph.diagnostics.latest()
+        c = graph.diagnostics.by_kind(names)['camera_batcher']
+    finally:
+        graph.close()
+        output, = _interrupt([proc])
+    if c['dropped_oversized']:
+        assert 'max_image_pixels' in output, output
+    else:
+        assert c['upstream_lost_dds'] >= 1 or c['upstream_lost_sequence'] >= 1
+        assert 'never reached this node' in output or 'DDS lost' in output, output
+    print(f"64 MB best-effort frame: oversized {c['dropped_oversized']}, DDS lost "
+          f"{c['upstream_lost_dds']}, sequence gap {c['upstream_lost_sequence']}")
 
 
 def test_bad_frames_are_dropped_and_the_graph_keeps_going(context, map_dir, corridor_set,

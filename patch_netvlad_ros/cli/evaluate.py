@@ -6,8 +6,11 @@ r"""pnv-evaluate: localise a query drive against a map and report how well it we
         --pose-topic /odom --mode graph --rate 2.0
 
 Modes: 'offline' runs the core straight over the drive; 'graph' replays the drive's
-images (and /clock) through camera_batcher -> descriptor_node -> localizer_node on real
-rclpy/DDS at --rate times the recorded speed and records ~/match. Ground truth: the
+camera messages as recorded (encoding, compression, size, stamps; and /clock) through
+camera_batcher -> descriptor_node -> localizer_node on real rclpy/DDS at --rate times the
+recorded speed, into the graph with its default settings (three node processes as
+launched, or one with --graph-processes one), and records ~/match and /diagnostics:
+frames the graph drops are reported by reason and count as misses. Ground truth: the
 drive's poses (NavSatFix drives use the map's ENU origin). Output: recall@N by distance
 (--radius, default 25 m) or by frame tolerance, position and heading error of the chosen
 reference, latency percentiles, confidence against correctness; a JSON report and PNG
@@ -54,22 +57,28 @@ def frame_positives(drive: Drive, ref_map: ReferenceMap, tolerance: int) -> List
 
 def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap,
                    checkpoint: Path):
-    """Replay the drive through the ROS graph; one outcome per frame (None: unanswered)."""
-    from rclpy.parameter import Parameter
-    from ..ros.replay import replay_through_graph
-    params = [Parameter('max_candidates', value=max(NS)),
-              Parameter('verify_map', value=False)]
+    """Replay the drive through the ROS graph; one outcome per frame (no answer: a miss).
+
+    The drive's camera messages go out as recorded (encoding, compression, size, stamps)
+    into the graph with its default settings (:mod:`patch_netvlad_ros.ros.replay`), so
+    frames the graph drops under them have no answer and count as misses in recall@N.
+    Returns the outcomes and the report's graph sections: frames published, answered,
+    dropped by reason, lost before camera_batcher, each node's last /diagnostics status.
+    """
+    from ..ros.replay import replay_drive
+    params = {'max_candidates': max(NS), 'verify_map': False}
     if args.top_k:
-        params.append(Parameter('top_k', value=args.top_k))
+        params['top_k'] = args.top_k
     cfg = ref_map.config
-    record = replay_through_graph(drive.frames, str(args.map), str(checkpoint), cfg.preset,
-                                  (cfg.image_height, cfg.image_width), args.rate, params,
-                                  progress=progress_bar(len(drive.frames), 'replay'))
+    record, keys = replay_drive(drive, str(args.map), str(checkpoint), cfg.preset,
+                                (cfg.image_height, cfg.image_width), args.rate,
+                                getattr(args, 'graph_processes', 'three'), params,
+                                progress=progress_bar(len(drive.frames), 'replay'))
     ids = {r.id: i for i, r in enumerate(ref_map.references)}
     outcomes = []
-    for frame, (key, sent) in zip(drive.frames, record.published.items()):
-        got = record.matches.get(key)
-        if got is None:
+    for frame, key in zip(drive.frames, keys):
+        sent, got = record.published.get(key), record.matches.get(key)
+        if got is None or sent is None:
             outcomes.append(outcome_of(frame, [], float('nan'), None, {}))
             continue
         msg, arrived = got
@@ -80,14 +89,33 @@ def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap
                                     'node_latency': msg.latency_ms}, None,
                                    {'candidate': msg.candidate_bytes,
                                     'moved': msg.moved_bytes}))
-    stats = record.batcher_stats
-    extra = {'published': len(record.published), 'answered': len(record.matches),
-             'poses_published': len(record.poses), 'rate': args.rate,
-             'replay_seconds': record.seconds,
-             'batcher': {k: getattr(stats, k) for k in ('received', 'batched',
-                                                        'dropped_backpressure',
-                                                        'dropped_invalid')}}
-    return outcomes, extra
+    return outcomes, graph_sections(record, args.rate)
+
+
+def graph_sections(record, rate: float) -> dict:
+    """Return the report's graph-mode sections of a replay record (see graph_outcomes)."""
+    ledger = record.ledger or {}
+    received = ledger.get('received', 0)
+    frames = {
+        'published': len(record.published),
+        'received_by_batcher': received,
+        # Exact: the replay knows what it published. The nodes' own estimate is below.
+        'lost_before_batcher': len(record.published) - received,
+        'lost_before_batcher_detected': ledger.get('before_batcher', {}),
+        'answered': ledger.get('answered', len(record.matches)),
+        'dropped': ledger.get('dropped', {}),
+        'in_flight_at_end': ledger.get('in_flight'),
+        'settled': record.settled,
+        'unexplained': ledger.get('unexplained'),
+        'note': 'frames without an answer (dropped for a reason above, or lost before '
+                'camera_batcher) count as misses in recall@N',
+    }
+    return {'published': len(record.published), 'answered': len(record.matches),
+            'poses_published': len(record.poses), 'rate': rate,
+            'replay_seconds': record.seconds, 'graph_processes': record.processes,
+            'encodings': dict(record.encodings), 'frames': frames,
+            'diagnostics': {node: {k: v for k, v in status.items() if k != 'time'}
+                            for node, status in record.diagnostics.items()}}
 
 
 @run_main
@@ -103,6 +131,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--mode', choices=('offline', 'graph'), default='offline')
     parser.add_argument('--rate', type=positive_float, default=1.0,
                         help='graph mode: replay speed relative to the recording (> 0)')
+    parser.add_argument('--graph-processes', choices=('three', 'one'), default='three',
+                        help="graph mode: 'three' node processes as launched (default), or "
+                        "'one' (the three nodes in this process, as localize_graph)")
     parser.add_argument('--radius', type=positive_float, default=25.0,
                         help='a reference within this many metres is right (> 0, default 25)')
     parser.add_argument('--frame-tolerance', type=non_negative_int, default=None,
@@ -163,8 +194,15 @@ def main(argv: Optional[list] = None) -> int:
                         convention=convention)
     print(format_summary(report))
     if extra:
-        print(f"graph: published {extra['published']}, answered {extra['answered']}, "
-              f"poses {extra['poses_published']}, batcher {extra['batcher']}")
+        f = extra['frames']
+        dropped = ', '.join(f'{k} {v}' for k, v in f['dropped'].items() if v) or 'none'
+        print(f"graph ({extra['graph_processes']} process(es)): published {f['published']}, "
+              f"lost before camera_batcher {f['lost_before_batcher']}, answered "
+              f"{f['answered']}, dropped: {dropped}; poses {extra['poses_published']} "
+              '(unanswered frames count as misses)')
+        if not f['settled']:
+            say(f"warning: the graph had not settled at the end ({f['in_flight_at_end']} "
+                'frames in flight)')
     print(f'report: {path}; plots: {", ".join(p.name for p in plots)}')
     return 0
 

@@ -118,20 +118,35 @@ class StampGaps:
         return 0
 
 
+#: Largest plausible sample-lost count change of one DDS event; Fast DDS (rmw_fastrtps,
+#: ROS 2 Kilted wheels) was seen reporting 2^31 - 1 for a single lost sample.
+_EVENT_MAX = 2 ** 20
+
+
 @dataclass
 class UpstreamLoss:
-    """Frames lost before camera_batcher's callback, by the three methods.
+    """Frames lost before camera_batcher's callback, by three methods.
 
-    lost: the best count: the larger of the sequence gaps (every cause, but blind to
-    losses after the last frame received) and DDS's sample-lost count (samples DDS gave
-    up on, e.g. a large best-effort sample missing a fragment: seen even when nothing
-    arrives). The stamp estimate is reported beside them for publishers without sequence
-    numbers.
+    lost: the larger of the sequence gaps (every cause, exact between two frames
+    received, blind before the first and after the last) and the DDS sample-lost count
+    (samples DDS gave up on, e.g. a large best-effort sample missing a fragment; seen even
+    when nothing arrives). The DDS count is the sum of the events' count changes, an
+    implausible change (Fast DDS reported 2^31 - 1 for one lost sample here) counting as
+    1, so it is an estimate. The stamp estimate is reported beside them, for publishers
+    without sequence numbers.
     """
 
     sequence: SequenceGaps = field(default_factory=SequenceGaps)
     stamps: StampGaps = field(default_factory=StampGaps)
     dds_lost: int = 0
+    dds_events: int = 0
+
+    def add_dds_event(self, change: int) -> int:
+        """Record a DDS sample-lost event; return the samples counted for it."""
+        counted = int(change) if 0 < int(change) <= _EVENT_MAX else 1
+        self.dds_events += 1
+        self.dds_lost += counted
+        return counted
 
     @property
     def lost(self) -> int:
@@ -151,6 +166,7 @@ class UpstreamLoss:
         return {'upstream_lost': self.lost,
                 'upstream_lost_sequence': self.sequence.missed,
                 'upstream_lost_dds': self.dds_lost,
+                'upstream_dds_events': self.dds_events,
                 'upstream_lost_stamps_estimate': self.stamps.missing,
                 'frame_period_ms': round(1e3 * period, 3) if period else 0.0,
                 'upstream_method': self.method}

@@ -275,6 +275,52 @@ def _iter_images(bag: Path, topic: str, skip_invalid: bool,
                            index=index, rgb=rgb)
 
 
+@dataclass
+class BagMessage:
+    """One message of a bag as recorded: deserialized by rosbags, nothing decoded.
+
+    msg is rosbags' message object (fields as in the .msg definition; uint8[] data as a
+    numpy array); for graph replay, which publishes camera frames as they were recorded.
+    """
+
+    index: int          # 0-based index among the topic's messages, as in BagImage
+    topic: str
+    msgtype: str        # ROS 2 style, e.g. 'sensor_msgs/msg/CompressedImage'
+    receive_ns: int     # the bag's receive time
+    msg: Any
+
+
+def read_messages(path: PathLike, topic: str,
+                  indices: Optional[Container[int]] = None,
+                  expected: Optional[Sequence[str]] = IMAGE_TYPES) -> Iterator[BagMessage]:
+    """Iterate over a topic's messages deserialized but not decoded, in bag order.
+
+    indices: only these (as :func:`read_images` numbers them; the others are not even
+    deserialized). expected: the message types the topic must carry (MapError
+    otherwise; None: any). A message that cannot be deserialized raises MapError.
+    """
+    with _open(path) as (bag, reader):
+        _connections(bag, reader, topic, expected)
+    return _iter_messages(bag, topic, indices, expected)
+
+
+def _iter_messages(bag: Path, topic: str, indices: Optional[Container[int]],
+                   expected: Optional[Sequence[str]]) -> Iterator[BagMessage]:
+    with _open(bag) as (_, reader):
+        connections = _connections(bag, reader, topic, expected)
+        for index, (connection, receive_ns, raw) in enumerate(
+                _messages(bag, reader, connections)):
+            if indices is not None and index not in indices:
+                continue
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except Exception as err:
+                raise MapError(f'cannot deserialize {connection.topic} message {index} of bag '
+                               f'{bag}: {err}; the bag is damaged') from err
+            yield BagMessage(index=index, topic=connection.topic, msgtype=connection.msgtype,
+                             receive_ns=int(receive_ns), msg=msg)
+
+
 def _pose(msgtype: str, msg: Any, stamp: float) -> Union[BagPose, BagFix]:
     frame_id = str(msg.header.frame_id)
     if msgtype == _NAVSATFIX:

@@ -90,6 +90,9 @@ class Drive:
     #: network size (readers set it; used for frames whose images are not held)
     reread: Optional[Callable[[Sequence[DriveFrame]], Iterator[np.ndarray]]] = field(
         default=None, repr=False, compare=False)
+    #: where the recorded images are: (bag path, image topic) of a bag drive, (image
+    #: folder, '') of a folder drive; graph replay publishes them as recorded
+    raw_source: Optional[Tuple[str, str]] = field(default=None, repr=False, compare=False)
 
     def summary(self) -> Dict[str, Union[int, str]]:
         """Return the counts and the pose convention, for logs, reports and map metadata."""
@@ -238,6 +241,7 @@ def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
             yield resize_rgb(im.rgb, *size)
 
     drive.reread = reread
+    drive.raw_source = (str(path), image_topic)
     items = ((im.index, im.stamp, im.frame_id, f'{name}:{image_topic}#{im.index}', im.rgb)
              for im in read_images(path, image_topic, skip_invalid=True, on_error=invalid))
     return _collect(drive, items, trajectory, size, rule, max_gap, progress, hold_images)
@@ -306,6 +310,7 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
                 return                              # Drive.frame_images reports it
 
     drive.reread = reread
+    drive.raw_source = (str(folder), '')
     return _collect(drive, items(), trajectory, size, rule, 0.0, progress, hold_images)
 
 

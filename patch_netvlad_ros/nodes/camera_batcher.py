@@ -11,7 +11,10 @@ with ``map_path`` (as descriptor_node's with the same map), else ``preset``,
 descriptor_node acknowledges each batch on ``image_batch_ack``; while ``max_in_flight``
 batches wait for it, frames queue in a buffer of ``buffer_capacity`` frames that drops
 the oldest (counted).
-A frame that cannot be converted is dropped with a throttled error naming the problem.
+A frame that cannot be converted, or is larger than ``max_image_pixels``, is dropped with a
+throttled log line naming the problem. Every frame received is counted where it went, and
+frames lost before this node are detected (publisher sequence gaps, DDS sample-lost
+events, stamp gaps); the counters go to /diagnostics (:mod:`patch_netvlad_ros.ros.diagnostics`).
 """
 
 import sys
@@ -21,17 +24,22 @@ from typing import List, Optional
 
 import cv2
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, UInt64
 
 from .common import DEFAULT_PRESET, network_config, run_node
+from ..core.accounting import UpstreamLoss
 from ..core.batching import FrameBatcher
 from ..core.config import PRESETS
 from ..core.errors import ImageError
 from ..core.image import resize_rgb
+from ..core.image_limits import (check_pixels, compressed_dimensions, DEFAULT_MAX_PIXELS,
+                                 OversizedImage)
 from ..msg import ImageBatch
 from ..ros.conversions import CONVERTERS, ImageDecoder, rgb_to_image, wall_time
+from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, Param, ParameterError
 from ..ros.qos import camera_qos, pipeline_qos, RELIABILITIES
 
@@ -63,6 +71,10 @@ PARAMS = [
           low=0.001, high=3600.0),
     Param('converter', 'auto', "image conversion: cv_bridge when installed ('auto'), or the "
           "package's own converter ('builtin')", choices=CONVERTERS),
+    Param('max_image_pixels', DEFAULT_MAX_PIXELS, 'largest camera frame converted, in pixels '
+          '(width x height; default 4096x4096): larger frames are dropped, logged and counted '
+          '(converting one at full size stalls the camera callback for a second or more)',
+          low=1, high=2 ** 31 - 1),
 ]
 
 
@@ -85,14 +97,16 @@ class CameraBatcher(Node):
         self.publisher = self.create_publisher(ImageBatch, 'image_batch',
                                                pipeline_qos(max(1, p['max_in_flight'])))
         group = MutuallyExclusiveCallbackGroup()
+        self._start_accounting(p)
         qos = camera_qos(p['qos_reliability'], p['qos_depth'])
         if p['transport'] == 'compressed':
             topic = p['image_topic'].rstrip('/') + '/compressed'
             self.create_subscription(CompressedImage, topic, self.on_image, qos,
-                                     callback_group=group)
+                                     callback_group=group, event_callbacks=self.camera_events)
         else:
             topic = p['image_topic']
-            self.create_subscription(Image, topic, self.on_image, qos, callback_group=group)
+            self.create_subscription(Image, topic, self.on_image, qos, callback_group=group,
+                                     event_callbacks=self.camera_events)
         self.create_subscription(UInt64, 'image_batch_ack', self.on_ack, pipeline_qos(10),
                                  callback_group=group)
         # A timer sends partial batches by age; 4 checks per max age keeps the wait bounded.
@@ -103,20 +117,86 @@ class CameraBatcher(Node):
             f"{p['qos_reliability']}); batches of {p['batch_size']} at "
             f'{self.size[1]}x{self.size[0]}, converter {self.decode.name}')
 
+    def _start_accounting(self, p) -> None:
+        """Frame accounting: size limit, upstream loss detection, /diagnostics."""
+        self.max_pixels = p['max_image_pixels']
+        self.upstream = UpstreamLoss()
+        self.camera_events = SubscriptionEventCallbacks(message_lost=self.on_message_lost)
+        self.diagnostics = DiagnosticsPublisher(self, 'camera_batcher', self.counters)
+        if p['qos_reliability'] != 'reliable':
+            self.get_logger().info(
+                'best-effort camera subscription: frames DDS cannot deliver whole are lost '
+                'before this node (large ones above all; see qos_reliability) and counted '
+                'as upstream_lost on /diagnostics')
+
     @property
     def stats(self):
-        """Counters: received, batched, dropped_backpressure, dropped_invalid, batches."""
+        """The batcher's counters (core.batching.BatcherStats)."""
         return self.batcher.stats
 
-    def on_image(self, msg) -> None:
-        """Convert, resize and queue one camera frame; publish a batch when one is due."""
+    def counters(self) -> dict:
+        """Return every frame counter and gauge, as published on /diagnostics."""
+        with self._lock:
+            counters = self.batcher.counters()
+            counters.update(self.upstream.counters())
+        return counters
+
+    def on_message_lost(self, event) -> None:
+        """DDS gave up on camera samples (e.g. a fragment of a large best-effort frame)."""
+        with self._lock:
+            counted = self.upstream.add_dds_event(event.total_count_change)
+            total = self.upstream.dds_lost
+        self.get_logger().warning(
+            f'DDS lost {counted} camera frame(s) before they reached this node (about '
+            f'{total} since start): with best-effort QoS a frame '
+            f'travels in fragments and one lost fragment loses the frame; with Fast DDS on '
+            "this project's machines every best-effort frame above about 512 KiB sent "
+            'between processes was lost (640x480 rgb8 is 900 KiB). Use qos_reliability '
+            "'reliable' when the camera publishes reliable, a compressed transport, or "
+            'larger DDS socket buffers (net.core.rmem_max)', throttle_duration_sec=10.0)
+
+    def _upstream(self, msg, info) -> None:
+        """Count frames that never reached this callback (sequence and stamp gaps)."""
+        gid = (info or {}).get('publisher_gid') or {}
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._lock:
+            missed = self.upstream.sequence.update(
+                bytes(gid.get('data', b'')), (info or {}).get('publication_sequence_number'))
+            self.upstream.stamps.update(stamp)
+        if missed:
+            self.get_logger().warning(
+                f'{missed} camera frame(s) published never reached this node (publisher '
+                f'sequence gap; {self.upstream.sequence.missed} since start): the '
+                'subscription queue (qos_depth) overflowed while the callback was busy, or '
+                'DDS lost them', throttle_duration_sec=10.0)
+
+    def on_image(self, msg, info) -> None:
+        """Check, convert, resize and queue one camera frame; publish a batch when due.
+
+        info: rclpy's message info (publisher sequence numbers for the upstream count).
+        """
         received = wall_time()
+        self._upstream(msg, info)
+        kind = 'CompressedImage' if isinstance(msg, CompressedImage) else 'Image'
         try:
-            rgb = resize_rgb(self.decode(msg), *self.size)
+            if kind == 'Image':
+                check_pixels(msg.height, msg.width, self.max_pixels, f'{msg.encoding} Image')
+            else:
+                size = compressed_dimensions(msg.data)
+                if size is not None:
+                    check_pixels(*size, self.max_pixels, f'{msg.format} CompressedImage')
+            rgb = self.decode(msg)
+            check_pixels(rgb.shape[0], rgb.shape[1], self.max_pixels, kind)
+            rgb = resize_rgb(rgb, *self.size)
+        except OversizedImage as exc:
+            with self._lock:
+                self.batcher.count_oversized()
+            self.get_logger().warning(f"dropped a {kind} (frame '{msg.header.frame_id}'): "
+                                      f'{exc}', throttle_duration_sec=5.0)
+            return
         except (ImageError, ValueError, cv2.error) as exc:
             with self._lock:
                 self.batcher.count_invalid()
-            kind = 'CompressedImage' if isinstance(msg, CompressedImage) else 'Image'
             self.get_logger().error(
                 f"dropped a {kind} (frame '{msg.header.frame_id}'): {exc}",
                 throttle_duration_sec=5.0)
@@ -132,12 +212,20 @@ class CameraBatcher(Node):
         self.flush()
 
     def flush(self) -> None:
-        """Publish every batch that is due and allowed."""
+        """Publish every batch that is due and allowed (giving up unacknowledged ones)."""
         while True:
             with self._lock:
+                given_up = self.batcher.stats.acks_timed_out
                 taken = self.batcher.take(time.monotonic())
                 stats = self.batcher.stats
                 dropped = (stats.dropped_backpressure, stats.dropped_invalid)
+                given_up = stats.acks_timed_out - given_up
+            if given_up:
+                self.get_logger().error(
+                    f'descriptor_node acknowledged no batch for ack_timeout = '
+                    f'{self.batcher.ack_timeout_s:g} s: gave up {given_up} batch(es); their '
+                    'frames count as dropped_ack_timeout (is descriptor_node running?)',
+                    throttle_duration_sec=10.0)
             if taken is None:
                 return
             seq, frames = taken

@@ -12,6 +12,7 @@ acknowledges the batch on ``image_batch_ack`` so camera_batcher sends the next o
 """
 
 import sys
+import threading
 import time
 from typing import List, Optional
 
@@ -23,6 +24,7 @@ import torch
 
 from .common import DEFAULT_PRESET, network_config, run_node
 from ..core import winograd
+from ..core.accounting import DescriptorStats, SequenceGaps
 from ..core.checkpoint import model_digest
 from ..core.config import PRESETS
 from ..core.encodings import decode_raw
@@ -32,6 +34,7 @@ from ..core.models import load_map_model, resolve_model
 from ..msg import ImageBatch, PlaceDescriptors
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
+from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
@@ -99,7 +102,7 @@ class DescriptorNode(Node):
         self.ack = self.create_publisher(UInt64, 'image_batch_ack', pipeline_qos(10))
         self.create_subscription(ImageBatch, 'image_batch', self.on_batch, pipeline_qos(4),
                                  callback_group=MutuallyExclusiveCallbackGroup())
-        self.frames = 0
+        self._start_accounting()
         algorithm = 'Winograd' if self.winograd else 'direct'
         patches = ('patches shared in process' if p['patch_transport'] == 'shared'
                    else f"patches as {p['patch_dtype']} in messages")
@@ -142,8 +145,37 @@ class DescriptorNode(Node):
         return [decode_raw(m.encoding, m.height, m.width, m.step, m.data, bool(m.is_bigendian))
                 for m in msg.images]
 
-    def on_batch(self, msg: ImageBatch) -> None:
-        """Describe a batch and publish one message per frame, then acknowledge it."""
+    def _start_accounting(self) -> None:
+        """Frame counters (core.accounting.DescriptorStats), published on /diagnostics."""
+        self.stats = DescriptorStats()
+        self._stats_lock = threading.Lock()
+        self._batch_gaps = SequenceGaps()
+        self.diagnostics = DiagnosticsPublisher(self, 'descriptor_node', self.counters)
+
+    def counters(self) -> dict:
+        """Return the frame counters, as published on /diagnostics."""
+        with self._stats_lock:
+            return self.stats.counters()
+
+    def on_batch(self, msg: ImageBatch, info) -> None:
+        """Describe a batch and publish one message per frame, then acknowledge it.
+
+        Every frame of the batch is counted as described or failed; gaps in the batch
+        sequence (per camera_batcher, from rclpy's message ``info``) count lost batches.
+        """
+        frames = len(msg.images)
+        gid = bytes(((info or {}).get('publisher_gid') or {}).get('data', b''))
+        with self._stats_lock:
+            missed = self._batch_gaps.update(gid, int(msg.sequence))
+            self.stats.batches_missed += missed
+            self.stats.batches += 1
+            self.stats.frames += frames
+            self.stats.describing = frames
+        if missed:
+            self.get_logger().error(
+                f'{missed} image batch(es) from camera_batcher never arrived (sequence gap '
+                f'before batch {msg.sequence}): camera_batcher counts their frames as '
+                'dropped_ack_timeout', throttle_duration_sec=10.0)
         try:
             self._describe(msg)
         except ImageError as exc:
@@ -153,6 +185,10 @@ class DescriptorNode(Node):
             self.get_logger().error(f'dropped batch {msg.sequence}: internal error '
                                     f'{type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
         finally:
+            with self._stats_lock:
+                # Frames not described (the whole batch, or the rest after a failure).
+                self.stats.failed += self.stats.describing
+                self.stats.describing = 0
             self.ack.publish(UInt64(data=msg.sequence))
 
     def _describe(self, msg: ImageBatch) -> None:
@@ -171,7 +207,9 @@ class DescriptorNode(Node):
             self.descriptors.publish(descriptors_to_msg(
                 image.header, self.config, self.digest, desc.global_desc[i], patches,
                 self.params['patch_dtype'], key, received, per_frame_ms))
-            self.frames += 1
+            with self._stats_lock:
+                self.stats.described += 1
+                self.stats.describing -= 1
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -16,6 +16,7 @@ its candidates took and those copied for it.
 """
 
 import sys
+import threading
 from typing import List, Optional
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -24,6 +25,7 @@ from rclpy.node import Node
 import torch
 
 from .common import run_node
+from ..core.accounting import LocalizerStats, SequenceGaps
 from ..core.config import MATCHERS
 from ..core.database import ReferenceMap
 from ..core.errors import ImageError, MapError
@@ -34,6 +36,7 @@ from ..msg import PlaceDescriptors, PlaceMatch
 from ..ros import shared_store
 from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, result_to_msgs,
                                seconds, wall_time)
+from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
@@ -127,8 +130,7 @@ class LocalizerNode(Node):
         self.create_subscription(PlaceDescriptors, 'place_descriptors', self.on_descriptors,
                                  pipeline_qos(16),
                                  callback_group=MutuallyExclusiveCallbackGroup())
-        self.answered = 0
-        self.rejected = 0
+        self._start_accounting()
         mnn = resolve_mnn_method('auto', self.device, cfg.num_pcs)
         resident = self.localizer.resident if self.localizer else None
         where = ('the map read in place' if resident is None else
@@ -154,8 +156,48 @@ class LocalizerNode(Node):
         except MapError as exc:
             raise ParameterError(f"parameter 'device_cache_mb' = {budget_mb}: {exc}") from exc
 
-    def on_descriptors(self, msg: PlaceDescriptors) -> None:
-        """Localise one frame and publish its match (and pose when confident)."""
+    def _start_accounting(self) -> None:
+        """Frame counters (core.accounting.LocalizerStats), published on /diagnostics."""
+        self.stats = LocalizerStats()
+        self._stats_lock = threading.Lock()
+        self._gaps = SequenceGaps()
+        self.diagnostics = DiagnosticsPublisher(self, 'localizer_node', self.counters)
+
+    @property
+    def answered(self) -> int:
+        """Frames answered on ~/match."""
+        return self.stats.answered
+
+    @property
+    def rejected(self) -> int:
+        """Frames refused (another model, malformed, empty map, internal error)."""
+        return self.stats.rejected
+
+    def counters(self) -> dict:
+        """Return the frame counters, as published on /diagnostics."""
+        with self._stats_lock:
+            return self.stats.counters()
+
+    def _count(self, outcome: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    def on_descriptors(self, msg: PlaceDescriptors, info) -> None:
+        """Localise one frame and publish its match (and pose when confident).
+
+        info: rclpy's message info; gaps in descriptor_node's publication sequence count
+        descriptors that never arrived (a full queue, or lost in transport).
+        """
+        gid = bytes(((info or {}).get('publisher_gid') or {}).get('data', b''))
+        with self._stats_lock:
+            missed = self._gaps.update(gid, (info or {}).get('publication_sequence_number'))
+            self.stats.missed += missed
+            self.stats.received += 1
+        if missed:
+            self.get_logger().error(
+                f'{missed} descriptor message(s) published by descriptor_node never arrived '
+                '(publisher sequence gap): counted as lost between the nodes',
+                throttle_duration_sec=10.0)
         shared = shared_store.take(msg.shared_key) if msg.shared_key else None
         try:
             if self.localizer is None:
@@ -164,13 +206,13 @@ class LocalizerNode(Node):
             global_desc, patches = msg_to_descriptors(msg, shared)
             result = self.localizer.localize_descriptors(global_desc, patches)
         except (MapError, ImageError) as exc:
-            self.rejected += 1
+            self._count('rejected')
             self.get_logger().error(
                 f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: {exc}',
                 throttle_duration_sec=5.0)
             return
         except Exception as exc:  # noqa: B902 - a bug must not stop a robot's localizer
-            self.rejected += 1
+            self._count('rejected')
             self.get_logger().error(
                 f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: internal '
                 f'error {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
@@ -188,7 +230,7 @@ class LocalizerNode(Node):
             if self.tf is not None:
                 self._broadcast(pose)
         self.match_pub.publish(match)
-        self.answered += 1
+        self._count('answered')
 
     def _broadcast(self, pose: PoseWithCovarianceStamped) -> None:
         from geometry_msgs.msg import TransformStamped
