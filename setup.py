@@ -46,6 +46,7 @@ setup(
             'pnv-bench-map = patch_netvlad_ros.cli.bench_map:main',
             'pnv-build-map = patch_netvlad_ros.cli.build_map:main',
             'pnv-evaluate = patch_netvlad_ros.cli.evaluate:main',
+            'pnv-train = patch_netvlad_ros.cli.train:main',
             'pnv-map = patch_netvlad_ros.cli.map_tool:main',
             # The graph's executables; the same names as `ros2 run` and the launch file use.
             'camera_batcher = patch_netvlad_ros.nodes.camera_batcher:main',
