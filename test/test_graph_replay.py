@@ -9,6 +9,9 @@ their default settings. A probe node in the test listens on the camera topic: wh
 arrives must be what was recorded; the nodes' /diagnostics must account for every frame.
 """
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import List
@@ -28,6 +31,7 @@ from patch_netvlad_ros.core.drives import read_bag_drive
 from patch_netvlad_ros.core.extraction import describe_batches
 from patch_netvlad_ros.core.localizer import Localizer
 from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.ros.graph_processes import format_param, rss_kib
 from patch_netvlad_ros.ros.replay import replay_drive
 
 SIZE = (CORRIDOR_SIZE['image_height'], CORRIDOR_SIZE['image_width'])
@@ -158,3 +162,28 @@ def test_compressed_bag_as_recorded_one_process(corridor_images, corridor_model,
     check_places(record, keys, drive, corridor_model, corridor_map)
     # The replay kept the recorded pace: 11 intervals of 0.5 s at 4x.
     assert record.seconds >= 11 * 0.5 / 4
+
+
+@pytest.mark.parametrize('value', ['plain', '/a/path', '0001', 'true', '', 'x: y', 5, 0.25,
+                                   1e-6, True, False, [0.45, 0.15, 0.4]])
+def test_node_process_parameters_round_trip(value):
+    """The graph processes' `-p name:=value` reads back as the value, type included."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=['--ros-args', '-p', format_param('p', value)])
+    try:
+        node = Node('params', context=ctx,
+                    automatically_declare_parameters_from_overrides=True)
+        got = node.get_parameter('p').value
+        node.destroy_node()
+    finally:
+        ctx.try_shutdown()
+    assert type(got) is type(value) or (isinstance(value, list) and list(got) == value)
+    assert got == value or list(got) == value
+
+
+def test_rss_of_a_process():
+    """VmRSS of a live process in KiB (this one holds torch: tens of MiB at least)."""
+    assert rss_kib(os.getpid()) > 10 * 1024
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    assert rss_kib(dead.pid) is None

@@ -1,6 +1,22 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""QoS profiles of the graph's topics."""
+"""QoS profiles of the graph's topics.
+
+Large frames on best-effort QoS: DDS sends a sample larger than a datagram (or than Fast
+DDS's shared-memory segment) in fragments, and a best-effort reader that misses one
+fragment drops the whole sample, silently but for a DDS "sample lost" event. Measured
+on the project's machines with the PyPI Kilted wheels (Fast DDS, default transports and
+socket buffers, net.core.rmem_default 212992): between two processes every best-effort
+sample above about 512 KiB was lost, whatever the rate (0.5 MB mono8 arrived; 0.6 MB,
+640x480 rgb8 (900 KiB), 1920x1080 and 8000x8000 frames never did; FASTDDS_BUILTIN_TRANSPORTS
+LARGE_DATA, UDPv4 or SHM alone did not change it), while reliable delivered all of them
+and within one process (one DDS participant) everything arrived. A subscription is
+best-effort whenever either side is, so camera_batcher's default 'sensor_data' gets raw
+frames of that size only from a publisher in its own process. camera_batcher counts
+such losses (:mod:`patch_netvlad_ros.core.accounting`) and logs what to do: a compressed
+transport, qos_reliability 'reliable' when the camera publishes reliable, or larger
+socket buffers.
+"""
 
 from rclpy.qos import HistoryPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 

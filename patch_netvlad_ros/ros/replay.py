@@ -121,8 +121,9 @@ def recorded_frames(drive: Drive) -> Iterator[Tuple[DriveFrame, CameraMsg]]:
 class ReplayRecord:
     """What the replay published and what the graph answered, by stamp (sec, nanosec).
 
-    diagnostics: each node's last frames status; ledger: the graph's accounting from it
-    (None if a node never reported); settled: the run ended with nothing in flight.
+    diagnostics: each node's last frames status; worst: each node's worst level reported
+    and its message; ledger: the graph's accounting from the last statuses (None if a
+    node never reported); settled: the run ended with nothing in flight.
     """
 
     published: Dict[StampKey, float] = field(default_factory=dict)  # -> wall time
@@ -130,6 +131,7 @@ class ReplayRecord:
     poses: Dict[StampKey, PoseWithCovarianceStamped] = field(default_factory=dict)
     encodings: Dict[str, int] = field(default_factory=dict)  # published, per encoding
     diagnostics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    worst: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # worst level, message
     ledger: Optional[Dict[str, Any]] = None
     settled: bool = False
     processes: str = 'three'
@@ -274,15 +276,18 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
                          descriptor_params: Mapping[str, Any] = (),
                          expected_frames: int = 0, timeout_per_frame: float = 30.0,
                          start_timeout: float = 600.0, namespace: str = '',
-                         progress: Optional[Callable[[int], None]] = None) -> ReplayRecord:
+                         progress: Optional[Callable[[int], None]] = None,
+                         on_start: Optional[Callable[[Dict[str, int]], None]] = None
+                         ) -> ReplayRecord:
     """Start the graph, replay (stamp, camera message) pairs, wait for it to settle.
 
     compressed: the messages are CompressedImage (camera_batcher subscribes the
     compressed transport). size: (height, width) of the map's network. processes:
     'three' (as launched) or 'one' (this process). The *_params override node
     parameters (everything else stays at its default). namespace: of the graph and
-    the replay (default: /pnv_replay_<pid>). Returns the record; its ledger says where
-    every frame went.
+    the replay (default: /pnv_replay_<pid>). on_start: called with the nodes' process
+    ids (node kind -> pid; this process's for 'one') once the graph is up, before the
+    first frame. Returns the record; its ledger says where every frame went.
     """
     if processes not in ('one', 'three'):
         raise ValueError(f"processes must be 'one' or 'three'; got {processes!r}")
@@ -308,11 +313,17 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
         spin.start()
         try:
             _wait_ready(recorder, player, names, graph, start_timeout)
+            if on_start is not None:
+                on_start(graph.pids if graph is not None else
+                         {kind: os.getpid() for kind in NODES})
             start = time.perf_counter()
             count = player.play(frames, rate, record, progress)
             deadline = time.monotonic() + timeout_per_frame * max(1, count, expected_frames)
             _settle(record, recorder, names, graph, deadline)
             record.seconds = time.perf_counter() - start
+            record.worst = {kind: recorder.diagnostics.worst[name]
+                            for kind, name in names.items()
+                            if name in recorder.diagnostics.worst}
         finally:
             executor.shutdown()
             spin.join(timeout=10)
