@@ -115,25 +115,18 @@ def transport(preset: str, size, repeats: int) -> List[Dict]:
     return rows
 
 
-def end_to_end(preset: str, size, frames: int, rate: float, map_size: int, batch: int,
-               precision: str, workdir: Path) -> Dict:
-    """Latency and throughput of the in-process graph at a camera rate.
+def corridor_bench_map(preset: str, size, map_size: int, workdir: Path):
+    """Build a map of ``map_size`` corridor references (cycled) at ``size``.
 
-    The replay of :mod:`patch_netvlad_ros.ros.replay` plays the frames; the batcher keeps
-    its default buffer, so a camera faster than the graph shows up as drops.
+    The model is the bootstrapped corridor model (built once per preset and size, then
+    cached). Returns (map folder, model checkpoint).
     """
-    from rclpy.parameter import Parameter
-
     from ..core.config import get_config
     from ..core.database import Reference
     from ..core.datasets import corridor
-    from ..core.drives import DriveFrame
     from ..core.extraction import build_reference_map
-    from ..core.image import load_image, resize_rgb
+    from ..core.image import load_image
     from ..core.models import corridor_model
-    from ..core.poses import PoseSample
-    from ..nodes.camera_batcher import PARAMS
-    from ..ros.replay import replay_through_graph
 
     cfg = get_config(preset, image_height=size[0], image_width=size[1])
     model, ckpt = corridor_model(cfg, log=lambda m: print(m, file=sys.stderr),
@@ -143,27 +136,47 @@ def end_to_end(preset: str, size, frames: int, rate: float, map_size: int, batch
     ref_map = build_reference_map(model, refs, [Reference(id=f'{i:07d}', x=float(i))
                                                 for i in range(map_size)],
                                   progress=progress_bar(map_size, f'{preset}: map'))
-    map_path = ref_map.save(workdir / f'{preset}_map')
-    del ref_map, model
-    queries = []
+    return ref_map.save(workdir / f'{preset}_map'), ckpt
+
+
+def end_to_end(preset: str, size, frames: int, rate: float, map_size: int, batch: int,
+               precision: str, workdir: Path) -> Dict:
+    """Latency and throughput of the in-process graph at a camera rate.
+
+    The replay of :mod:`patch_netvlad_ros.ros.replay` plays rgb8 frames already at the
+    network size (the network's cost, not the conversion's); the batcher keeps its
+    default buffer, so a camera faster than the graph shows up as drops, by reason.
+    """
+    from std_msgs.msg import Header
+
+    from ..core.datasets import corridor
+    from ..core.image import load_image, resize_rgb
+    from ..ros.conversions import rgb_to_image
+    from ..ros.replay import frames_of, replay_through_graph
+
+    map_path, ckpt = corridor_bench_map(preset, size, map_size, workdir)
+    data = corridor()
+    messages = []
     for i in range(frames):  # camera frames at `rate` Hz, already at the network size
         stamp = 1.0 + i / rate
+        header = Header(frame_id='camera')
+        header.stamp.sec, header.stamp.nanosec = int(stamp), int(round(stamp % 1 * 1e9))
         rgb = resize_rgb(load_image(data.queries[(7 * i) % len(data.queries)]), *size)
-        queries.append(DriveFrame(i, stamp, 'camera', f'query {i}',
-                                  PoseSample(stamp, 0.0, 0.0, 0.0), rgb))
-    default = {p.name: p.default for p in PARAMS}
+        messages.append(rgb_to_image(rgb, header))
     record = replay_through_graph(
-        queries, str(map_path), str(ckpt), preset, size, rate,
-        batcher_params=[Parameter('batch_size', value=batch),
-                        Parameter('buffer_capacity', value=default['buffer_capacity'])],
-        descriptor_params=[Parameter('precision', value=precision)])
+        # The stamps are the camera's: replayed at 1x the recorded pace, they come at rate.
+        frames_of(messages), False, str(map_path), str(ckpt), preset, size, 1.0,
+        processes='one', batcher_params={'batch_size': batch},
+        descriptor_params={'precision': precision})
     answers = [(arrived - record.published[key], msg)
                for key, (msg, arrived) in record.matches.items()]
-    stats = record.batcher_stats
+    ledger = record.ledger or {}
     first = min(record.published.values())
     last = max((arrived for _, arrived in record.matches.values()), default=first)
     return {'preset': preset, 'precision': precision, 'camera_hz': rate, 'frames': frames,
-            'answered': len(answers), 'dropped': stats.dropped_backpressure,
+            'answered': len(answers), 'dropped': ledger.get('dropped_total'),
+            'dropped_by_reason': ledger.get('dropped'),
+            'lost_before_batcher': frames - ledger.get('received', 0),
             'batch_size': batch, 'map_size': map_size,
             'latency_ms': _percentiles([1e3 * a[0] for a in answers]),
             'node_latency_ms': _percentiles([a[1].latency_ms for a in answers]),
