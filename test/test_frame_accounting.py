@@ -183,17 +183,23 @@ def test_graph_ledger_in_flight_stages_and_vanished_frames():
 
 
 def test_level_tracker_warns_on_losses_and_errors_when_all_are_lost():
-    """OK without new losses, WARN with some, ERROR when nothing was passed on."""
-    level = LevelTracker('camera_batcher')
+    """OK without new losses, WARN with some, ERROR when nothing was passed on for 10 s."""
+    level = LevelTracker('camera_batcher', error_after=10.0)
     c = _counters()['camera_batcher']
-    assert level(c)[0] == WARN  # first report: the losses since start are new
-    assert level(dict(c))[0] == OK
-    more = dict(c, dropped_backpressure=c['dropped_backpressure'] + 3, sent=c['sent'] + 4)
-    lvl, msg = level(more)
+    assert level(c, 0.0)[0] == WARN  # first report: the losses since start are new
+    assert level(dict(c), 1.0)[0] == OK
+    more = dict(c, dropped_backpressure=c['dropped_backpressure'] + 3)
+    lvl, msg = level(more, 2.0)   # nothing sent for 2 s (a slow batch): still WARN
     assert lvl == WARN and 'dropped_backpressure 3' in msg
-    lost_all = dict(more, upstream_lost=more['upstream_lost'] + 30)
-    lvl, msg = level(lost_all)
-    assert lvl == ERROR and 'upstream_lost 30' in msg
+    sent = dict(more, dropped_backpressure=more['dropped_backpressure'] + 3,
+                sent=more['sent'] + 4)
+    assert level(sent, 9.0)[0] == WARN
+    lost_all = dict(sent, upstream_lost=sent['upstream_lost'] + 30)
+    assert level(lost_all, 18.0)[0] == WARN   # 9 s since a frame was passed on
+    lost_more = dict(lost_all, upstream_lost=lost_all['upstream_lost'] + 30)
+    lvl, msg = level(lost_more, 19.5)
+    assert lvl == ERROR and 'upstream_lost 30' in msg and 'none passed on for 10 s' in msg
+    assert level(dict(lost_more), 30.0)[0] == OK   # nothing lost in the last period
     with pytest.raises(ValueError, match='unknown node'):
         LevelTracker('camera')
 

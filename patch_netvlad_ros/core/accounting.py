@@ -234,29 +234,37 @@ class LevelTracker:
     """A node's diagnostic level from what changed since its last report.
 
     OK: no frame lost since the last report; WARN: some lost; ERROR: frames lost and none
-    passed on (everything is being lost, e.g. every camera frame dropped by DDS, or no
-    acknowledgement from descriptor_node).
+    passed on for ``error_after`` seconds (everything is being lost: every camera frame
+    dropped by DDS, no acknowledgement from descriptor_node, ...). A slow stage that
+    passes a batch on every few seconds while it drops the rest stays WARN.
     """
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, error_after: float = 10.0) -> None:
         if node not in _LOSSES:
             raise ValueError(f'unknown node {node!r}')
         self.node = node
+        self.error_after = error_after
         self._previous: Dict[str, int] = {}
+        self._passed_at: Optional[float] = None   # when a frame was last passed on
 
-    def __call__(self, counters: Mapping[str, Any]) -> Tuple[int, str]:
-        """Return (level, one-line summary) and remember the counters."""
+    def __call__(self, counters: Mapping[str, Any], now: float) -> Tuple[int, str]:
+        """Return (level, one-line summary) at ``now`` (s, monotonic); remember the counters."""
         losses, passed = _LOSSES[self.node]
         delta = {k: int(counters[k]) - self._previous.get(k, 0) for k in (*losses, passed)}
         self._previous = {k: int(counters[k]) for k in (*losses, passed)}
+        if self._passed_at is None or delta[passed] > 0:
+            self._passed_at = now
         lost = {k: v for k, v in delta.items() if k != passed and v > 0}
         total = sum(int(counters[k]) for k in losses)
         summary = f'{passed} {int(counters[passed])}, lost {total} since start'
         if not lost:
             return OK, summary
         recent = ', '.join(f'{k} {v}' for k, v in lost.items())
-        level = ERROR if delta[passed] <= 0 else WARN
-        return level, f'{summary}; since the last report: {recent}'
+        idle = now - self._passed_at
+        if idle >= self.error_after:
+            return ERROR, (f'{summary}; since the last report: {recent}; none passed on for '
+                           f'{idle:.0f} s')
+        return WARN, f'{summary}; since the last report: {recent}'
 
 
 def graph_ledger(nodes: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:

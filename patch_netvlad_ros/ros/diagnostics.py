@@ -6,8 +6,9 @@ Each node publishes, every :data:`PERIOD_S` seconds, one DiagnosticStatus named
 ``<node name>: frames`` (the diagnostic_updater convention "node: task") whose key-values
 are its frame counters (:mod:`patch_netvlad_ros.core.accounting`) and whose level turns
 WARN when frames were lost since the last report and ERROR when frames were lost and none
-passed on. :class:`DiagnosticsCollector` keeps the latest status of each node for
-pnv-evaluate, the benchmarks and the tests; :func:`graph_ledger` of the core adds them up.
+passed on for 10 s (:class:`~patch_netvlad_ros.core.accounting.LevelTracker`).
+:class:`DiagnosticsCollector` keeps the latest status of each node for pnv-evaluate, the
+benchmarks and the tests; :func:`graph_ledger` of the core adds them up.
 """
 
 import threading
@@ -87,7 +88,7 @@ class DiagnosticsPublisher:
     def publish(self) -> None:
         """Publish the node's status now."""
         counters = self.counters()
-        level, message = self.level(counters)
+        level, message = self.level(counters, time.monotonic())
         msg = DiagnosticArray(status=[make_status(self.node, level, message, counters)])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self.publisher.publish(msg)
@@ -98,7 +99,7 @@ class DiagnosticsCollector:
 
     Subscribes on ``node``; :meth:`latest` returns node name -> status (as
     :func:`parse_status` gives it, plus 'time': when it arrived, monotonic); ``worst``:
-    node name -> the worst level it reported, with that report's message.
+    node name -> the worst level it reported, with the latest message at that level.
     """
 
     def __init__(self, node: Node) -> None:
@@ -120,7 +121,7 @@ class DiagnosticsCollector:
             with self._lock:
                 self._latest[name] = info
                 self.reports += 1
-                if name not in self.worst or level > _RANK[self.worst[name][0]]:
+                if name not in self.worst or level >= _RANK[self.worst[name][0]]:
                     self.worst[name] = (info['level'], info['message'])
 
     def latest(self) -> Dict[str, Dict[str, Any]]:
