@@ -44,14 +44,16 @@ def mutual_nn(query: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
         return torch.full((c, pd), -1, dtype=torch.long, device=db.device)
     # one 2-D GEMM [C*Pd, D] @ [D, Pq] runs faster than C batched ones
     sim = (db.reshape(c * pd, d) @ query.t().to(db.dtype)).view(c, pd, -1)  # [C, Pd, Pq]
-    ok_db, ok_q = usable_rows(db), usable_rows(query)          # [C, Pd], [Pq]
-    if not (bool(ok_db.all()) and bool(ok_q.all())):
+    ok_db, ok_q = usable_rows(db), usable_rows(query).to(db.device)   # [C, Pd], [Pq]
+    masked = not (bool(ok_db.all()) and bool(ok_q.all()))
+    if masked:
         # unusable rows and columns can be nobody's argmax (a NaN would be everybody's)
-        sim = sim.masked_fill(~(ok_db[:, :, None] & ok_q.to(db.device)), float('-inf'))
+        sim = sim.masked_fill(~(ok_db[:, :, None] & ok_q), float('-inf'))
     fw = sim.argmax(dim=2)                                     # nearest query per db patch
     bw = sim.argmax(dim=1)                                     # nearest db patch per query
     mutual = bw.gather(1, fw) == torch.arange(pd, device=db.device)
-    mutual &= ok_db & ok_q.to(db.device)[fw]                   # all -inf: argmax 0, no match
+    if masked:
+        mutual &= ok_db & ok_q[fw]                             # all -inf: argmax 0, no match
     return torch.where(mutual, fw, torch.full_like(fw, -1))
 
 

@@ -157,9 +157,9 @@ class ScreenedQuery:
         if d != self.q.shape[1]:
             raise ValueError(f'candidate dimension {d} != query dimension {self.q.shape[1]}')
         in_place = reads_in_place(store)
-        match = np.empty((c, pd), dtype=np.int64)
+        match = np.full((c, pd), -1, dtype=np.int64)
         fallback = np.zeros(c, dtype=np.uint8)
-        if pd == 0:                              # candidates without patches match nothing
+        if pd == 0 or pq == 0 or c == 0:         # nothing to match
             return torch.from_numpy(match)
         max_dots = int(MAX_EXACT_FRACTION * pd * pq)
         if self.fused:
