@@ -150,8 +150,8 @@ class CameraBatcher(Node):
             f'DDS lost {counted} camera frame(s) before they reached this node (about '
             f'{total} since start): with best-effort QoS a frame '
             f'travels in fragments and one lost fragment loses the frame; with Fast DDS on '
-            "this project's machines every best-effort frame above about 512 KiB sent "
-            'between processes was lost (640x480 rgb8 is 900 KiB). Use qos_reliability '
+            "this project's machines most best-effort frames above about 512 KiB sent "
+            'between processes were lost (640x480 rgb8 is 900 KiB). Use qos_reliability '
             "'reliable' when the camera publishes reliable, a compressed transport, or "
             'larger DDS socket buffers (net.core.rmem_max)', throttle_duration_sec=10.0)
 

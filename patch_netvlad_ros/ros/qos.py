@@ -6,16 +6,17 @@ Large frames on best-effort QoS: DDS sends a sample larger than a datagram (or t
 DDS's shared-memory segment) in fragments, and a best-effort reader that misses one
 fragment drops the whole sample, silently but for a DDS "sample lost" event. Measured
 on the project's machines with the PyPI Kilted wheels (Fast DDS, default transports and
-socket buffers, net.core.rmem_default 212992): between two processes every best-effort
-sample above about 512 KiB was lost, whatever the rate (0.5 MB mono8 arrived; 0.6 MB,
-640x480 rgb8 (900 KiB), 1920x1080 and 8000x8000 frames never did; FASTDDS_BUILTIN_TRANSPORTS
-LARGE_DATA, UDPv4 or SHM alone did not change it), while reliable delivered all of them
-and within one process (one DDS participant) everything arrived. A subscription is
-best-effort whenever either side is, so camera_batcher's default 'sensor_data' gets raw
-frames of that size only from a publisher in its own process. camera_batcher counts
-such losses (:mod:`patch_netvlad_ros.core.accounting`) and logs what to do: a compressed
-transport, qos_reliability 'reliable' when the camera publishes reliable, or larger
-socket buffers.
+socket buffers, net.core.rmem_default 212992), between two processes: every sample up
+to 520 kB arrived; of larger ones sent one at a time (0.6 MB to 64 MB) none arrived, of
+100 frames of 1920x480 mono8 (900 KiB) at 30 Hz none, and of 900 frames of 640x480 bgr8
+(900 KiB) at 30 Hz (pnv-bench-soak --transport raw) 75% were lost. FASTDDS_BUILTIN_TRANSPORTS
+LARGE_DATA, UDPv4 or SHM alone did not change it; reliable QoS delivered every one, and
+within one process (one DDS participant) everything arrived. A subscription is
+best-effort whenever either side is, so camera_batcher's default 'sensor_data' loses such
+frames from a camera in another process even when the camera publishes reliable.
+camera_batcher counts these losses (:mod:`patch_netvlad_ros.core.accounting`) and logs
+what to do: a compressed transport, qos_reliability 'reliable' when the camera publishes
+reliable, or larger socket buffers.
 """
 
 from rclpy.qos import HistoryPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
