@@ -27,12 +27,13 @@ import torch
 
 from conftest import CORRIDOR_SIZE
 from patch_netvlad_ros.core.bags import read_messages, write_bag
-from patch_netvlad_ros.core.drives import read_bag_drive
+from patch_netvlad_ros.core.drives import read_bag_drive, read_folder_drive
+from patch_netvlad_ros.core.encodings import encode_raw
 from patch_netvlad_ros.core.extraction import describe_batches
 from patch_netvlad_ros.core.localizer import Localizer
 from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.ros.graph_processes import format_param, rss_kib
-from patch_netvlad_ros.ros.replay import replay_drive
+from patch_netvlad_ros.ros.replay import recorded_frames, replay_drive
 
 SIZE = (CORRIDOR_SIZE['image_height'], CORRIDOR_SIZE['image_width'])
 STAMP0 = 1_700_000_000.0
@@ -187,3 +188,46 @@ def test_rss_of_a_process():
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     assert rss_kib(dead.pid) is None
+
+
+@pytest.mark.parametrize('fmt', ['bag', 'db3', 'mcap'])
+@pytest.mark.parametrize('kind', ['bgr8', 'mono16', 'jpeg'])
+def test_recorded_frames_are_the_bags_messages(corridor_images, tmp_path, fmt, kind):
+    """ROS 1 and ROS 2 bags, raw and compressed: each kept frame's message as written."""
+    compressed = kind == 'jpeg'
+    bag, stamps = _bag(tmp_path, corridor_images, fmt, compressed=compressed,
+                       **({} if compressed else {'encoding': kind}))
+    drive = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE)
+    drive.frames = drive.frames[1::3]   # keyframes: only these are read and sent
+    got = list(recorded_frames(drive))
+    assert [f for f, _ in got] == drive.frames
+    written = {m.index: m.msg for m in read_messages(bag, '/camera/image_raw')}
+    for frame, msg in got:
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == \
+            (int(frame.stamp), round(frame.stamp % 1 * 1e9))
+        assert msg.header.frame_id == 'camera_optical'
+        assert bytes(msg.data) == bytes(written[frame.index].data)
+        if compressed:
+            assert isinstance(msg, CompressedImage) and msg.format == 'jpeg'
+        else:
+            data, step = encode_raw(corridor_images[1][QUERIES[frame.index]], kind)
+            assert isinstance(msg, Image) and bytes(msg.data) == data
+            assert (msg.encoding, msg.width, msg.height, msg.step) == (kind, 160, 120, step)
+
+
+def test_folder_drive_frames_are_the_image_files(corridor_set, tmp_path):
+    """A folder drive replays each image file's bytes as a CompressedImage, as recorded."""
+    files = [corridor_set.queries[i] for i in QUERIES]
+    poses = tmp_path / 'poses.csv'
+    poses.write_text('image,stamp,x,y\n' + ''.join(
+        f'{p.name},{STAMP0 + 0.5 * k},{i},0\n' for k, (p, i) in enumerate(zip(files, QUERIES))))
+    drive = read_folder_drive(files[0].parent, poses, SIZE)
+    kept = {p.name for p in files}
+    drive.frames = [f for f in drive.frames if f.source in kept]
+    got = list(recorded_frames(drive))
+    assert len(got) == len(QUERIES)
+    for frame, msg in got:
+        assert isinstance(msg, CompressedImage) and msg.format == 'jpeg'
+        assert bytes(msg.data) == (files[0].parent / frame.source).read_bytes()
+        assert msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 == \
+            pytest.approx(frame.stamp)
