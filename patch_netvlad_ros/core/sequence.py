@@ -10,7 +10,8 @@ The states are the map's N references. Each frame's single-frame answer
      motion delta (planar: x, y in the previous body frame, and z) is applied at each
      place j in the place's own heading, p_hat_j = p_j + R(yaw_j) delta, and T[k, j] is
      proportional to exp(-|p_k - p_hat_j|^2 / (2 sigma^2)) up to |p_k - p_hat_j| = 3 sigma
-     (0 beyond), sigma = odom_sigma + odom_sigma_per_m * |delta|;
+     (0 beyond), sigma = odom_sigma + odom_sigma_per_m * |delta| (odom_sigma: half the
+     map's reference spacing by default);
    - time only: places within reach = max_speed * dt of p_j are equally likely,
      farther ones fall off as exp(-(d - reach)^2 / (2 sigma^2)) up to d = reach +
      3 sigma (0 beyond), sigma = time_sigma;
@@ -42,10 +43,13 @@ import numpy as np
 
 from .errors import MapError
 from .localizer import Candidate, LocalizationResult, Localizer
+from .map_fit import reference_spacing
 from .poses import PoseSample, yaw_of
 
-#: Default parameters of :class:`SequenceLocalizer` (see :class:`MotionModel`).
+#: Default uniform share of every prediction (:class:`SequenceLocalizer`).
 DEFAULT_MIXING = 1e-3
+#: Smallest default odometry spread (m), for maps of coincident references.
+MIN_ODOM_SIGMA = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,19 +57,24 @@ class MotionModel:
     """Motion model parameters (module doc).
 
     max_speed: m/s reachable without odometry; time_sigma: m, the soft edge of that band;
-    odom_sigma: m, odometry noise per frame; odom_sigma_per_m: extra noise per metre
-    travelled; max_range: m, motion beyond which the belief is reset to uniform (the
+    odom_sigma: m, the spread per frame (None: half the map's reference spacing, at least
+    :data:`MIN_ODOM_SIGMA`: a place stands for the stretch of road around it, so its
+    own quantisation dominates good odometry; on the corridor maps 1 m gave sequence R@1
+    0.973-0.982, 0.5 m 1.0); odom_sigma_per_m: odometry drift per metre travelled;
+    max_range: m, motion beyond which the belief is reset to uniform (the
     pairs of places within range are kept, so very long gaps would cost memory).
     """
 
     max_speed: float = 3.0
     time_sigma: float = 1.0
-    odom_sigma: float = 1.0
+    odom_sigma: Optional[float] = None
     odom_sigma_per_m: float = 0.1
     max_range: float = 100.0
 
     def __post_init__(self) -> None:
         for name in ('max_speed', 'time_sigma', 'odom_sigma', 'max_range'):
+            if name == 'odom_sigma' and self.odom_sigma is None:
+                continue
             if not getattr(self, name) > 0:
                 raise MapError(f'motion model {name} must be positive; got '
                                f'{getattr(self, name)}')
@@ -154,7 +163,11 @@ class SequenceLocalizer:
         if not 0 <= mixing < 1:
             raise MapError(f'mixing must lie in [0, 1); got {mixing}')
         self.localizer = localizer
-        self.motion = motion or MotionModel()
+        motion = motion or MotionModel()
+        if motion.odom_sigma is None:
+            spacing = reference_spacing(localizer.positions)
+            motion = replace(motion, odom_sigma=max(0.5 * spacing, MIN_ODOM_SIGMA))
+        self.motion = motion
         self.mixing = float(mixing)
         self.enabled = bool(enabled)
         self.positions = np.asarray(localizer.positions, np.float64)
