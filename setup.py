@@ -45,6 +45,7 @@ setup(
             'pnv-bench-graph = patch_netvlad_ros.cli.bench_graph:main',
             'pnv-bench-map = patch_netvlad_ros.cli.bench_map:main',
             'pnv-bench-soak = patch_netvlad_ros.cli.bench_soak:main',
+            'pnv-bench-accuracy = patch_netvlad_ros.cli.bench_accuracy:main',
             'pnv-build-map = patch_netvlad_ros.cli.build_map:main',
             'pnv-evaluate = patch_netvlad_ros.cli.evaluate:main',
             'pnv-train = patch_netvlad_ros.cli.train:main',

@@ -56,6 +56,16 @@ def test_expected_calibration_error_by_hand():
         cal.expected_calibration_error([0.1, 0.2], [True])
 
 
+def test_recall_at_full_precision_by_hand():
+    conf = [0.9, 0.8, 0.8, 0.7, 0.6, 0.5]
+    # the first wrong answer (0.7) stops acceptance: 3 right of 6 before it
+    assert cal.recall_at_full_precision(conf, [1, 1, 1, 0, 1, 1]) == pytest.approx(0.5)
+    # a right answer tied with a wrong one is not accepted
+    assert cal.recall_at_full_precision(conf, [1, 1, 0, 1, 1, 1]) == pytest.approx(1 / 6)
+    assert cal.recall_at_full_precision(conf, [0, 1, 1, 1, 1, 1]) == 0.0
+    assert cal.recall_at_full_precision(conf, [1] * 6) == 1.0
+
+
 def test_reliability_diagram_writes_a_png(tmp_path, rng):
     p = rng.random(200)
     y = rng.random(200) < p
