@@ -160,10 +160,19 @@ def _native_boxes(x: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor, k0:
         rows, cols = grid_shape(h, w, size, stride)
         out = buf[:rows * cols * kc * d].view(rows * cols, kc * d)
         norms = x.new_empty(kc, rows * cols)
-        if lib.pnv_patch_vlad(x.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d, k0,
-                              k1, size, stride, _EPS, out.data_ptr(), norms.data_ptr()):
-            raise MemoryError("out of memory for the patch boxes' scratch space")
+        _checked(lib.pnv_patch_vlad(x.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d,
+                                    k0, k1, size, stride, _EPS, out.data_ptr(),
+                                    norms.data_ptr()), h, w, size, stride)
         yield out.t(), norms
+
+
+def _checked(rc: int, h: int, w: int, sizes, strides) -> None:
+    """Raise for a failed C patch-box call: -1 out of memory, -2 sizes it refused."""
+    if rc == -1:
+        raise MemoryError("out of memory for the patch boxes' scratch space")
+    if rc != 0:
+        raise ValueError(f'the C patch boxes refused windows {sizes} (strides {strides}) on a '
+                         f'{h} x {w} feature map: each window must fit the map')
 
 
 def projects_cells(h: int, w: int, sizes: Sequence[int], strides: Sequence[int]) -> bool:
@@ -191,9 +200,9 @@ def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
     weights, sq = [], []
     for (size, stride), (rows, cols) in zip(scales, shapes):
         norms = xt.new_empty(k, rows * cols)
-        if lib.pnv_patch_vlad(xt.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d, 0, k,
-                              size, stride, eps, None, norms.data_ptr()):
-            raise MemoryError("out of memory for the patch boxes' scratch space")
+        _checked(lib.pnv_patch_vlad(xt.data_ptr(), a.data_ptr(), centroids.data_ptr(), h, w, d,
+                                    0, k, size, stride, eps, None, norms.data_ptr()),
+                 h, w, size, stride)
         sq.append(_normed_sq(norms))
         weights.append(1.0 / (norms.clamp_min(eps) * float(size * size)))  # [K, P]
     acc = [xt.new_zeros(rows * cols, dp) for rows, cols in shapes]         # [P, Dp]
@@ -209,9 +218,8 @@ def _project_cells(xt: torch.Tensor, a: torch.Tensor, centroids: torch.Tensor,
             torch.mm(a[j, :, None] * (xt - centroids[j]), pca_weight[:, j * d:(j + 1) * d].t(),
                      out=u[j - k0])
         rows_of = (ctypes.c_void_p * ns)(*(t[k0].data_ptr() for t in weights))
-        if lib.pnv_patch_project_cells(u.data_ptr(), k1 - k0, dp, h, w, ns, sizes, strides,
-                                       rows_of, accs):
-            raise MemoryError("out of memory for the patch boxes' scratch space")
+        _checked(lib.pnv_patch_project_cells(u.data_ptr(), k1 - k0, dp, h, w, ns, sizes,
+                                             strides, rows_of, accs), h, w, sizes, strides)
     return [t.t() for t in acc], sq
 
 

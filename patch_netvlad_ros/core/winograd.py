@@ -154,10 +154,12 @@ class WinogradConv3x3(nn.Module):
             # the last chunk's [36, nt, C] lives in the front of the same buffers
             vt, mt = v.view(-1)[:36 * nt * c].view(36, nt, c), m.view(-1)[:36 * nt * k].view(
                 36, nt, k)
-            lib.pnv_wino_input(x.data_ptr(), h, w, c, t0, nt, vt.data_ptr())
+            _checked(lib.pnv_wino_input(x.data_ptr(), n, h, w, c, t0, nt, vt.data_ptr()),
+                     x.shape)
             torch.bmm(vt, self.u, out=mt)
-            lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu),
-                                int(self.pool), h, w, k, t0, nt, y.data_ptr())
+            _checked(lib.pnv_wino_output(mt.data_ptr(), self.bias.data_ptr(), int(self.relu),
+                                         int(self.pool), n, h, w, k, t0, nt, y.data_ptr()),
+                     x.shape)
         return y
 
 
@@ -195,8 +197,9 @@ class DirectConv3x3(nn.Module):
         _check_input(x, self.weight.shape[2])
         x = x.contiguous(memory_format=torch.channels_last)
         y = _output(out, n, k, h, w)
-        lib.pnv_conv3x3_direct(x.data_ptr(), n, h, w, c, self.weight.data_ptr(),
-                               self.bias.data_ptr(), k, int(self.relu), y.data_ptr())
+        _checked(lib.pnv_conv3x3_direct(x.data_ptr(), n, h, w, c, self.weight.data_ptr(),
+                                        self.bias.data_ptr(), k, int(self.relu), y.data_ptr()),
+                 x.shape)
         return y
 
 
@@ -206,6 +209,13 @@ def _library():
         raise RuntimeError('the Winograd C helper is unavailable: '
                            f'{native.unavailable_reason("winograd")}')
     return lib
+
+
+def _checked(rc: int, shape: torch.Size) -> None:
+    """Raise ValueError when the C helper refused the sizes (it returns -2, writing nothing)."""
+    if rc != 0:
+        raise ValueError(f'the Winograd C helper refused an input of shape {tuple(shape)} '
+                         '(empty, or too large a map)')
 
 
 def _check_input(x: torch.Tensor, channels: int) -> None:

@@ -13,6 +13,11 @@ ctypes (no Python headers needed). Building takes about a second, once per machi
 Without a compiler, or with ``PATCH_NETVLAD_NATIVE=0``, :func:`library` returns None and
 the callers use their plain torch paths (same results, slower); the reason is in
 :func:`unavailable_reason`.
+
+Every helper checks its sizes (returning -2 for what it refuses, writing nothing) and
+reads and writes only inside its buffers whatever the float values: NaN, Inf, huge or
+denormal inputs change results, never memory (``usable.h``: which patch rows the matchers
+use). ``test/fuzz/fuzz_native.py`` runs them under AddressSanitizer and UBSan.
 """
 
 import ctypes
@@ -84,12 +89,12 @@ def _build(compiler: str, name: str) -> Path:
 def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     if name == 'winograd':
-        lib.pnv_wino_input.argtypes = [p, i64, i64, i64, i64, i64, p]
-        lib.pnv_wino_input.restype = None
-        lib.pnv_wino_output.argtypes = [p, p, i32, i32, i64, i64, i64, i64, i64, p]
-        lib.pnv_wino_output.restype = None
+        lib.pnv_wino_input.argtypes = [p, i64, i64, i64, i64, i64, i64, p]
+        lib.pnv_wino_input.restype = ctypes.c_int
+        lib.pnv_wino_output.argtypes = [p, p, i32, i32, i64, i64, i64, i64, i64, i64, p]
+        lib.pnv_wino_output.restype = ctypes.c_int
         lib.pnv_conv3x3_direct.argtypes = [p, i64, i64, i64, i64, p, p, i64, i32, p]
-        lib.pnv_conv3x3_direct.restype = None
+        lib.pnv_conv3x3_direct.restype = ctypes.c_int
         return lib
     if name == 'patch_vlad':
         lib.pnv_patch_vlad.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64,

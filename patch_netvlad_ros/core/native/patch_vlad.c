@@ -14,12 +14,28 @@
  * residual (N x D floats) stays in cache and each sum is a handful of vector adds.
  *
  * Patches come out column-major (p = col * rows + row), as core/vlad.py's box_sums.
+ *
+ * Any values: the arithmetic is plain float sums, products and one division by a
+ * positive normaliser, and no index depends on a value; NaN or Inf inputs give NaN or Inf
+ * outputs, never a read or write outside the buffers. Sizes are checked (-2).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "vector.h"
+
+/* Returned for refused sizes (nothing written). */
+#define BAD_ARGS (-2)
+/* Largest feature map side, feature dimension and cluster count accepted: far above any
+ * image the model takes, and small enough that no size product overflows. */
+#define MAX_SIDE (1 << 14)
+#define MAX_DIM (1 << 16)
+
+/* Whether size x size windows at this stride fit an h x w map. */
+static int window_ok(int64_t h, int64_t w, int64_t size, int64_t stride) {
+  return size >= 1 && size <= h && size <= w && stride >= 1;
+}
 
 /* sum_j v[j]^2 in VL partial sums (a plain loop would be one serial chain: the compiler
  * may not reorder float additions). */
@@ -61,10 +77,16 @@ static void row_sums(const float *restrict map, int64_t h, int64_t w, int64_t ld
  * centroids. For clusters k0 <= k < k1 (kk = k - k0): out [P, (k1-k0)*d] row p holds the
  * intra-normalised V_kp at columns kk*d .. kk*d + d - 1 (out may be NULL: norms only);
  * norms [k1-k0, P] = |V_kp| / s^2. Clusters run in parallel on OpenMP threads. Returns 0,
- * or -1 when out of memory. */
+ * -1 when out of memory, or -2 for refused sizes (the window must fit the map, eps must be
+ * positive and finite; k1 must not exceed the clusters of a and c, which this cannot
+ * check). */
 int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const float *restrict c,
                    int64_t h, int64_t w, int64_t d, int64_t k0, int64_t k1, int64_t size,
                    int64_t stride, float eps, float *restrict out, float *restrict norms) {
+  if (h < 1 || h > MAX_SIDE || w < 1 || w > MAX_SIDE || d < 1 || d > MAX_DIM || k0 < 0 ||
+      k1 < k0 || k1 - k0 > MAX_DIM || !window_ok(h, w, size, stride) || !(eps > 0.0f) ||
+      eps == INFINITY)
+    return BAD_ARGS;
   const int64_t rows = (h - size) / stride + 1, cols = (w - size) / stride + 1;
   const int64_t np = rows * cols, ld = (k1 - k0) * d, n = h * w;
   const float area = (float)(size * size);
@@ -121,10 +143,16 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
  * the same sum as the projection of the intra-normalised boxes, with the projection
  * taken per cell (h*w of them) instead of per patch. Window sums as above (rows, then
  * columns); patches column-major. Blocks of dimensions run in parallel on OpenMP
- * threads. Returns 0, or -1 when out of memory. */
+ * threads. Returns 0, -1 when out of memory, or -2 for refused sizes (every window must
+ * fit the map). */
 int pnv_patch_project_cells(const float *restrict u, int64_t kc, int64_t dp, int64_t h,
                             int64_t w, int64_t ns, const int64_t *sizes, const int64_t *strides,
                             const float *const *weights, float *const *acc) {
+  if (kc < 0 || kc > MAX_DIM || dp < 1 || dp > MAX_DIM || h < 1 || h > MAX_SIDE || w < 1 ||
+      w > MAX_SIDE || ns < 0 || ns > 64)
+    return BAD_ARGS;
+  for (int64_t s = 0; s < ns; ++s)
+    if (!window_ok(h, w, sizes[s], strides[s])) return BAD_ARGS;
   const int64_t n = h * w;
   int64_t max_cols = 1;
   for (int64_t s = 0; s < ns; ++s) {

@@ -14,6 +14,11 @@
  * batch; a call handles tiles [t0, t0 + nt) so the caller can bound V and M in size.
  * Channels are processed one vector register at a time with GCC vector extensions (16 with
  * AVX-512, else 8); C and K must be multiples of 16.
+ *
+ * Any values: only float arithmetic and lane masks (ReLU, max), no index depends on a value;
+ * NaN or Inf inputs give NaN or Inf outputs, never a read or write outside the buffers.
+ * Sizes are checked: each entry returns 0, or -2 (nothing written) for channel counts that
+ * are not whole vectors or a tile range outside the batch.
  */
 #include <stdint.h>
 #ifdef __AVX__
@@ -21,6 +26,18 @@
 #endif
 
 #include "vector.h"
+
+#define BAD_ARGS (-2)
+/* Largest batch and map side accepted: no size product overflows. */
+#define MAX_SIDE (1 << 16)
+
+/* Whether n images of h x w with tiles [t0, t0 + nt) of 4 x 4 and ch channels are valid. */
+static int tiles_ok(int64_t n, int64_t h, int64_t w, int64_t ch, int64_t t0, int64_t nt) {
+  if (n < 0 || n > MAX_SIDE || h < 1 || h > MAX_SIDE || w < 1 || w > MAX_SIDE || ch < VL ||
+      ch > MAX_SIDE || ch % VL || t0 < 0 || nt < 0)
+    return 0;
+  return t0 + nt <= n * ((h + 3) / 4) * ((w + 3) / 4);
+}
 
 /* Lane-wise max (GCC's C has no vector ?:); the backbone never sees NaN (inputs are
  * checked), so how a NaN would propagate does not matter here. */
@@ -49,8 +66,9 @@ static inline void at6(const vf m[6], vf o[4]) {
 }
 
 /* x [n, h, w, c] -> v [36, nt, c] for tiles t0 .. t0 + nt - 1 (zero padding outside). */
-void pnv_wino_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t t0, int64_t nt,
-                    float *v) {
+int pnv_wino_input(const float *x, int64_t n, int64_t h, int64_t w, int64_t c, int64_t t0,
+                   int64_t nt, float *v) {
+  if (!tiles_ok(n, h, w, c, t0, nt)) return BAD_ARGS;
   const int64_t th = (h + 3) / 4, tw = (w + 3) / 4;
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < nt; k++) {
@@ -77,6 +95,7 @@ void pnv_wino_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t t0,
       }
     }
   }
+  return 0;
 }
 
 /* m [36, nt, kc] -> y [n, h, w, kc] for tiles t0 .. t0 + nt - 1, plus bias, then ReLU
@@ -84,8 +103,9 @@ void pnv_wino_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t t0,
  * stride-2 max-pool that follows (floor mode): y is then [n, h / 2, w / 2, kc], each 4 x 4
  * tile giving 2 x 2 outputs (4-aligned tiles hold whole pooling windows; max is exact, so
  * the result is the unfused one bit for bit, without writing the full-size map). */
-void pnv_wino_output(const float *m, const float *bias, int relu, int pool, int64_t h,
-                     int64_t w, int64_t kc, int64_t t0, int64_t nt, float *y) {
+int pnv_wino_output(const float *m, const float *bias, int relu, int pool, int64_t n,
+                    int64_t h, int64_t w, int64_t kc, int64_t t0, int64_t nt, float *y) {
+  if (!tiles_ok(n, h, w, kc, t0, nt)) return BAD_ARGS;
   const int64_t th = (h + 3) / 4, tw = (w + 3) / 4;
   const int64_t oh = pool ? h / 2 : h, ow = pool ? w / 2 : w;
 #pragma omp parallel for schedule(static)
@@ -122,6 +142,7 @@ void pnv_wino_output(const float *m, const float *bias, int relu, int pool, int6
         }
     }
   }
+  return 0;
 }
 
 /* Store bypassing the cache where the CPU can (an output map too large to stay cached,
@@ -152,9 +173,13 @@ static inline void fence(void) {
  * Winograd's GEMMs would have an inner dimension of c: x [n, h, w, c], wt [3, 3, c, kc]
  * (kc a multiple of 4 * VL), bias [kc] -> y [n, h, w, kc], then ReLU when relu != 0. Two
  * output pixels at a time share each weight load (in L1: 9 c kc floats), their kc channels
- * taken 4 vectors at a time; inputs outside the image count as zero. */
-void pnv_conv3x3_direct(const float *x, int64_t n, int64_t h, int64_t w, int64_t c,
-                        const float *wt, const float *bias, int64_t kc, int relu, float *y) {
+ * taken 4 vectors at a time; inputs outside the image count as zero. Returns 0, or -2 for
+ * refused sizes (kc not a multiple of 4 * VL). */
+int pnv_conv3x3_direct(const float *x, int64_t n, int64_t h, int64_t w, int64_t c,
+                       const float *wt, const float *bias, int64_t kc, int relu, float *y) {
+  if (n < 0 || n > MAX_SIDE || h < 0 || h > MAX_SIDE || w < 0 || w > MAX_SIDE || c < 1 ||
+      c > MAX_SIDE || kc < 4 * VL || kc > MAX_SIDE || kc % (4 * VL))
+    return BAD_ARGS;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * h; row++) {
     const int64_t img = row / h, yy = row % h;
@@ -193,4 +218,5 @@ void pnv_conv3x3_direct(const float *x, int64_t n, int64_t h, int64_t w, int64_t
     }
     fence();
   }
+  return 0;
 }
