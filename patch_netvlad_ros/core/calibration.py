@@ -276,7 +276,8 @@ def reliability_diagram(probability: Sequence[float], right: Sequence[bool],
                         title: str = 'Confidence calibration') -> Path:
     """Write a reliability diagram (frequency of right vs confidence per bin) as a PNG.
 
-    The bars show each bin's frequency of right answers, the diagonal perfect
+    The bars show each bin's frequency of right answers and the marks its mean
+    confidence (the gap between them is the bin's error), the diagonal perfect
     calibration, the lower panel how many answers fall in each bin; the title carries
     the ECE.
     """
@@ -290,8 +291,9 @@ def reliability_diagram(probability: Sequence[float], right: Sequence[bool],
     used = b['count'] > 0
     top.bar(centres[used], b['frequency'][used], width=0.9 * width, color='tab:blue',
             label='frequency of right answers')
-    top.plot(b['confidence'][used], b['frequency'][used], 'o', color='tab:orange',
-             label='mean confidence of the bin')
+    # the gap between a bar's top and its marker is the bin's calibration error
+    top.plot(centres[used], b['confidence'][used], '_', color='tab:orange', markersize=18,
+             markeredgewidth=3, label='mean confidence of the bin')
     top.plot([0, 1], [0, 1], '--', color='grey', label='perfect calibration')
     top.set(ylim=(0, 1), ylabel='frequency right',
             title=f'{title} (ECE {ece:.3f}, {int(b["count"].sum())} answers)')
