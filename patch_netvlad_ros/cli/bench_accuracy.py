@@ -246,6 +246,18 @@ def model_digest_of(model: PatchNetVLAD) -> str:
     return model_digest(model)
 
 
+def cpu_model() -> str:
+    """Return the CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open('/proc/cpuinfo') as handle:
+            for line in handle:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _f(value, spec='.3f') -> str:
     return '-' if value is None else format(value, spec)
 
@@ -303,7 +315,7 @@ def main(argv: Optional[list] = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    result = {'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+    result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
                           'threads': torch.get_num_threads()}}
     result['corridor'] = corridor_part(args, log)
     map_dir = Path(result['corridor']['map'])
