@@ -30,7 +30,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .common import image_size, progress_bar, run_main
+from .common import (image_size, output_file, positive_float, positive_int,
+                     progress_bar, run_main)
 
 PRESET_NAMES = ('performance', 'speed', 'storage')
 
@@ -193,14 +194,14 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--presets', nargs='+', choices=PRESET_NAMES, default=list(PRESET_NAMES))
     parser.add_argument('--image-size', type=image_size, default=(480, 640), metavar='WxH',
                         help='network input size (default 640x480)')
-    parser.add_argument('--frames', type=int, default=12, help='camera frames per preset')
-    parser.add_argument('--rate', type=float, default=1.0, help='camera rate in Hz')
-    parser.add_argument('--map-size', type=int, default=30, help='references in each map')
-    parser.add_argument('--batch', type=int, default=4, help='camera_batcher batch_size')
+    parser.add_argument('--frames', type=positive_int, default=12, help='camera frames per preset')
+    parser.add_argument('--rate', type=positive_float, default=1.0, help='camera rate in Hz')
+    parser.add_argument('--map-size', type=positive_int, default=30, help='references in each map')
+    parser.add_argument('--batch', type=positive_int, default=4, help='camera_batcher batch_size')
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
-    parser.add_argument('--repeats', type=int, default=5, help='transport repeats')
+    parser.add_argument('--repeats', type=positive_int, default=5, help='transport repeats')
     parser.add_argument('--skip-e2e', action='store_true', help='transport part only')
-    parser.add_argument('--output', type=Path, default=Path('out/bench_graph.json'))
+    parser.add_argument('--output', type=output_file, default='out/bench_graph.json')
     args = parser.parse_args(argv)
     report = {'machine': {'cpu': platform.processor() or platform.machine(),
                           'python': platform.python_version()},

@@ -20,7 +20,7 @@ import sys
 from typing import Optional
 
 from . import build_map, evaluate
-from .common import run_main
+from .common import positive_float, run_main
 from ..core.datasets import DATA_DIR
 from ..core.map_building import map_model_path
 
@@ -45,7 +45,7 @@ def main(argv: Optional[list] = None) -> int:
                         help='folder for the map, report and plots (default out/demo)')
     parser.add_argument('--mode', choices=('graph', 'offline'), default='graph',
                         help='graph: through the ROS nodes (default); offline: the core')
-    parser.add_argument('--rate', type=float, default=1.0,
+    parser.add_argument('--rate', type=positive_float, default=1.0,
                         help='replay speed relative to the recording (graph mode)')
     parser.add_argument('--rebuild', action='store_true', help='rebuild the map')
     args = parser.parse_args(argv)
