@@ -24,12 +24,11 @@ from patch_netvlad_ros.core.image import load_image, resize_rgb, to_tensor
 from patch_netvlad_ros.core.poses import PoseSample
 from patch_netvlad_ros.core.training import features as feat
 from patch_netvlad_ros.core.training.mining import (distance_margin, mine_triplets,
-                                                    patch_distances, triplet_loss)
+                                                    triplet_loss)
 from patch_netvlad_ros.core.training.options import (MODEL_FILE, REPORT_FILE, STATE_FILE,
                                                      TrainOptions)
 from patch_netvlad_ros.core.training.supervision import supervision_from_positions
-from patch_netvlad_ros.core.training.trainer import (patch_vlads, starting_model,
-                                                     train_from_drives)
+from patch_netvlad_ros.core.training.trainer import starting_model, train_from_drives
 
 #: Small enough for seconds: 7 x 5 pool4 maps, 8 clusters, 32 PCA dimensions.
 TINY = {'image_height': 80, 'image_width': 112, 'num_clusters': 8, 'num_pcs': 32}
@@ -58,34 +57,6 @@ def test_triplet_loss_gradient_is_finite_for_identical_vectors():
                         torch.tensor([[True]]), 0.3)
     loss.backward()
     assert loss.item() == pytest.approx(0.3) and torch.isfinite(q.grad).all()
-
-
-def test_patch_distances_match_hand_computed_values():
-    # query patches e1, e2; image A holds e1 and (e1 + e2)/sqrt2, image B holds -e1
-    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    query = torch.stack([e1, e2])[None]                                   # [1, 2, 2]
-    a = torch.stack([e1, (e1 + e2) / math.sqrt(2)])
-    b = torch.stack([-e1, -e1])
-    d = patch_distances(query, torch.stack([a, b])[None])                 # [1, 2]
-    # A: e1 -> e1 (cos 1), e2 -> (e1+e2)/sqrt2 (cos 0.7071): 2 - 2 * mean = 0.2929
-    # B: e1 -> -e1 (cos -1), e2 -> -e1 (cos 0): 2 - 2 * (-0.5) = 3
-    assert d[0, 0].item() == pytest.approx(2 - (1 + 1 / math.sqrt(2)), abs=1e-6)
-    assert d[0, 1].item() == pytest.approx(3.0, abs=1e-6)
-
-
-def test_training_patch_vlads_are_the_maps_patch_descriptors_before_pca():
-    from patch_netvlad_ros.core import vlad
-    from patch_netvlad_ros.core.bootstrap import seeded_model
-    model = seeded_model(get_config('speed', **TINY))
-    features = torch.randn(2, 512, 7, 9, generator=torch.Generator().manual_seed(0)).relu()
-    x, a = model.assign(features)
-    for stride in (1, 2):
-        ours = patch_vlads(model, features, 5, stride)
-        for i in range(2):
-            theirs = vlad.patch_vlad_vectors(x[i], a[i], model.pool.centroids, 7, 9, [5],
-                                             [stride])[0]
-            assert ours[i].shape == theirs.shape
-            assert (ours[i] - theirs).abs().max() < 1e-6
 
 
 def test_authors_margin_is_a_margin_on_distances():
@@ -208,7 +179,7 @@ def test_feature_cache_is_reused_and_invalidated(corridor_set, tiny_config, tmp_
 #: traversals, camera at x = i m): the same place and neighbours are positives, 3 m+ negatives.
 FAST = {'epochs': 2, 'batch_size': 2, 'num_negatives': 3, 'pos_radius': 1.5,
         'neg_radius': 3.0, 'refresh_every': 3, 'optimizer': 'adam', 'lr': 1e-4,
-        'weight_decay': 0.0, 'patch_weight': 0.5}
+        'weight_decay': 0.0}
 
 
 @pytest.fixture(scope='module')

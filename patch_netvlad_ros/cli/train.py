@@ -124,13 +124,6 @@ def make_parser() -> CliParser:
     sup.add_argument('--augment', type=non_negative_int, default=d.augment,
                      help='augmented copies of the drives (warped, re-exposed views), each '
                      f'trained as another drive (default {d.augment}: none)')
-    sup.add_argument('--patch-weight', type=non_negative_float, default=d.patch_weight,
-                     help='weight of a second triplet loss on the patch descriptors that the '
-                     'rerank matches (each query patch to its nearest patch of the other '
-                     f'image; default {d.patch_weight:g}: none, as the authors)')
-    sup.add_argument('--patch-stride', type=positive_int, default=d.patch_stride,
-                     help='cells between the windows of that loss (memory: B x P x 32768 '
-                     f'floats; default {d.patch_stride})')
     opt = parser.add_argument_group('optimisation')
     opt.add_argument('--epochs', type=positive_int, default=d.epochs,
                      help=f'(default {d.epochs})')
@@ -179,8 +172,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         refresh_every=args.refresh_every, cache_negatives=args.cache_negatives,
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
-        pca_samples=args.pca_samples, augment=args.augment, patch_weight=args.patch_weight,
-        patch_stride=args.patch_stride, seed=args.seed)
+        pca_samples=args.pca_samples, augment=args.augment, seed=args.seed)
 
 
 def check_output(output: Path, resume: bool) -> None:

@@ -99,26 +99,6 @@ def triplet_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.T
     """
     d_pos = torch.linalg.vector_norm(query - positive, dim=-1)                  # [B]
     d_neg = torch.linalg.vector_norm(query[:, None, :] - negatives, dim=-1)     # [B, M]
-    return hinge_loss(d_pos, d_neg, valid, margin)
-
-
-def hinge_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, valid: torch.Tensor,
-               margin: float) -> torch.Tensor:
-    """Sum of max(0, d_pos - d_neg + margin) over valid [B, M] pairs / their number.
-
-    d_pos: [B] query-positive distances; d_neg: [B, M] query-negative distances.
-    """
     hinge = torch.clamp(d_pos[:, None] - d_neg + margin, min=0.0)
     hinge = torch.where(valid, hinge, torch.zeros_like(hinge))
     return hinge.sum() / valid.sum().clamp(min=1)
-
-
-def patch_distances(query: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """Squared patch-set distances [B, M] of query patches [B, P, E] to others [B, M, Q, E].
-
-    Each query patch (unit vector) is matched to its nearest patch of the other image;
-    d = mean over query patches of |q - nearest|^2 = 2 - 2 cos: small when every part of
-    the query is seen in the other image, as the rerank's patch matching wants.
-    """
-    sims = torch.einsum('bpe,bmqe->bmpq', query, others)                  # [B, M, P, Q]
-    return 2.0 - 2.0 * sims.max(dim=-1).values.mean(dim=-1)

@@ -29,11 +29,8 @@ class TrainOptions:
     lr_gamma) or 'adam' (with weight_decay, same schedule). pca_samples: VLAD vectors the
     final WPCA is fitted on (None: max(2 * num_pcs, 8192), see trainer.PCA_SAMPLES). augment:
     augmented copies of the drives, each trained as another drive (see :mod:`.augment`;
-    0: none, the authors' recipe). patch_weight: weight of a second triplet loss on the
-    patch descriptors the rerank matches (0: none, the authors' recipe; see
-    :func:`.mining.patch_distances`), their windows taken every patch_stride cells.
-    seed: all randomness (query order, cache negatives, k-means, PCA samples,
-    augmentations).
+    0: none, the authors' recipe). seed: all randomness (query order, cache negatives,
+    k-means, PCA samples, augmentations).
     """
 
     epochs: int = 10
@@ -52,13 +49,11 @@ class TrainOptions:
     lr_gamma: float = 0.5
     pca_samples: Optional[int] = None
     augment: int = 0
-    patch_weight: float = 0.0
-    patch_stride: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ('epochs', 'batch_size', 'num_negatives', 'refresh_every',
-                     'cache_negatives', 'lr_step', 'patch_stride'):
+                     'cache_negatives', 'lr_step'):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f'{name} must be a positive integer; got {value!r}')
@@ -78,8 +73,6 @@ class TrainOptions:
             raise ConfigError(f'momentum must be in [0, 1); got {self.momentum}')
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f'weight_decay must be >= 0; got {self.weight_decay}')
-        if not (math.isfinite(self.patch_weight) and self.patch_weight >= 0):
-            raise ConfigError(f'patch_weight must be >= 0; got {self.patch_weight!r}')
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f'lr_gamma must be in (0, 1]; got {self.lr_gamma}')
         if self.pca_samples is not None and (not isinstance(self.pca_samples, int)

@@ -35,12 +35,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .augment import augmented
 from .features import (conv5_block, FeatureCache, FeatureStore, trainable_parameters,
                        trunk_digest, TRUNK_END)
-from .mining import distance_margin, hinge_loss, mine_triplets, patch_distances, triplet_loss
+from .mining import distance_margin, mine_triplets, triplet_loss
 from .options import MODEL_FILE, REPORT_FILE, STATE_FILE, TrainOptions
 from .supervision import concat_positions, Supervision, supervision_from_positions
 from .. import vlad
@@ -95,24 +94,6 @@ def global_vlads(model: PatchNetVLAD, features: torch.Tensor) -> torch.Tensor:
 def vlad_vectors(model: PatchNetVLAD, maps: torch.Tensor) -> torch.Tensor:
     """Normalised global VLADs [B, K*D] of pool4 maps [B, 512, h, w] (differentiable)."""
     return global_vlads(model, conv5(model, maps))
-
-
-def patch_vlads(model: PatchNetVLAD, features: torch.Tensor, size: int,
-                stride: int) -> torch.Tensor:
-    """Normalised VLADs [B, P, K*D] of every size x size window (stride) of features.
-
-    The patch descriptors before the WPCA, as :func:`..vlad.patch_vlad_vectors` makes them
-    (window sums of a_kn (x_n - c_k), over the window's cells, intra- and L2-normalised),
-    for a batch and differentiable: windows gathered by unfold, [B, P, K, D] held once.
-    """
-    x, a = model.assign(features)                                    # [B, D, N], [B, K, N]
-    b, d, h, w = features.shape
-    k = a.shape[1]
-    xw = F.unfold(x.view(b, d, h, w), size, stride=stride).view(b, d, size * size, -1)
-    aw = F.unfold(a.view(b, k, h, w), size, stride=stride).view(b, k, size * size, -1)
-    v = torch.einsum('bksp,bdsp->bpkd', aw, xw)
-    v = v - aw.sum(2).transpose(1, 2)[..., None] * model.pool.centroids
-    return vlad.normalize_vlad(v / float(size * size))
 
 
 @torch.no_grad()
@@ -347,30 +328,11 @@ class Trainer:
         features = conv5(self.model, maps)
         v = global_vlads(self.model, features)
         q, p, n = v[:b], v[b:2 * b], v[2 * b:].view(b, m, -1)
-        mask = torch.from_numpy(valid).to(self.device)
-        loss = triplet_loss(q, p, n, mask, self.margin)
-        if self.options.patch_weight > 0:
-            loss = loss + self.options.patch_weight * self._patch_loss(features, b, m, mask)
+        loss = triplet_loss(q, p, n, torch.from_numpy(valid).to(self.device), self.margin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
-
-    def _patch_loss(self, features: torch.Tensor, b: int, m: int,
-                    valid: torch.Tensor) -> torch.Tensor:
-        """Triplet loss on patch-set distances (:func:`.mining.patch_distances`), per scale.
-
-        features: conv5_3 of the b queries, b positives and b * m negatives, in that order.
-        The margin is the config margin itself: it is one on squared distances.
-        """
-        cfg, losses = self.model.config, []
-        for size in cfg.patch_sizes:
-            pv = patch_vlads(self.model, features, size, self.options.patch_stride)
-            negatives = pv[2 * b:].view(b, m, *pv.shape[1:])
-            q, others = pv[:b], torch.cat([pv[b:2 * b, None], negatives], dim=1)
-            d = patch_distances(q, others)                                    # [B, 1 + M]
-            losses.append(hinge_loss(d[:, 0], d[:, 1:], valid, self.options.margin))
-        return torch.stack(losses).mean()
 
     def mined_loss(self) -> float:
         """Mean triplet loss of every query, mined among all images with the current model.
