@@ -13,21 +13,25 @@ PoseWithCovarianceStamped, or NavSatFix (converted to a local ENU frame). Withou
 --checkpoint the clusters and PCA are bootstrapped from the drive itself. Network input:
 640 pixels wide, the height from the camera's aspect ratio (--image-size). Poses: z-up
 (REP 103) or camera convention (z forward, y down, as KITTI odometry), told apart from
-the trajectory unless --pose-convention says; the map keeps it for pnv-evaluate. Every
-argument is checked before the drive is read; bad input ends with one 'error:' line and
-exit status 2.
+the trajectory unless --pose-convention says; the map keeps it for pnv-evaluate.
+After describing, the map is fitted on its own references (no query drive needed): the
+weights that fuse global and patch scores and the calibration of the match confidence
+for --place-radius, stored in the map and used by the localizer (--no-fit: the authors'
+order and the heuristic confidence; `pnv-map fit` fits such a map later). Every argument
+is checked before the drive is read; bad input ends with one 'error:' line and exit
+status 2.
 """
 
 import argparse
 import csv
 import math
 import sys
-from typing import Optional, Tuple, TYPE_CHECKING
+from typing import Callable, Optional, Tuple, TYPE_CHECKING
 
 from .common import (add_model_options, CliParser, config_from_args, DEFAULT_PRESET,
                      end_progress, existing_dir, existing_file, existing_path,
-                     non_negative_float, non_negative_int, output_dir, positive_int,
-                     progress_bar, run_main, say)
+                     non_negative_float, non_negative_int, output_dir, positive_float,
+                     positive_int, progress_bar, run_main, say)
 from ..core.errors import MapError
 from ..core.poses import POSE_CONVENTIONS
 
@@ -176,7 +180,40 @@ def make_parser() -> CliParser:
     parser.add_argument('--batch', type=positive_int, default=4,
                         help='images per network batch (default 4)')
     parser.add_argument('--seed', type=non_negative_int, default=0, help='bootstrap seed')
+    parser.add_argument('--no-fit', action='store_true',
+                        help='skip the fit on the map itself: the localizer then keeps the '
+                        "authors' order and the heuristic confidence")
+    add_fit_options(parser)
     return parser
+
+
+#: Place radius (m) a map is fitted for unless told: the localizer's default
+#: (core.localizer.DEFAULT_PLACE_RADIUS, not imported: torch loads after the arguments).
+FIT_RADIUS = 5.0
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the map's fit on itself (pnv-build-map; pnv-map fit)."""
+    fit = parser.add_argument_group('fit on the map itself (fusion weights, confidence)')
+    fit.add_argument('--place-radius', type=positive_float, default=None,
+                     help='metres within which two references are the same place: what '
+                     'the confidence is the probability of, and what the fit treats as '
+                     f"a right answer (default {FIT_RADIUS:g}; pnv-map fit: the map's)")
+    fit.add_argument('--fit-queries', type=positive_int, default=300,
+                     help='references queried against the rest of the map per fitting '
+                     'level, at most (default 300; a seeded sample of larger maps)')
+
+
+def fit_progress() -> Callable[[int], None]:
+    """Return a progress counter of the fit's self-queries, started at its first update."""
+    bar = None
+
+    def update(n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(0, 'fit (self-queries)')
+        bar(n)
+    return update
 
 
 @run_main
@@ -185,6 +222,8 @@ def main(argv: Optional[list] = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     check_drive_args(parser, args)
+    if args.no_fit and args.place_radius is not None:
+        parser.error('--place-radius is what the fit uses: drop it or --no-fit')
     if args.append:
         if not args.output.is_dir():
             parser.error(f'--append: there is no map at {args.output} to extend')
@@ -196,7 +235,8 @@ def main(argv: Optional[list] = None) -> int:
     from ..core.config import get_config
     from ..core.database import ReferenceMap
     from ..core.drives import KeyframeRule
-    from ..core.map_building import build_map, map_origin
+    from ..core.localizer import fitted_parameters
+    from ..core.map_building import build_map, fit_summary, map_origin
     base, origin, convention = None, None, args.pose_convention
     if args.append:
         base = ReferenceMap.load(args.output)
@@ -207,6 +247,9 @@ def main(argv: Optional[list] = None) -> int:
             args.preset or DEFAULT_PRESET))
     if not base:
         config = config_from_args(args, source_image_shape(args), warn=say)
+    # an extended map is fitted again for the radius it had, unless told
+    kept = (fitted_parameters(base) or {}).get('place_radius') if base else None
+    radius = args.place_radius or kept or FIT_RADIUS
     rule = KeyframeRule(args.min_distance, math.radians(args.min_heading), args.min_interval)
     # the keyframes are read again while they are described: memory does not grow with
     # the drive (a bootstrapped model still encodes them all at once)
@@ -217,11 +260,14 @@ def main(argv: Optional[list] = None) -> int:
         f'{config.image_height}')
     ref_map, _ = build_map(drive, args.output, config, args.checkpoint, base,
                            args.map_frame, args.batch, args.seed, log=say,
-                           progress=progress_bar(len(drive.frames), 'describe'))
+                           progress=progress_bar(len(drive.frames), 'describe'),
+                           fit=not args.no_fit, place_radius=radius,
+                           fit_queries=args.fit_queries, fit_progress=fit_progress())
     end_progress()
     print(f'map {args.output}: {len(ref_map)} references ({len(drive.frames)} added), '
           f'preset {ref_map.config.preset} {ref_map.config.image_width}x'
-          f'{ref_map.config.image_height}, {drive.pose_convention} poses')
+          f'{ref_map.config.image_height}, {drive.pose_convention} poses; '
+          f'{fit_summary(ref_map.meta)}')
     return 0
 
 

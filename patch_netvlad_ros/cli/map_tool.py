@@ -6,6 +6,8 @@ r"""pnv-map: check a map folder, put back one an interrupted commit left, remove
                                     # too), descriptor values; read-only
     pnv-map recover maps/office     # no map there: put back the complete one beside it
     pnv-map clean maps/office       # recover first, then remove folders of dead builds
+    pnv-map fit maps/office         # fit fusion and confidence on the map itself (maps
+                                    # built with --no-fit or by older versions)
 
 A commit interrupted where the file system cannot swap folders atomically leaves no map
 at PATH and the new and old maps beside it (.NAME.tmp-PID, .NAME.old-PID); the new one
@@ -19,9 +21,11 @@ from pathlib import Path
 import sys
 from typing import Optional
 
-from .common import run_main
+from .build_map import add_fit_options, fit_progress
+from .common import end_progress, run_main
 from ..core.database import recover_map, ReferenceMap, tidy_map_folder
 from ..core.errors import MapError
+from ..core.map_building import fit_summary, refit_map
 from ..core.map_folder import leftovers
 from ..core.map_manifest import read_manifest
 
@@ -42,6 +46,15 @@ def check(path: Path, verify: bool, values: bool) -> int:
           f'{len(ref_map)} references, preset {cfg.preset} {cfg.image_width}x'
           f'{cfg.image_height}, {len(manifest["files"])} files '
           f'({", ".join(sorted(manifest["files"]))})')
+    print(f'{path}: {fit_summary(ref_map.meta)}')
+    return 0
+
+
+def fit(path: Path, place_radius: Optional[float], queries: int) -> int:
+    """Fit the map on itself (fusion, confidence) and commit it in place."""
+    ref_map = refit_map(path, place_radius, queries, log=_say, progress=fit_progress())
+    end_progress()
+    print(f'{path}: {fit_summary(ref_map.meta)}')
     return 0
 
 
@@ -76,17 +89,20 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog='\n'.join(__doc__.splitlines()[1:]))
-    parser.add_argument('command', choices=('check', 'recover', 'clean'))
+    parser.add_argument('command', choices=('check', 'recover', 'clean', 'fit'))
     parser.add_argument('path', type=Path, help='the map folder')
     parser.add_argument('--no-verify', action='store_true',
                         help='check: skip the SHA-256 of every file (sizes still checked)')
     parser.add_argument('--no-values', action='store_true',
                         help='check: skip reading the descriptor values')
+    add_fit_options(parser)
     args = parser.parse_args(argv)
     if args.command == 'check':
         return check(args.path, not args.no_verify, not args.no_values)
     if args.command == 'recover':
         return recover(args.path)
+    if args.command == 'fit':
+        return fit(args.path, args.place_radius, args.fit_queries)
     return clean(args.path)
 
 

@@ -1,15 +1,25 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Build (or extend) a map database from a recorded drive.
+"""Build (or extend) a map database from a recorded drive, and fit it on itself.
 
 The model comes from a checkpoint, from the map being extended, or is bootstrapped from
 the drive's own keyframes (k-means clusters and whitened PCA on ImageNet VGG16
 features) when none is given. Either way the map folder keeps the model it was built
 with as ``model.pth.tar``, so the localizer and the evaluation can run the same model.
+
+After describing, the map's fusion of global and patch scores and its confidence
+calibration are fitted on the map's own references (:func:`.map_fit.fit_map`, no query
+labels) and stored in its meta (``meta['localization']``), inside the same atomic
+commit: the localizer, the node and pnv-evaluate use them by default. A map without a
+fit (built with ``fit=False``, too small to fit, or by an older version) keeps the
+authors' order and the heuristic confidence; :func:`refit_map` fits it in place.
 """
 
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+import shutil
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from .bootstrap import bootstrap_model
 from .checkpoint import load_model, model_digest, save_checkpoint
@@ -18,8 +28,11 @@ from .database import check_map_file, MapWriter, Reference, ReferenceMap
 from .drives import Drive, Origin
 from .errors import MapError
 from .extraction import describe_batches
-from .map_manifest import MODEL_FILE
+from .localizer import DEFAULT_PLACE_RADIUS, fitted_parameters, META_KEY
+from .map_fit import fit_map, MAX_QUERIES
+from .map_manifest import descriptor_files, MODEL_FILE
 from .model import PatchNetVLAD
+from .retrieval import index_kind_of
 
 PathLike = Union[str, Path]
 Log = Optional[Callable[[str], None]]
@@ -52,10 +65,70 @@ def resolve_map_model(map_dir: PathLike, config: PatchNetVLADConfig,
     return load_model(path, config)
 
 
+#: How to fit a map that has no fit (log lines point here).
+FIT_HINT = 'fit it with `pnv-map fit MAP` (or rebuild it with pnv-build-map)'
+
+
+def fit_summary(meta: Dict[str, Any]) -> str:
+    """One line on what a map's meta holds: its fitted fusion and confidence, or none."""
+    fitted = meta.get(META_KEY)
+    if not isinstance(fitted, dict) or 'fusion' not in fitted:
+        return ("not fitted: the authors' order (patch scores alone) and the heuristic "
+                f'confidence; {FIT_HINT}')
+    fusion, cal = fitted['fusion'], fitted.get('calibration') or {}
+    r1 = fusion.get('fitted_on', {})
+    text = (f"fitted for place radius {fitted['place_radius']:g} m: fusion "
+            f"{fusion['method']} (w_global {fusion['global_weight']:.3g}, w_patches "
+            f"{fusion['patch_weight']:.3g}, temperature {fusion['temperature']:.3g})")
+    if 'recall_at_1' in r1:
+        text += (f"; self-query R@1 global {r1['recall_at_1_global']:.3f}, patches "
+                 f"{r1['recall_at_1_patches']:.3f}, fused {r1['recall_at_1']:.3f}")
+    if cal:
+        text += (f"; calibrated confidence ({', '.join(cal['features'])}), threshold "
+                 f"{cal['threshold']:g}")
+    return text
+
+
+def _written_map(writer: MapWriter, references: Sequence[Reference],
+                 meta: Dict[str, Any]) -> ReferenceMap:
+    """Return the rows a writer holds as a map (read-only views of its files, uncommitted).
+
+    The writer's arrays are shared memory maps: what it wrote is what these read.
+    """
+    arrays = [np.load(writer.folder / name, mmap_mode='r')
+              for name in descriptor_files(writer.config)]
+    return ReferenceMap(writer.config, writer.model_digest, list(references), arrays[0],
+                        arrays[1:], meta)
+
+
+def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dict[str, Any],
+                   place_radius: float, fit_queries: int, log: Callable[[str], None],
+                   progress: Optional[Callable[[int], None]]) -> Tuple[Dict[str, Any], Any]:
+    """Fit the written rows on themselves; return the meta to commit and the index built.
+
+    A map that cannot be fitted (too few references, none near another) is committed
+    without a fit, with a warning: it works as an unfitted map does.
+    """
+    meta = {k: v for k, v in meta.items() if k != META_KEY}
+    view = _written_map(writer, references, meta)
+    log(f'fitting the fusion and confidence on the map itself (self-queries of up to '
+        f'{min(fit_queries, len(references))} references, place radius {place_radius:g} m)')
+    try:
+        fitted = fit_map(view, place_radius, max_queries=fit_queries, progress=progress)
+    except MapError as exc:
+        log(f"warning: the map was not fitted ({exc}); it keeps the authors' order and the "
+            'heuristic confidence')
+        return meta, view.index
+    log(f'map {fit_summary(view.meta)} ({fitted["queries"]} self-queries per level)')
+    return view.meta, view.index
+
+
 def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfig] = None,
               checkpoint: Optional[PathLike] = None, base: Optional[ReferenceMap] = None,
               map_frame: str = 'map', batch_size: int = 4, seed: int = 0, log: Log = None,
-              progress: Optional[Callable[[int], None]] = None
+              progress: Optional[Callable[[int], None]] = None, fit: bool = True,
+              place_radius: float = DEFAULT_PLACE_RADIUS, fit_queries: int = MAX_QUERIES,
+              fit_progress: Optional[Callable[[int], None]] = None
               ) -> Tuple[ReferenceMap, PatchNetVLAD]:
     """Describe the drive's keyframes into a new map at ``output`` (or append to ``base``).
 
@@ -64,6 +137,10 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     log: progress, and what is found beside ``output`` before writing (a map an
     interrupted commit left, put back; folders of dead builds, removed; see
     :class:`.database.MapWriter`).
+    fit: fit the fusion and confidence on the map itself (module doc) for ``place_radius``
+    metres, on at most ``fit_queries`` self-queries (``fit_progress`` counts them); an
+    extended map is fitted again (its old fit was for fewer references), or loses its fit
+    with ``fit=False``.
     """
     # what is found beside the map goes to the caller's log, else to the module's logger
     found_log = (lambda msg: log(f'warning: {msg}')) if log else None
@@ -112,8 +189,44 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
             writer.append(desc.global_desc.cpu().numpy(),
                           [p.cpu().numpy() for p in desc.patches])
         save_checkpoint(model, writer.folder / MODEL_FILE)   # renamed in with the map
-        path = writer.commit(old_refs + refs, meta)
+        index = None
+        if fit:
+            meta, index = _fit_in_writer(writer, old_refs + refs, meta, place_radius,
+                                         fit_queries, log, fit_progress)
+        elif META_KEY in meta:
+            del meta[META_KEY]
+            log(f'warning: the old fit of {output} was dropped (it was for the map before '
+                f'this drive); {FIT_HINT}')
+        path = writer.commit(old_refs + refs, meta, index=index)
     # every row was checked as it was written (MapWriter.append): no second read
     ref_map = ReferenceMap.load(path, verify=False, check_values=False, log=found_log)
     log(f'map {path}: {len(ref_map)} references')
     return ref_map, model
+
+
+def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
+              fit_queries: int = MAX_QUERIES, log: Log = None,
+              progress: Optional[Callable[[int], None]] = None) -> ReferenceMap:
+    """Fit (or fit again) a map folder on itself and commit it atomically in place.
+
+    place_radius: metres (default: the radius of the map's current fit, else
+    :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
+    model are copied into the new folder unchanged; only the meta changes. Returns the
+    map as loaded from its new folder.
+    """
+    log = log or (lambda msg: None)
+    ref_map = ReferenceMap.load(map_dir)
+    if place_radius is None:
+        fitted = fitted_parameters(ref_map) or {}
+        place_radius = fitted.get('place_radius', DEFAULT_PLACE_RADIUS)
+    model_file = map_model_path(map_dir)
+    with MapWriter(map_dir, ref_map.config, ref_map.model_digest, len(ref_map),
+                   log=lambda msg: log(f'warning: {msg}')) as writer:
+        writer.append_map(ref_map)
+        if model_file.is_file():
+            shutil.copyfile(model_file, writer.folder / MODEL_FILE)
+        meta, _ = _fit_in_writer(writer, ref_map.references, dict(ref_map.meta),
+                                 float(place_radius), fit_queries, log, progress)
+        # the index as it was (a format-1 map keeps its flat one)
+        writer.commit(ref_map.references, meta, index_kind_of(ref_map.index), ref_map.index)
+    return ReferenceMap.load(map_dir, verify=False, check_values=False)
