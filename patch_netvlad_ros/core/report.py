@@ -11,16 +11,23 @@ Ground truth is by distance (:func:`~patch_netvlad_ros.core.evaluation.positives
 unless explicit positives are given (e.g. from a frame tolerance). Recall@N is
 :func:`~patch_netvlad_ros.core.evaluation.recall_at_n` over all queries: a query without
 an answer is a miss. ROS-free: numpy, and matplotlib imported only when plotting.
+
+Stages side by side: an outcome may carry the rankings of the same candidates by other
+rankers (:attr:`QueryOutcome.rankings`: 'global' retrieval, 'patches' the authors' order,
+'fused' the map's fitted fusion), and a second list of outcomes the sequence filter's
+answers; :func:`side_by_side` puts their recall and the confidences' ROC AUC, expected
+calibration error and recall at 100% precision in one table (:data:`STAGES`).
 """
 
 from dataclasses import dataclass, field
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from .calibration import expected_calibration_error, recall_at_full_precision
 from .evaluation import positives_within, recall_at_n
 
 #: Default ground-truth radius (m), the paper's 25 m.
@@ -40,6 +47,10 @@ GROUND_AXES = {'z-up': ('x (m)', 'y (m)', 'ground plane x-y (z up)'),
 _RIGHT_COLOUR = 'tab:green'
 _WRONG_COLOUR = 'tab:red'
 
+#: Rows of :func:`side_by_side`, in order: key -> label.
+STAGES = {'global': 'global (retrieval)', 'patches': "patches (authors')",
+          'fused': "fused (map's fit)", 'sequence': 'sequence filter'}
+
 
 @dataclass
 class QueryOutcome:
@@ -56,6 +67,8 @@ class QueryOutcome:
     global_ranked: map indices in global-descriptor order (offline mode has it), or None.
     rerank_bytes: {'candidate': bytes of candidate patches the rerank read, 'moved': those
     copied to the rerank device for this query}; empty when not reported.
+    rankings: the same query ranked by other rankers (a key of :data:`STAGES` -> map
+    indices, best first); empty when not computed (no answer: a miss for every ranker).
     """
 
     stamp: float
@@ -67,6 +80,7 @@ class QueryOutcome:
     stage_ms: Dict[str, float] = field(default_factory=dict)
     global_ranked: Optional[List[int]] = None
     rerank_bytes: Dict[str, int] = field(default_factory=dict)
+    rankings: Dict[str, List[int]] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:
@@ -230,6 +244,11 @@ def evaluate(outcomes: Sequence[QueryOutcome], ref_positions: np.ndarray,
         global_ranked = [_check_ranking(o.global_ranked, num_refs, 'global_ranked', i)
                          for i, o in enumerate(outcomes)]
         report['recall_global'] = recall_at_n(global_ranked, gt, ns)
+    names = [k for k in STAGES if any(k in o.rankings for o in outcomes)]
+    names += sorted({k for o in outcomes for k in o.rankings} - set(names))
+    report['stages'] = {name: {'recall': recall_at_n(
+        [_check_ranking(o.rankings.get(name, []), num_refs, name, i)
+         for i, o in enumerate(outcomes)], gt, ns)} for name in names}
 
     answered = np.array([bool(r) for r in ranked])
     right = np.array([bool(r) and r[0] in set(p.tolist()) for r, p in zip(ranked, gt)])
@@ -279,14 +298,48 @@ def evaluate(outcomes: Sequence[QueryOutcome], ref_positions: np.ndarray,
     scored = answered & np.isfinite(confidence)
     right_conf = confidence[scored & right]
     wrong_conf = confidence[scored & ~right]
+    accepted = (recall_at_full_precision(confidence[scored], right[scored]) * scored.sum()
+                if scored.any() else 0.0)
     report['confidence'] = {
         'auc': roc_auc(confidence[scored], right[scored]),
+        'ece': (expected_calibration_error(np.clip(confidence[scored], 0.0, 1.0),
+                                           right[scored]) if scored.any() else None),
+        'recall_at_full_precision': float(accepted / len(outcomes)),
         'right_mean': float(right_conf.mean()) if right_conf.size else None,
         'wrong_mean': float(wrong_conf.mean()) if wrong_conf.size else None,
         'pr_curve': _pr_curve(confidence, answered, right, sum(1 for p in gt if len(p))),
     }
     report['per_query'] = per_query
     return report
+
+
+def side_by_side(report: Dict[str, Any], single: str,
+                 sequence: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """Rows of :data:`STAGES` that the reports have: recall@N and confidence measures.
+
+    report: :func:`evaluate` of the single-frame answers, whose ranker is ``single`` (a
+    key of :data:`STAGES`): that row takes the answers' own recall and confidence (the
+    other rankers have rankings only, in ``report['stages']``). sequence: the
+    :func:`evaluate` report of the sequence filter's answers, if any. Each row:
+    {'recall': {N: v}, 'auc', 'ece', 'recall_at_full_precision' (None without a
+    confidence), 'answer': True for the single-frame answer's row}.
+    """
+    def row(recall, conf=None, answer=False):
+        conf = conf or {}
+        return {'recall': dict(recall), 'auc': conf.get('auc'), 'ece': conf.get('ece'),
+                'recall_at_full_precision': conf.get('recall_at_full_precision'),
+                'answer': answer}
+
+    rows = {}
+    stages = report.get('stages') or {}
+    for key in STAGES:
+        if key == single:
+            rows[key] = row(report['recall'], report['confidence'], True)
+        elif key == 'sequence' and sequence is not None:
+            rows[key] = row(sequence['recall'], sequence['confidence'])
+        elif key in stages:
+            rows[key] = row(stages[key]['recall'])
+    return rows
 
 
 def _jsonable(value: Any) -> Any:
@@ -382,6 +435,30 @@ def format_summary(report: Dict[str, Any]) -> str:
     lines.append(f'confidence AUC {_fmt(conf.get("auc"))}  '
                  f'(right mean {_fmt(conf.get("right_mean"))}, '
                  f'wrong mean {_fmt(conf.get("wrong_mean"))})')
+    if report.get('side_by_side'):
+        lines.append(format_side_by_side(report['side_by_side'],
+                                         report.get('sequence_motion')))
+    return '\n'.join(lines)
+
+
+def format_side_by_side(rows: Dict[str, Dict[str, Any]], motion: Optional[str] = None) -> str:
+    """Return the :func:`side_by_side` rows as a table (recall@N, confidence measures)."""
+    ns = sorted({int(n) for r in rows.values() for n in r['recall']})
+    head = (f'{"":24s}' + ''.join(f'{"R@" + str(n):>7s}' for n in ns)
+            + f'{"AUC":>7s}{"ECE":>7s}{"R@100%P":>9s}')
+    lines = ['stage by stage (same frames; AUC, ECE: the confidence; R@100%P: recall at '
+             '100% precision)', head]
+    answer = '~/match' if 'sequence' in rows else '~/match, ~/pose'
+    for key, r in rows.items():
+        label = STAGES.get(key, key)
+        if key == 'sequence' and motion:
+            label = f'sequence ({motion})'
+        recall = {int(n): v for n, v in r['recall'].items()}
+        lines.append(f'{label:24s}' + ''.join(f'{_fmt(recall.get(n)):>7s}' for n in ns)
+                     + f'{_fmt(r["auc"]):>7s}{_fmt(r["ece"]):>7s}'
+                     + f'{_fmt(r["recall_at_full_precision"]):>9s}'
+                     + (f'  <- {answer}' if r.get('answer') else
+                        '  <- ~/pose' if key == 'sequence' else ''))
     return '\n'.join(lines)
 
 
@@ -401,24 +478,48 @@ def _new_figure(title: str, name: str, ncols: int = 1) -> tuple:
     return fig, axes
 
 
+Answers = Tuple[Dict[str, Any], Sequence[QueryOutcome]]
+
+
 def trajectory_figure(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
                       ref_positions: np.ndarray, title: str = '',
-                      convention: str = 'z-up') -> Any:
+                      convention: str = 'z-up', sequence: Optional[Answers] = None) -> Any:
     """Return the trajectory plot (a matplotlib Figure) of the ground plane.
 
     ref_positions: [N, 2 or 3] and the outcomes' positions are z-up (ground plane x-y;
     camera-convention poses go through :func:`~.poses.to_z_up` first); convention names
     the axes (:data:`GROUND_AXES`). The map in grey, query ground truth green when right
     and red when wrong, hollow when unanswered, a thin line to the chosen reference.
+    sequence: (report, outcomes) of the sequence filter's answers to the same queries,
+    drawn in a second panel beside the single-frame answers.
     """
-    per_query = report['per_query']
-    if len(per_query) != len(outcomes):
-        raise ValueError(f'report has {len(per_query)} queries, {len(outcomes)} outcomes given')
     if convention not in GROUND_AXES:
         raise ValueError(f'unknown pose convention {convention!r}: use one of '
                          f'{", ".join(GROUND_AXES)}')
+    panels = [(report, outcomes, 'single frame')]
+    if sequence is not None:
+        panels.append((*sequence, 'sequence filter'))
+    for rep, outs, _ in panels:
+        if len(rep['per_query']) != len(outs):
+            raise ValueError(f'report has {len(rep["per_query"])} queries, {len(outs)} '
+                             'outcomes given')
     refs = np.asarray(ref_positions, dtype=np.float64)
-    fig, ax = _new_figure(title, 'trajectory')
+    fig, axes = _new_figure(title, 'trajectory', ncols=len(panels))
+    axes = np.atleast_1d(axes)
+    xlabel, ylabel, plane = GROUND_AXES[convention]
+    for ax, (rep, outs, name) in zip(axes, panels):
+        _draw_answers(ax, rep['per_query'], outs, refs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(plane if len(panels) == 1 else f'{name}: {plane}', fontsize='medium')
+        ax.set_aspect('equal', adjustable='datalim')
+        ax.legend(loc='best', fontsize='small')
+    return fig
+
+
+def _draw_answers(ax: Any, per_query: Sequence[Dict[str, Any]],
+                  outcomes: Sequence[QueryOutcome], refs: np.ndarray) -> None:
+    """Draw the map and each query's answer (see :func:`trajectory_figure`) on ``ax``."""
     ax.plot(refs[:, 0], refs[:, 1], '-', color='0.75', lw=1.0, zorder=1)
     ax.plot(refs[:, 0], refs[:, 1], '.', color='0.55', ms=3, label='map', zorder=1)
     for label, want_right, face in (('right', True, True), ('wrong', False, True),
@@ -436,24 +537,19 @@ def trajectory_figure(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
             if best is not None:
                 ax.plot([p[0], refs[best, 0]], [p[1], refs[best, 1]], '-', color=colour,
                         lw=0.5, alpha=0.7, zorder=2)
-    xlabel, ylabel, plane = GROUND_AXES[convention]
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(plane, fontsize='medium')
-    ax.set_aspect('equal', adjustable='datalim')
-    ax.legend(loc='best', fontsize='small')
-    return fig
 
 
 def write_plots(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
                 ref_positions: np.ndarray, out_dir: Path, title: str = '',
-                convention: str = 'z-up') -> List[Path]:
+                convention: str = 'z-up', sequence: Optional[Answers] = None) -> List[Path]:
     """Write the report's PNG plots (each PLOT_SIZE at PLOT_DPI) into out_dir.
 
     report: from :func:`evaluate` on the same outcomes ([M]); ref_positions: [N, 2 or 3],
     z-up like the outcomes' positions; convention: the poses' own, naming the plot's axes.
-    Plots: trajectory.png (:func:`trajectory_figure`), recall_at_n.png (with the
-    global-only curve when present), confidence_hist.png (right and wrong answers) and
+    Plots: trajectory.png (:func:`trajectory_figure`; with ``sequence``, (report,
+    outcomes) of the sequence filter's answers, beside the single-frame ones),
+    recall_at_n.png (with the global-only curve, the other rankers' and the sequence
+    filter's when present), confidence_hist.png (right and wrong answers) and
     precision_recall.png (the PR curve, and both against the threshold). Uses
     matplotlib's Agg canvas directly: no pyplot, no change to the global backend.
     Returns the paths written.
@@ -462,16 +558,21 @@ def write_plots(report: Dict[str, Any], outcomes: Sequence[QueryOutcome],
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = list(outcomes)
     per_query = report['per_query']
-    written = [_save(trajectory_figure(report, outcomes, ref_positions, title, convention),
-                     out_dir / 'trajectory.png')]
+    written = [_save(trajectory_figure(report, outcomes, ref_positions, title, convention,
+                                       sequence), out_dir / 'trajectory.png')]
 
     fig, ax = _new_figure(title, 'recall@N')
-    for key, label, style in (('recall', 'reranked', 'o-'),
-                              ('recall_global', 'global only', 's--')):
-        if key in report:
-            pairs = _by_n(report[key])
-            ax.plot([n for n, _ in pairs], [np.nan if v is None else v for _, v in pairs],
-                    style, label=label)
+    stages = report.get('stages') or {}
+    curves = [(report['recall'], 'single frame (~/match)' if stages else 'reranked', 'o-')]
+    if 'recall_global' in report and 'global' not in stages:
+        curves.append((report['recall_global'], 'global only', 's--'))
+    curves += [(stages[k]['recall'], STAGES.get(k, k), '--') for k in stages]
+    if sequence is not None:
+        curves.append((sequence[0]['recall'], STAGES['sequence'], 'D-'))
+    for table, label, style in curves:
+        pairs = _by_n(table)
+        ax.plot([n for n, _ in pairs], [np.nan if v is None else v for _, v in pairs],
+                style, label=label)
     ax.set_xscale('log')
     ax.set_xlabel('N')
     ax.set_ylabel('recall@N')
