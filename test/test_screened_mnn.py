@@ -186,10 +186,16 @@ def test_disabled_helper_uses_the_float32_path_and_says_why():
 
 
 def test_missing_compiler_is_reported(tmp_path):
+    # a source checkout without a build: no prebuilt helpers to load (winograd: a helper
+    # every CPU runs, so the reason is the compiler's)
     code = ('from patch_netvlad_ros.core import native; '
-            'print(native.library()); print(native.unavailable_reason())')
+            'print(native.library("winograd")); print(native.unavailable_reason("winograd"))')
     env = {**os.environ, 'CC': str(tmp_path / 'no-such-cc'), 'PATH': str(tmp_path),
-           'PATCH_NETVLAD_CACHE': str(tmp_path / 'cache')}
+           'PATCH_NETVLAD_CACHE': str(tmp_path / 'cache'),
+           'PATCH_NETVLAD_NATIVE_DIR': str(tmp_path / 'no-build')}
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          env=env, check=True)
-    assert out.stdout.splitlines() == ['None', 'no C compiler found (set CC, or install gcc)']
+    assert out.stdout.splitlines() == [
+        'None', f'no prebuilt winograd library in {tmp_path / "no-build"} (colcon build, or '
+        'scripts/setup.sh, builds them) and no C compiler found to build it now (set CC, or '
+        'install gcc)']
