@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
+NATIVE=patch_netvlad_ros/core/native
 STAMP="$VENV/.setup-$(cat requirements.txt requirements-nodeps.txt requirements-ros.txt setup.py \
-  CMakeLists.txt package.xml msg/*.msg | sha256sum | cut -c1-16)"
-if [ -f "$STAMP" ]; then
+  patch_netvlad_ros_interfaces/CMakeLists.txt patch_netvlad_ros_interfaces/package.xml \
+  patch_netvlad_ros_interfaces/msg/*.msg $NATIVE/CMakeLists.txt $NATIVE/variants.py \
+  $NATIVE/*.[ch] | sha256sum | cut -c1-16)"
+if [ -f "$STAMP" ] && [ -d "$NATIVE/prebuilt" ]; then
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -17,8 +20,11 @@ echo "[setup] installing Python dependencies into $VENV (torch is large: a few m
 "$PIP" install --quiet -r requirements.txt -r requirements-ros.txt
 "$PIP" install --quiet --no-deps -r requirements-nodeps.txt
 "$PIP" install --quiet --no-deps -e .
-echo "[setup] building the ROS 2 interfaces in msg/ against the ROS wheels (rosidl + CMake)"
+echo "[setup] building the interfaces package patch_netvlad_ros_interfaces against the ROS" \
+  "wheels (rosidl + CMake)"
 bash scripts/build_interfaces.sh "$VENV"
+echo "[setup] building the C helpers for each CPU level (CMake)"
+bash scripts/build_native.sh "$VENV"
 echo "[setup] converting ImageNet VGG16 weights into the cache (checksum-verified)"
 "$VENV/bin/python" -m patch_netvlad_ros.cli.bootstrap --convert-only
 rm -f "$VENV"/.setup-*

@@ -28,6 +28,7 @@ import time
 from typing import List, Optional
 
 import numpy as np
+from patch_netvlad_ros_interfaces.msg import ImageBatch, PlaceDescriptors
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -45,7 +46,6 @@ from patch_netvlad_ros.core.extraction import build_reference_map
 from patch_netvlad_ros.core.image import load_image, to_tensor
 from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.core.models import corridor_checkpoint_path
-from patch_netvlad_ros.msg import ImageBatch, PlaceDescriptors
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.common import STOP_GRACE_S
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode

@@ -8,6 +8,7 @@ from builtin_interfaces.msg import Time
 import cv2
 from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
+from patch_netvlad_ros_interfaces.msg import PatchBlock, PlaceMatch
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
@@ -18,7 +19,6 @@ from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.database import Reference
 from patch_netvlad_ros.core.errors import ImageError, MapError
 from patch_netvlad_ros.core.localizer import Candidate, LocalizationResult
-from patch_netvlad_ros.msg import PatchBlock, PlaceMatch
 from patch_netvlad_ros.ros.conversions import (check_descriptor_identity, descriptors_to_msg,
                                                ImageDecoder, msg_to_descriptors,
                                                reference_pose, result_to_msgs, rgb_to_image)

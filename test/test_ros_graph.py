@@ -21,6 +21,7 @@ from typing import Callable, Dict, List
 import cv2
 from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
+from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 import pytest
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
@@ -37,7 +38,6 @@ from patch_netvlad_ros.core.errors import MapError
 from patch_netvlad_ros.core.image import load_image
 from patch_netvlad_ros.core.localizer import Localizer
 from patch_netvlad_ros.core.map_building import map_model_path
-from patch_netvlad_ros.msg import PlaceDescriptors, PlaceMatch
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode

@@ -44,6 +44,7 @@ def _percentiles(values: List[float]) -> Dict[str, float]:
 
 def transport(preset: str, size, repeats: int) -> List[Dict]:
     """Cost of one frame's descriptor message for each patch representation."""
+    from patch_netvlad_ros_interfaces.msg import PlaceDescriptors
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -51,7 +52,6 @@ def transport(preset: str, size, repeats: int) -> List[Dict]:
     import torch
 
     from ..core.config import get_config
-    from ..msg import PlaceDescriptors
     from ..ros import shared_store
     from ..ros.conversions import descriptors_to_msg, msg_to_descriptors
     from ..ros.qos import pipeline_qos

@@ -23,6 +23,7 @@ import time
 from typing import List, Optional
 
 import cv2
+from patch_netvlad_ros_interfaces.msg import ImageBatch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
@@ -37,7 +38,6 @@ from ..core.errors import ImageError
 from ..core.image import resize_rgb
 from ..core.image_limits import (check_pixels, compressed_dimensions, DEFAULT_MAX_PIXELS,
                                  OversizedImage)
-from ..msg import ImageBatch
 from ..ros.conversions import CONVERTERS, ImageDecoder, rgb_to_image, wall_time
 from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, Param, ParameterError

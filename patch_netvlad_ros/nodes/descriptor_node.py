@@ -17,6 +17,7 @@ import time
 from typing import List, Optional
 
 import numpy as np
+from patch_netvlad_ros_interfaces.msg import ImageBatch, PlaceDescriptors
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import UInt64
@@ -31,7 +32,6 @@ from ..core.encodings import decode_raw
 from ..core.errors import ImageError
 from ..core.image import to_tensor
 from ..core.models import load_map_model, resolve_model
-from ..msg import ImageBatch, PlaceDescriptors
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
 from ..ros.diagnostics import DiagnosticsPublisher

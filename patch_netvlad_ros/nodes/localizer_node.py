@@ -20,6 +20,7 @@ import threading
 from typing import List, Optional
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 import torch
@@ -32,7 +33,6 @@ from ..core.errors import ImageError, MapError
 from ..core.localizer import Localizer
 from ..core.matching import resolve_mnn_method
 from ..core.resident_patches import plan_capacity
-from ..msg import PlaceDescriptors, PlaceMatch
 from ..ros import shared_store
 from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, result_to_msgs,
                                seconds, wall_time)

@@ -16,6 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseWithCovarianceStamped
 import numpy as np
+from patch_netvlad_ros_interfaces.msg import (MatchCandidate, PatchBlock, PlaceDescriptors,
+                                              PlaceMatch)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 import torch
@@ -25,7 +27,6 @@ from ..core.database import Reference
 from ..core.encodings import decode_compressed, decode_raw
 from ..core.errors import ImageError, MapError
 from ..core.localizer import LocalizationResult
-from ..msg import MatchCandidate, PatchBlock, PlaceDescriptors, PlaceMatch
 
 CONVERTERS = ('auto', 'cv_bridge', 'builtin')
 PATCH_DTYPES = {'float16': PatchBlock.FLOAT16, 'float32': PatchBlock.FLOAT32}
@@ -227,5 +228,5 @@ def result_to_msgs(result: LocalizationResult, references: Sequence[Reference],
         match.candidates.append(MatchCandidate(
             reference_id=c.id, map_index=c.index, fused_score=float(c.fused_score),
             quality=float(c.quality), global_distance=float(c.global_distance),
-            pose=reference_pose(references[c.index])))
+            pose=reference_pose(references[c.index]), patch_score=float(c.patch_score)))
     return pose, match

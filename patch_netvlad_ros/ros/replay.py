@@ -31,6 +31,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Opti
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from patch_netvlad_ros_interfaces.msg import PlaceMatch
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -46,7 +47,6 @@ from ..core.accounting import graph_ledger
 from ..core.bags import read_messages
 from ..core.drives import Drive, DriveFrame
 from ..core.errors import MapError
-from ..msg import PlaceMatch
 
 #: Camera topic, relative to the replay's namespace.
 CAMERA_TOPIC = 'camera/image_raw'
