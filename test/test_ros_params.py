@@ -166,6 +166,14 @@ def test_float_parameter_accepts_an_int_override(make_node):
     assert node.get_parameter('f').value == 1.0
 
 
+def test_double_array_parameter_accepts_an_int_list_override(make_node):
+    """`-p l:=[1, 2]` (integers) is taken by a double-array parameter as floats."""
+    node = make_node(l=[1, 2])
+    values = declare(node, SPECS)
+    assert values['l'] == [1.0, 2.0] and all(type(v) is float for v in values['l'])
+    assert node.get_parameter('l').type_ == Parameter.Type.DOUBLE_ARRAY
+
+
 def test_int_override_of_float_parameter_is_still_range_checked(make_node):
     """An integer given to a float parameter is validated like a float."""
     with pytest.raises(ParameterError, match="'f'"):

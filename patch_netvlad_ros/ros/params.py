@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 import torch
@@ -71,6 +72,47 @@ class Param:
             raise ParameterError(f"parameter '{self.name}' = {value!r}: {problem}")
 
 
+def _is_float_spec(spec: Param) -> bool:
+    """Whether the parameter holds a double or a double array."""
+    default = spec.default
+    if isinstance(default, list):
+        return default == [] or all(isinstance(v, float) for v in default)
+    return isinstance(default, float)
+
+
+def _as_float(value: Any) -> Any:
+    """Return an integer (or integer list) as float(s), None for anything else."""
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if integer(value):
+        return float(value)
+    if isinstance(value, (list, tuple)) and value and all(integer(v) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _declare_one(node: Node, spec: Param) -> Parameter:
+    """Declare one parameter with its override (public rclpy API only)."""
+    # An empty list has no element type; declare it as a double array explicitly.
+    default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
+    try:
+        return node.declare_parameter(spec.name, default, spec.descriptor())
+    except InvalidParameterTypeException:
+        if not _is_float_spec(spec):
+            raise
+        # `-p name:=1` and YAML `name: 1` (or `[1, 2]`) arrive as integers, which rclpy
+        # refuses for a double parameter. Read the override through a dynamically typed
+        # probe, then declare the parameter with it as a float (ranges still apply).
+        probe = node.declare_parameter(spec.name, None, ParameterDescriptor(
+            dynamic_typing=True))
+        given = _as_float(probe.value)
+        node.undeclare_parameter(spec.name)
+        if given is None:
+            raise
+        return node.declare_parameter(spec.name, given, spec.descriptor(),
+                                      ignore_override=True)
+
+
 def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
     """Declare ``specs`` on ``node`` and return the validated values by name.
 
@@ -78,17 +120,8 @@ def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
     """
     values = {}
     for spec in specs:
-        # An empty list has no element type; declare it as a double array explicitly.
-        default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
-        # `-p name:=1` and YAML `name: 1` arrive as integers, which rclpy refuses for a
-        # double parameter: hand a float parameter its integer override as a float.
-        overrides = getattr(node, '_parameter_overrides', {})
-        given = overrides.get(spec.name)
-        if isinstance(spec.default, float) and given is not None \
-                and isinstance(given.value, int) and not isinstance(given.value, bool):
-            overrides[spec.name] = Parameter(spec.name, value=float(given.value))
         try:
-            param = node.declare_parameter(spec.name, default, spec.descriptor())
+            param = _declare_one(node, spec)
         except Exception as exc:  # rclpy raises several types for a wrong type or range
             raise ParameterError(f"parameter '{spec.name}': {exc}") from None
         value = param.value if param.value is not None else spec.default
