@@ -174,6 +174,22 @@ def test_feature_cache_is_reused_and_invalidated(corridor_set, tiny_config, tmp_
         changed.key(images[0])
 
 
+def test_augmented_views_are_fixed_by_seed_copy_and_index(corridor_set):
+    from patch_netvlad_ros.core.training.augment import augment_image
+    image = resize_rgb(load_image(corridor_set.references[5]), *SIZE)
+    view = augment_image(image, 0, 1, 5)
+    assert view.shape == image.shape and view.dtype == np.uint8
+    assert np.array_equal(view, augment_image(image, 0, 1, 5))       # the same pixels again
+    for other in (augment_image(image, 1, 1, 5), augment_image(image, 0, 2, 5),
+                  augment_image(image, 0, 1, 6)):
+        assert not np.array_equal(view, other)
+    # a real change of view and exposure, yet the same scene: closer to its own image
+    # than to a frame 60 m along the corridor
+    far = resize_rgb(load_image(corridor_set.references[65]), *SIZE)
+    diff = lambda a, b: np.abs(a.astype(int) - b.astype(int)).mean()  # noqa: E731
+    assert 5 < diff(view, image) < diff(far, image)
+
+
 # ------------------------------------------------------------------------ training
 #: A few steps per epoch on two drives of 8 frames 1 m apart (the corridor's two
 #: traversals, camera at x = i m): the same place and neighbours are positives, 3 m+ negatives.
