@@ -1,130 +1,167 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The ament_cmake install a ROS 2 workspace gets, built here against the PyPI ROS wheels.
+"""The ROS 2 workspace install: `colcon build` of both packages, as the README says.
 
-colcon is not installable here; what `colcon build` runs for an ament_cmake package is
-CMake configure, build and install, which this test runs with the same CMakeLists.txt
-into a fresh prefix (with the Python package and executables, unlike the venv set-up),
-then checks the installed layout, imports the installed messages in a fresh interpreter
-and runs an installed executable far enough to validate its parameters.
+A copy of this checkout goes into a fresh workspace's src/ with the README's symlink to
+its nested interfaces package; colcon (colcon-core, colcon-ros, colcon-cmake from PyPI)
+builds patch_netvlad_ros_interfaces (rosidl) and patch_netvlad_ros (ament_cmake_python,
+C helpers for each CPU level) against the PyPI ROS wheels of this venv into a fresh
+install prefix, and `colcon test` runs pep257 and a pytest of the install. Then, with
+install/setup.bash sourced and no compiler (CC=false), the installed descriptor_node
+answers an ImageBatch of a real corridor image over DDS from a fresh interpreter, which
+also round-trips a PlaceMatch: the installed messages, Python package and prebuilt
+helpers at work.
 """
 
+import json
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
+from typing import Dict, List
 
+import numpy as np
 import pytest
+
+from patch_netvlad_ros.core.checkpoint import model_digest
+from patch_netvlad_ros.core.database import Reference
+from patch_netvlad_ros.core.extraction import build_reference_map
+from patch_netvlad_ros.core.image import load_image, to_tensor
+from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.core.native import variants
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
-SOURCES = ('CMakeLists.txt', 'package.xml', 'setup.py', 'setup.cfg', 'msg', 'bin', 'launch',
-           'config', 'resource', 'patch_netvlad_ros')
 NODES = ('camera_batcher', 'descriptor_node', 'localizer_node', 'localize_graph')
+#: Left out of the workspace copy: build outputs and the venv (as a fresh clone has them).
+IGNORE = ('.git', '.venv', 'build', 'install', 'log', 'out', '.pytest_cache', '__pycache__',
+          '*.egg-info', 'prebuilt', '*.pyc')
+
+
+def _colcon() -> str:
+    exe = shutil.which('colcon') or str(VENV / 'bin' / 'colcon')
+    if not os.access(exe, os.X_OK):
+        pytest.skip('colcon is not installed (requirements-ros.txt has it)')
+    return exe
+
+
+def _run(cmd: List[str], env: Dict[str, str], cwd: Path) -> None:
+    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, (f'{" ".join(cmd)}\n{result.stdout[-4000:]}\n'
+                                    f'{result.stderr[-4000:]}')
 
 
 @pytest.fixture(scope='module')
-def prefix(tmp_path_factory) -> Path:
-    """Configure, build and install the package into a temporary prefix."""
-    if shutil.which('cmake') is None and not (VENV / 'bin' / 'cmake').exists():
-        pytest.skip('cmake is not installed (scripts/setup.sh installs it when missing)')
-    tmp = tmp_path_factory.mktemp('ws')
-    # A workspace's src/ copy: the venv lives inside this checkout, and CMake refuses to
-    # export include paths (the venv's numpy) from inside the source tree.
-    source, build, install = tmp / 'src' / 'patch_netvlad_ros', tmp / 'build', tmp / 'install'
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name,
-                            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-        else:
-            source.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(VENV),
+def workspace(tmp_path_factory) -> Path:
+    """A workspace with src/patch_netvlad_ros, built by colcon into install/."""
+    colcon = _colcon()
+    ws = tmp_path_factory.mktemp('ws')
+    shutil.copytree(ROOT, ws / 'src' / 'patch_netvlad_ros', symlinks=True,
+                    ignore=shutil.ignore_patterns(*IGNORE))
+    # The README's set-up: colcon does not look for packages inside another package.
+    (ws / 'src' / 'patch_netvlad_ros_interfaces').symlink_to(
+        Path('patch_netvlad_ros') / 'patch_netvlad_ros_interfaces')
+    # The wheels are an ament prefix in the venv: what a sourced /opt/ros/<distro> gives.
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(VENV), CMAKE_PREFIX_PATH=str(VENV),
                PATH=f'{VENV / "bin"}{os.pathsep}{os.environ["PATH"]}')
-    steps = [
-        ['cmake', '-S', str(source), '-B', str(build), '-DBUILD_TESTING=OFF',
-         f'-DCMAKE_PREFIX_PATH={VENV}', f'-DCMAKE_INSTALL_PREFIX={install}',
-         f'-DPython3_EXECUTABLE={sys.executable}', '-DPython3_FIND_VIRTUALENV=ONLY'],
-        ['cmake', '--build', str(build), '-j', str(os.cpu_count() or 1)],
-        ['cmake', '--install', str(build)],
-    ]
-    for step in steps:
-        result = subprocess.run(step, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return install
+    _run([colcon, 'build', '--event-handlers', 'console_direct-', '--cmake-args',
+          f'-DPython3_EXECUTABLE={sys.executable}', '-DPython3_FIND_VIRTUALENV=ONLY'],
+         env, ws)
+    # colcon test: one linter and, of the suite, the test that loads the install's prebuilt
+    # helpers (the whole suite is `make test`'s; collecting it here takes about 15 s)
+    _run([colcon, 'test', '--packages-select', 'patch_netvlad_ros', '--event-handlers',
+          'console_direct-', '--ctest-args', '-R', 'pep257|pytest'],
+         dict(env, PYTEST_ADDOPTS='-k prebuilt_helpers_load'), ws)
+    _run([colcon, 'test-result', '--test-result-base', 'build/patch_netvlad_ros'], env, ws)
+    return ws
 
 
-def test_installed_layout(prefix):
-    """Executables, launch, config, package.xml, ament index and both Python halves."""
-    share = prefix / 'share' / 'patch_netvlad_ros'
+@pytest.fixture(scope='module')
+def sourced(workspace) -> Dict[str, str]:
+    """The environment after `source install/setup.bash`, the venv's bin/ first in PATH."""
+    out = subprocess.run(['bash', '-c', f'source {workspace / "install" / "setup.bash"} '
+                          '&& env -0'], capture_output=True, check=True).stdout
+    env = dict(item.split('=', 1) for item in out.decode().split('\0') if '=' in item)
+    # no compiler at run time: the helpers must be the prebuilt ones
+    env.update(PATH=f'{VENV / "bin"}{os.pathsep}{env["PATH"]}', CC='false')
+    return env
+
+
+def test_both_packages_are_installed(workspace):
+    """Messages, Python package, executables, launch, config and one build per CPU level."""
+    install = workspace / 'install'
+    pkg, msgs = install / 'patch_netvlad_ros', install / 'patch_netvlad_ros_interfaces'
     for name in NODES:
-        exe = prefix / 'lib' / 'patch_netvlad_ros' / name
+        exe = pkg / 'lib' / 'patch_netvlad_ros' / name
         assert exe.is_file() and os.access(exe, os.X_OK), exe
-    assert (share / 'launch' / 'localize.launch.py').is_file()
-    assert (share / 'config' / 'localize.yaml').is_file()
-    assert (share / 'package.xml').is_file()
-    assert (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages'
-            / 'patch_netvlad_ros').is_file()
-    site = list(prefix.glob('lib/python3*/site-packages/patch_netvlad_ros'))
-    assert len(site) == 1, 'the Python package and the generated messages share one folder'
-    assert (site[0] / 'nodes' / 'localizer_node.py').is_file()
-    assert (site[0] / 'msg' / '_place_descriptors.py').is_file()
-    assert list(prefix.glob('lib/libpatch_netvlad_ros__rosidl_typesupport_c.so'))
-    # the C helpers' sources and the header they share, built on first use
-    native = {p.name for p in (ROOT / 'patch_netvlad_ros' / 'core' / 'native').glob('*.[ch]')}
-    assert 'vector.h' in native
-    assert native <= {p.name for p in (site[0] / 'core' / 'native').iterdir()}
+    assert (pkg / 'share' / 'patch_netvlad_ros' / 'launch' / 'localize.launch.py').is_file()
+    assert (pkg / 'share' / 'patch_netvlad_ros' / 'config' / 'localize.yaml').is_file()
+    for prefix, name in ((pkg, 'patch_netvlad_ros'), (msgs, 'patch_netvlad_ros_interfaces')):
+        assert (prefix / 'share' / name / 'package.xml').is_file()
+        assert (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages'
+                / name).is_file()
+    assert (msgs / 'lib' / 'libpatch_netvlad_ros_interfaces__rosidl_typesupport_c.so').is_file()
+    [site] = pkg.glob('lib/python3*/site-packages/patch_netvlad_ros')
+    assert (site / 'nodes' / 'localizer_node.py').is_file()
+    assert not (site / 'msg').exists(), 'the messages are a package of their own'
+    [msg_site] = msgs.glob('lib/python3*/site-packages/patch_netvlad_ros_interfaces/msg')
+    assert (msg_site / '_place_match.py').is_file()
+    prebuilt = site / 'core' / 'native' / 'prebuilt'
+    arch = variants.host_arch()
+    expected = {variants.library_name(h, v.name) for h in variants.HELPERS
+                for v in variants.builds(h, arch)}
+    expected |= {f'{h}.sha256' for h in variants.HELPERS if variants.builds(h, arch)}
+    assert {p.name for p in prebuilt.iterdir()} == expected
 
 
-def test_installed_c_helpers_build(prefix, tmp_path):
-    """The portable helpers compile from the installed sources (with their header)."""
-    if shutil.which(os.environ.get('CC', 'cc')) is None and shutil.which('gcc') is None:
-        pytest.skip('no C compiler here')
-    code = ('from patch_netvlad_ros.core import native\n'
-            'for name in ("winograd", "patch_vlad"):\n'
-            '    print(name, native.library(name) is not None, native.unavailable_reason(name))')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env=dict(_env(prefix), PATCH_NETVLAD_CACHE=str(tmp_path)), check=True)
-    assert out.stdout.split('\n')[:2] == ['winograd True ', 'patch_vlad True ']
-
-
-def _env(prefix: Path) -> dict:
-    site = next(prefix.glob('lib/python3*/site-packages'))
-    return dict(os.environ, PYTHONPATH=str(site),
-                LD_LIBRARY_PATH=f'{prefix / "lib"}{os.pathsep}'
-                + os.environ.get('LD_LIBRARY_PATH', ''),
-                AMENT_PREFIX_PATH=f'{prefix}{os.pathsep}{VENV}',
-                # The installed copy, not the venv's generated messages, must answer.
-                PATCH_NETVLAD_ROS_INTERFACES=str(prefix / 'nowhere'))
-
-
-def test_installed_messages_round_trip(prefix, tmp_path):
-    """A fresh interpreter imports the installed package and serializes its messages."""
-    code = (
-        'import patch_netvlad_ros, patch_netvlad_ros.msg as m\n'
-        'from rclpy.serialization import serialize_message, deserialize_message\n'
-        'from ament_index_python.packages import get_package_share_directory as share\n'
-        'x = m.PlaceMatch(best_reference_id="r7", confidence=0.25)\n'
-        'x.candidates.append(m.MatchCandidate(reference_id="r7", map_index=7))\n'
-        'y = deserialize_message(serialize_message(x), m.PlaceMatch)\n'
-        'print(patch_netvlad_ros.__file__, m.__file__, share("patch_netvlad_ros"))\n'
-        'print(y.best_reference_id, y.confidence, y.candidates[0].map_index)\n')
-    result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=_env(prefix),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    paths, values = result.stdout.strip().splitlines()
-    package, messages, share = paths.split()
-    assert package.startswith(str(prefix)) and messages.startswith(str(prefix))
-    assert share == str(prefix / 'share' / 'patch_netvlad_ros')
-    assert values == 'r7 0.25 7'
-
-
-def test_installed_executable_validates_parameters(prefix, tmp_path):
-    """`ros2 run`'s target starts, and a bad parameter stops it with the reason."""
-    exe = prefix / 'lib' / 'patch_netvlad_ros' / 'camera_batcher'
-    result = subprocess.run([sys.executable, str(exe), '--ros-args', '-p', 'batch_size:=9',
-                             '-p', 'buffer_capacity:=4'], cwd=tmp_path, env=_env(prefix),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert "'buffer_capacity' = 4: must hold at least one batch" in result.stderr
+def test_installed_node_answers_over_dds(workspace, sourced, corridor_model, corridor_images,
+                                         corridor_set, tmp_path):
+    """The installed descriptor_node describes a real image for a fresh interpreter."""
+    refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i)) for i in range(3)]
+    map_dir = build_reference_map(corridor_model, corridor_images[0][:3], refs).save(
+        tmp_path / 'map')
+    shutil.copy(corridor_model.checkpoint_path, map_model_path(map_dir))
+    rgb = load_image(corridor_set.queries[20])
+    np.save(tmp_path / 'query.npy', rgb)
+    install = workspace / 'install'
+    ns = f'/install_{os.getpid()}'
+    node = subprocess.Popen(
+        [str(install / 'patch_netvlad_ros' / 'lib' / 'patch_netvlad_ros' / 'descriptor_node'),
+         '--ros-args', '-p', f'map_path:={map_dir}', '-r', f'__ns:={ns}'],
+        env=sourced, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        probe = subprocess.run(
+            [sys.executable, str(ROOT / 'test' / 'install_probe.py'), '--ns', ns,
+             '--image', str(tmp_path / 'query.npy'), '--out', str(tmp_path / 'report.json')],
+            env=sourced, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            output, _ = node.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            output, _ = node.communicate()
+    assert probe.returncode == 0, probe.stderr + output
+    report = json.loads((tmp_path / 'report.json').read_text())
+    # what the fresh interpreter imported and loaded: the install, not this checkout
+    assert report['package'].startswith(str(install / 'patch_netvlad_ros'))
+    assert report['messages'].startswith(str(install / 'patch_netvlad_ros_interfaces'))
+    typesupport = [p for p in report['libraries'] if 'patch_netvlad_ros_interfaces__' in p]
+    assert typesupport and all(p.startswith(str(install)) for p in typesupport), typesupport
+    prebuilt = Path(report['package']).parent / 'core' / 'native' / 'prebuilt'
+    for name, (path, reason) in report['native'].items():
+        best = variants.select(name, variants.cpu_flags(), variants.host_arch())
+        expected = prebuilt / variants.library_name(name, best.name) if best else None
+        assert path == str(expected), (name, path, reason)
+    assert 'compiling' not in probe.stderr + output
+    assert report['round_trip'] == ['map', 'r7', 0.25, True, 'r7', 7]
+    # the node's answer: the map's model's descriptor of the image
+    assert report['node_found'], output
+    assert 'answer' in report, output
+    assert report['answer']['stamp'] == 7
+    assert report['answer']['digest'] == model_digest(corridor_model)
+    expected = corridor_model.extract(to_tensor([rgb], corridor_model.config)).global_desc[0]
+    np.testing.assert_allclose(report['answer']['global'], expected.numpy(), atol=1e-4)
+    assert node.returncode == 0, output
