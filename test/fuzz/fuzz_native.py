@@ -2,13 +2,14 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Build the C helpers under AddressSanitizer + UBSan and fuzz them with fuzz_native.c.
 
-Each helper in ``patch_netvlad_ros/core/native`` is compiled for this CPU (as the package
-builds it, ``-march=native``) with ``-fsanitize=address,undefined,float-cast-overflow,
-float-divide-by-zero -fno-sanitize-recover=all`` and linked into the driver; a helper this
-CPU or compiler cannot build (``mutual_nn.c`` needs AVX-512, ``int_mnn.c`` AVX2) is left
-out and named in the output. The AMX part of ``mutual_nn.c`` runs only where the kernel
-grants the tile state. The test suite runs a few seconds of it
-(``test/test_native_fuzz.py``); a long run by hand::
+Each helper in ``patch_netvlad_ros/core/native`` is compiled for the CPU level whose
+prebuilt build the package loads on this CPU (``variants.py``: the same instruction-set
+flags) with ``-fsanitize=address,undefined,float-cast-overflow,float-divide-by-zero
+-fno-sanitize-recover=all`` and linked into the driver; a helper no build of which runs
+on this CPU, or that the compiler cannot build (``mutual_nn.c`` needs AVX-512,
+``int_mnn.c`` AVX2), is left out and named in the output. The AMX part of
+``mutual_nn.c`` runs only where the kernel grants the tile state. The test suite runs a
+few seconds of it (``test/test_native_fuzz.py``); a long run by hand::
 
     python test/fuzz/fuzz_native.py --seconds 600 --seed 7
 
@@ -17,6 +18,7 @@ report is printed), 77 when the sanitizer runtime is missing.
 """
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 import shutil
@@ -32,10 +34,32 @@ HELPERS = {'int_mnn': 'HAVE_INT_MNN', 'mutual_nn': 'HAVE_MUTUAL_NN',
            'patch_vlad': 'HAVE_PATCH_VLAD', 'winograd': 'HAVE_WINOGRAD'}
 SANITIZE = ('-fsanitize=address,undefined,float-cast-overflow,float-divide-by-zero',
             '-fno-sanitize-recover=all', '-fno-omit-frame-pointer')
-FLAGS = ('-O1', '-g', '-march=native', '-std=gnu11', *SANITIZE)
+FLAGS = ('-O1', '-g', '-std=gnu11', *SANITIZE)
 #: Stop at the first report; leaks are not this harness's concern (the driver frees all).
 ENV = {'ASAN_OPTIONS': 'abort_on_error=1:detect_leaks=0',
        'UBSAN_OPTIONS': 'print_stacktrace=1:halt_on_error=1'}
+
+
+def _load_variants():
+    """Import core/native/variants.py (standard library only) without the package."""
+    spec = importlib.util.spec_from_file_location('pnv_native_variants', NATIVE / 'variants.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+VARIANTS = _load_variants()
+
+
+def level_flags(name: str) -> Tuple[Optional[Tuple[str, ...]], str]:
+    """Return the instruction-set flags of the build of ``name`` loaded on this CPU.
+
+    (None, why) when no build of it runs here.
+    """
+    flags, arch = VARIANTS.cpu_flags(), VARIANTS.host_arch()
+    best = VARIANTS.select(name, flags, arch)
+    return (None, VARIANTS.missing(name, flags, arch)) if best is None else (best.flags, '')
 
 
 def compiler() -> Optional[str]:
@@ -69,11 +93,15 @@ def build(out_dir: Path) -> Tuple[Path, List[str], Dict[str, str]]:
     """
     cc = compiler()
     objects, linked, skipped = [], [], {}
-    jobs = {name: subprocess.Popen([cc, *FLAGS, '-fPIC', '-c', '-o', str(out_dir / f'{name}.o'),
-                                    str(NATIVE / f'{name}.c')], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
-            for name in HELPERS}                 # compiled side by side
+    levels = {name: level_flags(name) for name in HELPERS}
+    jobs = {name: subprocess.Popen([cc, *FLAGS, *level, '-fPIC', '-c', '-o',
+                                    str(out_dir / f'{name}.o'), str(NATIVE / f'{name}.c')],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for name, (level, _) in levels.items() if level is not None}  # side by side
     for name, macro in HELPERS.items():
+        if name not in jobs:
+            skipped[name] = levels[name][1]
+            continue
         _, stderr = jobs[name].communicate()
         if jobs[name].returncode != 0:
             errors = [ln for ln in stderr.splitlines() if 'error' in ln]
@@ -83,7 +111,9 @@ def build(out_dir: Path) -> Tuple[Path, List[str], Dict[str, str]]:
         linked.append(macro)
     exe = out_dir / 'fuzz_native'
     defines = [f'-D{m}' for m in linked]
-    proc = subprocess.run([cc, *FLAGS, *defines, f'-I{NATIVE}', '-o', str(exe),
+    # the driver shares vector.h's register width with the portable helpers: their level
+    driver_level = levels['winograd'][0] or ()
+    proc = subprocess.run([cc, *FLAGS, *driver_level, *defines, f'-I{NATIVE}', '-o', str(exe),
                            str(HERE / 'fuzz_native.c'), *objects, '-lm'],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -26,9 +26,9 @@
  * read); its similarities are set to -inf before the fold, so it takes no part in any
  * row's or column's maximum, and it matches nothing. Every index the passes use comes
  * from the similarities' own positions, never from a comparison that NaN could fail, and
- * sizes are checked (PNV_BAD_ARGS). Compiled on first use by
- * core/native/__init__.py (with OpenMP when the compiler has it); no Python headers
- * needed (ctypes).
+ * sizes are checked (PNV_BAD_ARGS). Built with the package for AVX-512 and for AVX-512
+ * with AMX (CMakeLists.txt here; OpenMP when the compiler has it) and loaded with ctypes
+ * by core/native/__init__.py; no Python headers needed.
  */
 #ifndef __AVX512F__
 #error "the screened matcher needs AVX-512 (CPUs with bf16 matrix units have it)"
