@@ -4,6 +4,7 @@
 
     ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map
     ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map one_process:=true
+    ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map odom_topic:=/odom
 
 Parameters come from ``params_file`` (config/localize.yaml: every parameter, documented);
 the launch arguments below override the ones they name. ``one_process:=true`` runs the
@@ -13,6 +14,8 @@ three nodes in one process (the ``localize_graph`` executable) instead of three.
 the map keeps (``<map>/model.pth.tar``) at the map's preset and image size, and
 camera_batcher resizes frames to that size. ``preset``, ``image_width`` and
 ``image_height`` may stay unset ('', 0); when set they must be the map's.
+``odom_topic`` gives localizer_node's sequence filter the robot's odometry (otherwise it
+moves by time and max_speed); ``sequence:=false`` answers each frame on its own.
 """
 
 from launch import LaunchDescription
@@ -67,6 +70,14 @@ def generate_launch_description():
             'precision', default_value='fp32', choices=['fp32', 'fp16', 'bf16'],
             description='backbone precision (fp16 needs CUDA)'),
         DeclareLaunchArgument(
+            'odom_topic', default_value='',
+            description="nav_msgs/Odometry topic for localizer_node's sequence filter "
+                        '(empty: none, the filter moves by time and max_speed)'),
+        DeclareLaunchArgument(
+            'sequence', default_value='true',
+            description='localizer_node filters the frames in order (~/pose carries the '
+                        "filter's place) if true; each frame on its own if false"),
+        DeclareLaunchArgument(
             'use_sim_time', default_value='false',
             description='use the /clock topic (simulation or bag playback) if true'),
         DeclareLaunchArgument(
@@ -111,6 +122,8 @@ def generate_launch_description():
     localizer_node = {
         'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
         'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+        'odom_topic': ParameterValue(LaunchConfiguration('odom_topic'), value_type=str),
+        'sequence': ParameterValue(LaunchConfiguration('sequence'), value_type=bool),
     }
     ros_arguments = ['--ros-args', '--log-level', log_level]
 

@@ -38,7 +38,8 @@ BUILTIN = {'use_sim_time'}
 ARGUMENTS = {'map': '', 'checkpoint': '', 'preset': '', 'image_width': '0',
              'image_height': '0', 'camera_topic': '/camera/image_raw', 'transport': 'raw',
              'device': 'auto', 'precision': 'fp32', 'use_sim_time': 'false', 'namespace': '',
-             'params_file': None, 'one_process': 'false', 'log_level': 'info'}
+             'params_file': None, 'one_process': 'false', 'log_level': 'info',
+             'odom_topic': '', 'sequence': 'true'}
 TYPES = {'int': int, 'str': str, 'bool': bool, 'float': float}
 
 
@@ -302,7 +303,7 @@ def test_overrides_are_declared_typed_and_valid(source, launched):
                            'image_height'},
         'descriptor_node': {'checkpoint', 'map_path', 'preset', 'image_width', 'image_height',
                             'device', 'precision'},
-        'localizer_node': {'map_path', 'device'},
+        'localizer_node': {'map_path', 'device', 'odom_topic', 'sequence'},
     }
     for key, params in expected.items():
         entries, _ = source.overrides(launched[key])

@@ -182,6 +182,9 @@ class SequenceLocalizer:
         self._odom: Optional[PoseSample] = None
         #: seconds the last update took
         self.last_update_s = 0.0
+        #: motion model of the last update: 'start' (uniform prior: the first frame or
+        #: after a reset), 'odometry' or 'time'
+        self.last_motion = 'start'
 
     def reset(self) -> None:
         """Forget the belief: the next frame starts from a uniform prior."""
@@ -239,6 +242,8 @@ class SequenceLocalizer:
             raise MapError(f"frame stamp {stamp} is older than the previous frame's "
                            f'{self._stamp}: frames must come in time order (reset() first)')
         start = time.perf_counter()
+        self.last_motion = ('start' if self.belief is None else 'odometry' if
+                            odom_pose is not None and self._odom is not None else 'time')
         prior = self.predict(stamp, odom_pose)
         posterior = prior * self.likelihood(result)
         posterior /= posterior.sum()

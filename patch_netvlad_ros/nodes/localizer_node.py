@@ -4,10 +4,25 @@
 
 Loads a map database once, retrieves the top_k references by global descriptor, reranks
 them by patches and answers each frame with ~/match (PlaceMatch: confidence in [0, 1],
-best reference, top candidates with fused scores, per-stage timings) and, when the
-confidence reaches ``confidence_threshold``, ~/pose (PoseWithCovarianceStamped: the best
-reference's pose in ``map_frame``, stamped with the camera image's stamp). Descriptors
-from another model or preset are refused with a throttled error; the node keeps running.
+best reference, top candidates with their scores, per-stage timings) and, when the
+answer's confidence reaches ``confidence_threshold``, ~/pose (PoseWithCovarianceStamped:
+the place's reference pose in ``map_frame``, stamped with the camera image's stamp).
+Descriptors from another model or preset are refused with a throttled error; the node
+keeps running.
+
+Ranking and confidence come from the map's fit (pnv-build-map fits a map on itself:
+``fusion`` '' uses its weights of global and patch scores and its calibrated confidence,
+the probability that the answer lies within the map's ``place_radius``); a map without
+a fit keeps the authors' order and the heuristic confidence (one log line says how to
+fit it). With ``sequence`` on (the default) a sequence filter (:mod:`..core.sequence`)
+folds each frame's single-frame answer into a belief over the map's places, in stamp
+order, moved between frames by odometry (``odom_topic``: nav_msgs/Odometry looked up at
+the frame's stamp; or TF ``odom_frame`` -> ``base_frame`` where tf2_ros is installed)
+or, without it, by time and ``max_speed``. ~/match carries both answers; ~/pose carries
+the filter's place when its confidence (posterior mass within place_radius) reaches the
+threshold. The single-frame answer is computed as before; the filter's update (well
+under a millisecond) follows it. A stamp older than the previous frame's (a bag loop, a
+restarted camera) resets the filter, with a log line.
 
 The rerank runs on ``device``: on the CPU the map's memory-mapped patches are read in
 place; on a GPU they are kept there (the whole map, copied once at start-up, or the
@@ -20,9 +35,11 @@ import threading
 from typing import List, Optional
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 import torch
 
 from .common import run_node
@@ -30,15 +47,27 @@ from ..core.accounting import LocalizerStats, SequenceGaps
 from ..core.config import MATCHERS
 from ..core.database import ReferenceMap
 from ..core.errors import ImageError, MapError
-from ..core.localizer import Localizer
+from ..core.fusion import FUSION_METHODS
+from ..core.localizer import fitted_parameters, LocalizationResult, Localizer
+from ..core.map_building import FIT_HINT
 from ..core.matching import resolve_mnn_method
+from ..core.odometry import OdometryBuffer
+from ..core.poses import PoseSample
 from ..core.resident_patches import plan_capacity
+from ..core.sequence import MotionModel, SequenceLocalizer
 from ..ros import shared_store
-from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, result_to_msgs,
-                               seconds, wall_time)
+from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, reference_pose,
+                               result_to_msgs, seconds, wall_time)
 from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
+
+#: ``fusion`` parameter -> the Localizer's fusion argument: '' the map's if fitted,
+#: 'global+patches' the map's fitted weights (refused without a fit).
+FUSIONS = {'': None, **{m: 'fitted' if m == 'global+patches' else m for m in FUSION_METHODS}}
+#: Odometry subscription: best effort matches reliable and best-effort publishers alike;
+#: a lost sample only widens the interpolation gap.
+ODOM_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 def _weights_ok(value: List[float]) -> Optional[str]:
@@ -55,11 +84,33 @@ PARAMS = [
     Param('matcher', '', "'ransac' or 'spatial' (empty: the map's)", choices=('',) + MATCHERS),
     Param('patch_weights', [], 'fusion weight per patch scale, summing to 1 (empty: the '
           "map's)", check=_weights_ok),
-    Param('place_radius', 5.0, 'metres within which references count as the same place '
-          '(confidence)', low=1e-6, high=1e6),
+    Param('fusion', '', "how candidates are ranked: '' (the map's fit: its weights of global "
+          "similarity and patch scores; the authors' order for a map without a fit), "
+          "'patches' (the authors': patch scores alone), 'global' (global similarity "
+          "alone) or 'global+patches' (the map's fitted weights; the map must have a fit). "
+          "The calibrated confidence needs the map's own fusion and place_radius; other "
+          'choices use the heuristic confidence', choices=tuple(FUSIONS)),
+    Param('place_radius', 0.0, 'metres within which references count as the same place: '
+          'the confidence is the probability that the answer lies within it (0: the '
+          'radius the map was fitted for, 5.0 for a map without a fit)', low=0.0, high=1e6),
     Param('map_frame', 'map', 'frame_id of ~/pose and ~/match (REP 105)'),
-    Param('confidence_threshold', 0.0, 'publish ~/pose only when the match confidence is at '
-          'least this (~/match is always published)', low=0.0, high=1.0, read_only=False),
+    Param('confidence_threshold', -1.0, 'publish ~/pose only when its confidence (the '
+          "sequence filter's with sequence on) is at least this; ~/match is always "
+          "published. Negative: the map's, the threshold of its calibrated confidence "
+          '(0.5: more likely right than wrong), or 0.0 with the heuristic confidence',
+          low=-1.0, high=1.0, read_only=False),
+    Param('sequence', True, "filter the frames in stamp order over the map's places "
+          "(odometry or time motion model): ~/pose carries the filter's place, ~/match "
+          'both answers. False: every frame on its own'),
+    Param('max_speed', 3.0, 'sequence filter without odometry: fastest motion in m/s '
+          '(places farther than max_speed x the time between frames are unlikely)',
+          low=1e-3, high=1000.0),
+    Param('odom_topic', '', 'sequence filter: nav_msgs/Odometry topic whose pose at each '
+          "frame's stamp moves the belief (empty: none; then TF odom_frame, else time "
+          'and max_speed)'),
+    Param('odom_frame', '', 'sequence filter: odometry from TF odom_frame -> base_frame at '
+          "each frame's stamp instead of odom_topic (needs tf2_ros; empty: no TF)"),
+    Param('base_frame', 'base_link', "the robot's frame for the TF odometry (odom_frame)"),
     Param('max_candidates', 10, 'candidates listed in ~/match', low=1, high=1000),
     Param('position_stddev', 5.0, 'position standard deviation (m) in the pose covariance',
           low=0.0, high=1e6),
@@ -116,15 +167,19 @@ class LocalizerNode(Node):
         self.device = resolve_device(p['device'])
         cfg = ref_map.config.override(**matching)
         self.localizer: Optional[Localizer] = None
+        self.sequence: Optional[SequenceLocalizer] = None
         if len(ref_map):
-            self.localizer = Localizer(ref_map, None, p['place_radius'], device=self.device,
-                                       cache_references=self._cache_references(cfg),
-                                       **matching)
+            self.localizer = self._make_localizer(ref_map, cfg, matching)
+            if p['sequence']:
+                self.sequence = SequenceLocalizer(self.localizer,
+                                                  MotionModel(max_speed=p['max_speed']))
         else:
             # Stay up (a map may be rebuilt and the node restarted by a supervisor), but say
             # so loudly: every frame will be answered with an error and no pose.
             self.get_logger().error(f"map {p['map_path']} holds no references: no pose will "
                                     'be published; build it from at least one image')
+        self._last_stamp: Optional[float] = None
+        self.odometry = self._start_odometry()
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose', 10)
         self.match_pub = self.create_publisher(PlaceMatch, '~/match', 10)
         self.create_subscription(PlaceDescriptors, 'place_descriptors', self.on_descriptors,
@@ -140,6 +195,137 @@ class LocalizerNode(Node):
             f"map {p['map_path']}: {len(ref_map)} references, preset {cfg.preset} "
             f'{cfg.image_width}x{cfg.image_height}; top-{cfg.top_k} {cfg.matcher}, '
             f'{mnn} mutual nearest neighbours on {self.device} ({where})')
+        if self.localizer is not None:
+            self._log_answers()
+
+    def _make_localizer(self, ref_map: ReferenceMap, cfg, matching: dict) -> Localizer:
+        """Make the localizer with the fusion and place radius asked for (or ParameterError)."""
+        p = self.params
+        try:
+            return Localizer(ref_map, None, p['place_radius'] or None, device=self.device,
+                             cache_references=self._cache_references(cfg),
+                             fusion=FUSIONS[p['fusion']], **matching)
+        except MapError as exc:
+            if p['fusion'] == 'global+patches' and fitted_parameters(ref_map) is None:
+                raise ParameterError(
+                    f"parameter 'fusion' = 'global+patches' needs the map's fitted weights, "
+                    f"and the map {p['map_path']} has no fit: {FIT_HINT}, or leave fusion "
+                    'empty') from exc
+            raise
+
+    def _log_answers(self) -> None:
+        """Say once how frames are ranked, how confident, and when a pose goes out."""
+        p, loc = self.params, self.localizer
+        fusion = loc.fusion
+        how = {'patches': "the authors' order (patch scores alone)",
+               'global': 'global similarity alone',
+               'global+patches': f"global similarity and patch scores fused (the map's "
+                                 f'weights {fusion.global_weight:.3g} and '
+                                 f'{fusion.patch_weight:.3g})'}[fusion.method]
+        conf = ('calibrated confidence' if loc.calibration is not None
+                else 'heuristic confidence')
+        threshold = self.threshold()
+        told = 'set' if p['confidence_threshold'] >= 0 else (
+            "the map's" if loc.calibration is not None else 'default for the heuristic')
+        if self.sequence is None:
+            seq = 'sequence filter off: each frame on its own'
+        else:
+            motion = (f"odometry from {p['odom_topic']}" if p['odom_topic'] else
+                      f"odometry from TF {p['odom_frame']} -> {p['base_frame']}"
+                      if p['odom_frame'] else 'no odometry: time')
+            seq = f"sequence filter on ({motion}, max_speed {p['max_speed']:g} m/s)"
+        self.get_logger().info(
+            f'ranking: {how}; {conf}, place radius {loc.place_radius:g} m; ~/pose when the '
+            f'confidence >= {threshold:g} ({told}); {seq}')
+        fitted = fitted_parameters(self.map)
+        if fitted is None:
+            self.get_logger().warning(
+                f"the map {p['map_path']} has no fit (fusion weights, calibrated "
+                f"confidence): the authors' order and the heuristic confidence; {FIT_HINT}")
+        elif loc.calibration is None:
+            self.get_logger().warning(
+                "the map's calibrated confidence was fitted for its own fusion and place "
+                f"radius ({fitted['place_radius']:g} m): with these parameters the "
+                'confidence is the heuristic one')
+
+    def _start_odometry(self) -> Optional[OdometryBuffer]:
+        """Subscribe to the odometry source the parameters name (None: no odometry)."""
+        p = self.params
+        self.tf_buffer = None
+        if p['odom_topic'] and p['odom_frame']:
+            raise ParameterError(f"parameters 'odom_topic' = {p['odom_topic']!r} and "
+                                 f"'odom_frame' = {p['odom_frame']!r}: give one odometry "
+                                 'source (the other empty)')
+        if p['odom_frame']:
+            try:
+                from tf2_ros import Buffer, TransformListener
+            except ImportError:
+                raise ParameterError(
+                    f"parameter 'odom_frame' = {p['odom_frame']!r} needs tf2_ros, which is not "
+                    'installed: install ros-<distro>-tf2-ros, or give odom_topic (the '
+                    'nav_msgs/Odometry topic) instead') from None
+            self.tf_buffer = Buffer()
+            self._tf_listener = TransformListener(self.tf_buffer, self)
+            return None
+        if not p['odom_topic']:
+            return None
+        buffer = OdometryBuffer()
+        self.create_subscription(Odometry, p['odom_topic'], self.on_odometry, ODOM_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        return buffer
+
+    def on_odometry(self, msg: Odometry) -> None:
+        """Buffer an odometry pose (looked up at the frames' stamps)."""
+        pose = msg.pose.pose
+        sample = PoseSample(seconds(msg.header.stamp), pose.position.x, pose.position.y,
+                            pose.position.z, pose.orientation.x, pose.orientation.y,
+                            pose.orientation.z, pose.orientation.w)
+        try:
+            restarted = self.odometry.add(sample)
+        except ValueError as exc:
+            self.get_logger().warning(f'odometry ignored: {exc}', throttle_duration_sec=10.0)
+            return
+        if restarted:
+            self.get_logger().warning(
+                f'odometry stamp {sample.stamp:.3f} is older than the last one (a bag loop or '
+                'a restarted driver?): odometry buffer started again')
+
+    def _odometry_at(self, stamp: float) -> Optional[PoseSample]:
+        """Return the robot's odometry pose at a frame's stamp, None when there is none."""
+        if self.odometry is not None:
+            odom = self.odometry.at(stamp)
+            if odom is None:
+                newest = self.odometry.newest
+                self.get_logger().warning(
+                    f'no odometry at the frame stamped {stamp:.3f} (newest '
+                    + ('none' if newest is None else f'{newest:.3f}') + ' on '
+                    f"{self.params['odom_topic']}): this frame moved the sequence filter by "
+                    'time and max_speed', throttle_duration_sec=10.0)
+            return odom
+        if self.tf_buffer is None:
+            return None
+        from rclpy.time import Time
+        from tf2_ros import TransformException
+        p = self.params
+        try:
+            t = self.tf_buffer.lookup_transform(p['odom_frame'], p['base_frame'],
+                                                Time(nanoseconds=int(round(stamp * 1e9))))
+        except TransformException as exc:
+            self.get_logger().warning(
+                f'no TF {p["odom_frame"]} -> {p["base_frame"]} at the frame stamped '
+                f'{stamp:.3f} ({exc}): this frame moved the sequence filter by time and '
+                'max_speed', throttle_duration_sec=10.0)
+            return None
+        tr, q = t.transform.translation, t.transform.rotation
+        return PoseSample(stamp, tr.x, tr.y, tr.z, q.x, q.y, q.z, q.w)
+
+    def threshold(self) -> float:
+        """Return the confidence ~/pose needs now (``confidence_threshold``, or the map's)."""
+        set_value = self.params['confidence_threshold']
+        if set_value >= 0:
+            return float(set_value)
+        calibration = self.localizer.calibration if self.localizer else None
+        return calibration.threshold if calibration is not None else 0.0
 
     def _cache_references(self, cfg) -> Optional[int]:
         """Return the references to keep on the rerank device (None on the CPU)."""
@@ -217,20 +403,50 @@ class LocalizerNode(Node):
                 f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: internal '
                 f'error {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
             return
+        answer = self._filter(result, seconds(msg.header.stamp))
         p = self.params
-        accepted = result.confidence >= p['confidence_threshold']
+        place = answer if answer is not None else result
+        accepted = place.confidence >= self.threshold()
         latency_ms = 1e3 * (seconds(wall_time()) - seconds(msg.received)) \
             if msg.received.sec or msg.received.nanosec else 0.0
         sp, so = p['position_stddev'] ** 2, p['orientation_stddev'] ** 2
         pose, match = result_to_msgs(result, self.map.references, msg.header, p['map_frame'],
                                      accepted, p['max_candidates'], [sp] * 3 + [so] * 3,
                                      msg.extraction_ms, latency_ms)
+        if answer is not None:
+            pose.pose.pose = reference_pose(answer.reference)
+            self._fill_sequence(match, answer)
         if accepted:
             self.pose_pub.publish(pose)
             if self.tf is not None:
                 self._broadcast(pose)
         self.match_pub.publish(match)
         self._count('answered')
+
+    def _filter(self, result: LocalizationResult,
+                stamp: float) -> Optional[LocalizationResult]:
+        """Fold a frame's answer into the sequence filter; its answer (None when off)."""
+        if self.sequence is None:
+            return None
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            self.get_logger().warning(
+                f"frame stamp {stamp:.3f} is older than the previous frame's "
+                f'{self._last_stamp:.3f} (a bag loop or a restarted camera?): sequence filter '
+                'reset')
+            self.sequence.reset()
+        self._last_stamp = stamp
+        return self.sequence.update(result, stamp, self._odometry_at(stamp))
+
+    def _fill_sequence(self, match: PlaceMatch, answer: LocalizationResult) -> None:
+        """Put the sequence filter's answer into ~/match (PlaceMatch's sequence fields)."""
+        match.sequence_enabled = True
+        match.sequence_reference_id = answer.reference.id
+        match.sequence_map_index = int(answer.best_index)
+        match.sequence_confidence = float(answer.confidence)
+        match.sequence_ranked = [int(c.index) for c in
+                                 answer.candidates[:self.params['max_candidates']]]
+        match.sequence_odometry = self.sequence.last_motion == 'odometry'
+        match.sequence_ms = 1e3 * self.sequence.last_update_s
 
     def _broadcast(self, pose: PoseWithCovarianceStamped) -> None:
         from geometry_msgs.msg import TransformStamped
