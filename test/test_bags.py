@@ -17,8 +17,9 @@ from patch_netvlad_ros.core import bags
 from patch_netvlad_ros.core.errors import ImageError, MapError
 
 REF_DIR = Path(__file__).resolve().parents[1] / 'patch_netvlad_ros' / 'data' / 'corridor' / 'ref'
-REAL_BAG = Path('/work/shared/data/kapture_t265_bag/trimmed_locoffice.bag')
-#: The real bag's receive times (SOURCE.txt): start 1553180224.368 s, 0.090 s long.
+#: A real T265 recording (kapture's test fixture; see ATTRIBUTION.md beside it).
+REAL_BAG = Path(__file__).resolve().parent / 'data' / 'kapture_t265_bag' / 'trimmed_locoffice.bag'
+#: The real bag's receive times (ATTRIBUTION.md): start 1553180224.368 s, 0.090 s long.
 REAL_START, REAL_SPAN = 1553180224.368, 0.090
 
 FORMATS = ('bag', 'db3', 'mcap')
@@ -132,8 +133,7 @@ def test_reads_a_single_ros2_storage_file(tmp_path, rgbs, fmt):
 
 @pytest.fixture()
 def real_bag() -> Path:
-    if not REAL_BAG.is_file():
-        pytest.skip(f'real bag {REAL_BAG} is not available')
+    assert REAL_BAG.is_file(), f'the real bag {REAL_BAG} is missing from the checkout'
     return REAL_BAG
 
 
