@@ -47,6 +47,22 @@ def device_name(text: str) -> str:
     return text
 
 
+def momentum(text: str) -> float:
+    """Parse --momentum: a number in [0, 1)."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1); got {text!r}')
+    return value
+
+
+def decay_factor(text: str) -> float:
+    """Parse --lr-gamma: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f'must be in (0, 1]; got {text!r}')
+    return value
+
+
 def _drive_parser() -> CliParser:
     parser = CliParser(prog='pnv-train', add_help=False, allow_abbrev=False)
     add_drive_options(parser, 'training')
@@ -132,13 +148,13 @@ def make_parser() -> CliParser:
     opt.add_argument('--optimizer', choices=OPTIMIZERS, default=d.optimizer,
                      help=f'(default {d.optimizer})')
     opt.add_argument('--lr', type=positive_float, default=d.lr, help=f'(default {d.lr:g})')
-    opt.add_argument('--momentum', type=non_negative_float, default=d.momentum,
+    opt.add_argument('--momentum', type=momentum, default=d.momentum,
                      help=f'SGD momentum, below 1 (default {d.momentum:g})')
     opt.add_argument('--weight-decay', type=non_negative_float, default=d.weight_decay,
                      help=f'(default {d.weight_decay:g})')
     opt.add_argument('--lr-step', type=positive_int, default=d.lr_step,
                      help=f'epochs between learning-rate decays (default {d.lr_step})')
-    opt.add_argument('--lr-gamma', type=positive_float, default=d.lr_gamma,
+    opt.add_argument('--lr-gamma', type=decay_factor, default=d.lr_gamma,
                      help=f'learning-rate decay factor, at most 1 (default {d.lr_gamma:g})')
     opt.add_argument('--pca-samples', type=positive_int, default=None,
                      help='VLAD vectors the final whitened PCA is fitted on (default '
