@@ -15,9 +15,24 @@ import torch
 
 from patch_netvlad_ros.core.config import get_config
 
-# ROS tests talk over DDS on a domain of this run's own, on the loopback interface only, so
-# parallel runs on one machine (and robots on the network) never see each other.
-os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+
+def _ros_domain() -> str:
+    """This process's DDS domain: the run's own, and under pytest-xdist one per worker.
+
+    A run takes ROS_DOMAIN_ID as set, else one from its process id (100-199). xdist workers
+    inherit the controller's environment, domain included, so worker gwN takes the run's
+    domain + 1 + N (within 100-199): two workers' nodes never see each other's topics.
+    """
+    run = os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+    worker = os.environ.get('PYTEST_XDIST_WORKER', '')
+    if not worker.startswith('gw'):
+        return run
+    return str(100 + (int(run) + 1 + int(worker[2:])) % 100)
+
+
+# ROS tests talk over DDS on a domain of their own, on the loopback interface only, so
+# parallel runs and workers on one machine (and robots on the network) never see each other.
+os.environ['ROS_DOMAIN_ID'] = _ros_domain()
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 TEST_DATA = Path(__file__).resolve().parent / 'data'
