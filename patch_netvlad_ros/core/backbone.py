@@ -161,9 +161,12 @@ def imagenet_encoder_state(cache: Optional[Path] = None) -> Dict[str, torch.Tens
             return torch.load(target, map_location='cpu', weights_only=True)
     state = convert_onnx(find_onnx())
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix('.tmp')
+    # Each writer its own temporary files, renamed into place: parallel processes may race.
+    tmp = target.with_name(f'{target.name}.{os.getpid()}.tmp')
     torch.save(state, tmp)
     digest = sha256_file(tmp)
     os.replace(tmp, target)
-    meta.write_text(json.dumps({'sha256': digest, 'source_onnx_sha256': ONNX_SHA256}))
+    tmp_meta = meta.with_name(f'{meta.name}.{os.getpid()}.tmp')
+    tmp_meta.write_text(json.dumps({'sha256': digest, 'source_onnx_sha256': ONNX_SHA256}))
+    os.replace(tmp_meta, meta)
     return state

@@ -166,7 +166,7 @@ def save_checkpoint(model: PatchNetVLAD, path: PathLike,
                             'state_dict': {k: v.detach().cpu().contiguous()
                                            for k, v in model.state_dict().items()}}
     blob.update(extra or {})
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')  # a writer's own: processes race
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return model_digest(model)

@@ -10,9 +10,10 @@ VGG16 + k-means + WPCA) and cached as an authors' checkpoint; it is built only w
 for (minutes on a CPU). The demo, the nodes and the tests all get their model here.
 """
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,11 +48,31 @@ def corridor_model(config: PatchNetVLADConfig, images: Optional[Sequence[np.ndar
     path = corridor_checkpoint_path(config, seed, cache)
     if path.is_file():
         return load_model(path, config), path
-    if images is None:
-        images = [load_image(p) for p in corridor().references]
-    model = bootstrap_model(config, images, seed=seed, log=log, progress=progress)
-    save_checkpoint(model, path)
+    with _exclusive(path.with_name(path.name + '.lock')):  # processes in parallel: one builds
+        if path.is_file():
+            return load_model(path, config), path
+        if images is None:
+            images = [load_image(p) for p in corridor().references]
+        model = bootstrap_model(config, images, seed=seed, log=log, progress=progress)
+        save_checkpoint(model, path)
     return model, path
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (made if missing) while the body runs."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: parallel builders each build; the save stays atomic
+        yield
+        return
+    with open(lock, 'a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_model(checkpoint: str, config: PatchNetVLADConfig, seed: int = 0,
