@@ -260,10 +260,13 @@ class _Reader:
             topic = self._eval(topic_expr, module)
         except Exception:  # not computable from the defaults: show the expression
             topic = None
-        shown = f'`{topic}`' if topic else f'`{_readable(topic_expr)}`'
-        if topic_params:
-            names = ', '.join(f'`{p}`' for p in topic_params)
-            shown += f' (parameter {names})' if topic else f' (parameter {names}; empty: none)'
+        names = ', '.join(f'`{p}`' for p in topic_params)
+        if topic:
+            shown = f'`{topic}`' + (f' (parameter {names})' if names else '')
+        elif names:
+            shown = f'the value of {names} (empty by default: none)'
+        else:
+            shown = f'`{_readable(topic_expr)}`'
         qos_arg = call.args[qos_index] if len(call.args) > qos_index else next(
             (k.value for k in call.keywords if k.arg in ('qos_profile', 'qos')), None)
         return Endpoint(direction, shown, msg_type, self._qos(module, qos_arg, env), where)

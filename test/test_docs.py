@@ -123,7 +123,7 @@ def test_topics_read_from_the_code(rendered):
         'localizer_node': [
             ('in', '`place_descriptors`', 'patch_netvlad_ros_interfaces/msg/PlaceDescriptors',
              'reliable, keep last 16'),
-            ('in', '`odom_topic` (parameter `odom_topic`; empty: none)',
+            ('in', 'the value of `odom_topic` (empty by default: none)',
              'nav_msgs/msg/Odometry', 'best effort, keep last 50'),
             ('out', '`~/pose`', 'geometry_msgs/msg/PoseWithCovarianceStamped',
              'reliable, keep last 10'),
