@@ -29,7 +29,11 @@ NODE_MODULES = (
     'patch_netvlad_ros.nodes.descriptor_node',
     'patch_netvlad_ros.nodes.localizer_node',
 )
-OUTPUT = Path(__file__).resolve().parents[1] / 'docs' / 'nodes.md'
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / 'docs' / 'nodes.md'
+#: The launch file whose DeclareLaunchArgument calls are documented (read, not run: the
+#: `launch` package has no PyPI wheel).
+LAUNCH_FILE = ROOT / 'launch' / 'localize.launch.py'
 PACKAGE = 'patch_netvlad_ros'
 #: rclpy calls that make a topic endpoint: name -> (direction, index of the QoS argument).
 ENDPOINTS = {'create_publisher': ('out', 2), 'create_lifecycle_publisher': ('out', 2),
@@ -395,6 +399,46 @@ def node_section(module_name: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def launch_arguments(path: Path = LAUNCH_FILE) -> List[Dict[str, str]]:
+    """Return each DeclareLaunchArgument of a launch file: name, default, choices, text."""
+    found = []
+    for call in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(call, ast.Call) and _callee(call.func, {}) ==
+                'DeclareLaunchArgument' and call.args):
+            continue
+        keywords = {k.arg: k.value for k in call.keywords}
+        literal = {}
+        for key in ('default_value', 'description', 'choices'):
+            if key in keywords:
+                try:
+                    literal[key] = ast.literal_eval(keywords[key])
+                except ValueError:  # a substitution: show the expression
+                    literal[key] = None
+        default = literal.get('default_value')
+        found.append({
+            'name': ast.literal_eval(call.args[0]),
+            'default': (f'`{default}`' if default else _value(default) if default == '' else
+                        f'`{ast.unparse(keywords["default_value"])}`'
+                        if 'default_value' in keywords else 'required'),
+            'choices': ', '.join(_value(c) for c in literal.get('choices') or []),
+            'description': literal.get('description') or '',
+        })
+    return found
+
+
+def launch_section() -> str:
+    """Markdown for the launch file's arguments."""
+    name = LAUNCH_FILE.name
+    lines = ['## Launch arguments', '',
+             f'`ros2 launch patch_netvlad_ros {name} map:=<map folder> ...`; the arguments '
+             'override the parameters file.', '',
+             '| argument | default | allowed | description |', '|---|---|---|---|']
+    for arg in launch_arguments():
+        lines.append(f"| `{arg['name']}` | {_cell(arg['default'])} | {_cell(arg['choices'])} "
+                     f"| {_cell(arg['description'])} |")
+    return '\n'.join(lines) + '\n'
+
+
 def render() -> str:
     """Return the whole of docs/nodes.md."""
     head = [
@@ -414,7 +458,8 @@ def render() -> str:
         'Topics under "when" exist only under that condition (parameters at their names).',
         '',
     ]
-    return '\n'.join(head) + '\n' + '\n'.join(node_section(m) for m in NODE_MODULES)
+    sections = [node_section(m) for m in NODE_MODULES] + [launch_section()]
+    return '\n'.join(head) + '\n' + '\n'.join(sections)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

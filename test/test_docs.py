@@ -163,3 +163,11 @@ def test_relative_links_point_to_existing_files():
             elif anchor and dest.suffix == '.md' and anchor not in _anchors(dest):
                 broken.append(f'{page.relative_to(ROOT)}: {target} (no such heading)')
     assert not broken, 'broken links:\n' + '\n'.join(broken)
+
+
+def test_launch_arguments_documented(rendered):
+    launch = (ROOT / 'launch' / 'localize.launch.py').read_text()
+    declared = re.findall(r"DeclareLaunchArgument\(\s*'(\w+)'", launch)
+    section = rendered.split('## Launch arguments', 1)[1]
+    documented = re.findall(r'^\| `(\w+)` \|', section, flags=re.M)
+    assert documented == declared, 'docs/nodes.md launch arguments differ from the launch file'
