@@ -14,7 +14,18 @@ frames the graph drops are reported by reason and count as misses. Ground truth:
 drive's poses (NavSatFix drives use the map's ENU origin). Output: recall@N by distance
 (--radius, default 25 m) or by frame tolerance, position and heading error of the chosen
 reference, latency percentiles, confidence against correctness; a JSON report and PNG
-plots (trajectory, recall@N, confidence histogram, precision-recall) in --output.
+plots (trajectory, recall@N, confidence histogram, precision-recall, reliability
+diagrams) in --output.
+
+Stage by stage, on the same frames: retrieval alone (global), the authors' patch order,
+the map's fitted fusion (maps fitted by pnv-build-map or pnv-map fit), each frame's own
+answer (what ~/match says) and the sequence filter's (what ~/pose carries): recall@N,
+and for the answers' confidences the ROC AUC, the expected calibration error and the
+recall at 100% precision. The sequence filter (--sequence) moves between frames by
+odometry or by time and --max-speed. Offline, 'odometry' takes the drive's own poses as
+the robot's odometry (a robot has its odometry; the drive's poses stand for it, so this
+is odometry without drift); in graph mode the replay publishes no odometry, so the
+node's filter moves by time.
 Positions, headings and the trajectory plot use the ground plane of the map's pose
 convention (x-y for z-up poses, x-z for camera-convention poses, heading about the up
 axis). Every argument is checked before the map, the model or the drive is read.
@@ -23,7 +34,7 @@ axis). Every argument is checked before the map, the model or the drive is read.
 import argparse
 from pathlib import Path
 import sys
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Sequence, Set, TYPE_CHECKING
 
 import numpy as np
 
@@ -31,20 +42,21 @@ from .build_map import add_drive_options, check_drive_args, map_convention, read
 from .common import (CliParser, end_progress, existing_dir, existing_file,
                      non_negative_int, output_dir, positive_float, positive_int,
                      progress_bar, run_main, say)
-from ..core.checkpoint import model_digest
-from ..core.database import check_identity, ReferenceMap
-from ..core.drives import Drive, frames_in_z_up, meta_convention
 from ..core.errors import MapError
-from ..core.localize_drive import localize_offline, outcome_of
-from ..core.localizer import descriptor_identity, Localizer
-from ..core.map_building import map_model_path, map_origin, resolve_map_model
-from ..core.poses import headings, to_z_up
-from ..core.report import evaluate, format_summary, write_plots, write_report
+
+if TYPE_CHECKING:   # the heavy modules (torch) load after the arguments are checked
+    from ..core.database import ReferenceMap
+    from ..core.drives import Drive
+    from ..core.fusion import CandidateTable, Fusion
+    from ..core.report import QueryOutcome
+
 
 NS = (1, 5, 10, 20)
+#: Candidates a graph-mode ~/match lists at most (localizer_node's max_candidates limit).
+MAX_LISTED = 1000
 
 
-def frame_positives(drive: Drive, ref_map: ReferenceMap, tolerance: int) -> List[Set[int]]:
+def frame_positives(drive: 'Drive', ref_map: 'ReferenceMap', tolerance: int) -> List[Set[int]]:
     """Positives by frame index: references whose drive index is within tolerance.
 
     For drives recorded in lock-step (query frame i shows the place of reference frame i),
@@ -55,18 +67,38 @@ def frame_positives(drive: Drive, ref_map: ReferenceMap, tolerance: int) -> List
             for f in drive.frames]
 
 
-def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap,
-                   checkpoint: Path):
+def match_table(msg) -> 'CandidateTable':
+    """Return the candidate table of a ~/match that lists every candidate (retrieval order).
+
+    Only what ranking needs: map indices, global distances, the authors' patch scores
+    (per-scale scores are not in the message), qualities.
+    """
+    from ..core.fusion import CandidateTable
+    cands = sorted(msg.candidates, key=lambda c: (c.global_distance, c.map_index))
+    return CandidateTable(np.array([c.map_index for c in cands], np.int64),
+                          np.array([c.global_distance for c in cands], np.float64),
+                          np.zeros((len(cands), 0)),
+                          np.array([c.quality for c in cands], np.float64),
+                          np.array([c.patch_score for c in cands], np.float64))
+
+
+def graph_outcomes(drive: 'Drive', args: argparse.Namespace, ref_map: 'ReferenceMap',
+                   checkpoint: Path, fusions: Dict[str, 'Fusion']):
     """Replay the drive through the ROS graph; one outcome per frame (no answer: a miss).
 
     The drive's camera messages go out as recorded (encoding, compression, size, stamps)
     into the graph with its default settings (:mod:`patch_netvlad_ros.ros.replay`), so
     frames the graph drops under them have no answer and count as misses in recall@N.
-    Returns the outcomes and the report's graph sections: frames published, answered,
+    ~/match lists every candidate, so the other rankers' orders (``fusions``) come from
+    the node's own scores. Returns the single-frame outcomes, the sequence filter's
+    (None when it is off) and the report's graph sections: frames published, answered,
     dropped by reason, lost before camera_batcher, each node's last /diagnostics status.
     """
+    from ..core.localize_drive import outcome_of, stage_rankings
     from ..ros.replay import replay_drive
-    params = {'max_candidates': max(NS), 'verify_map': False}
+    top_k = args.top_k or ref_map.config.top_k
+    params = {'max_candidates': min(max(max(NS), top_k), MAX_LISTED), 'verify_map': False,
+              'sequence': args.sequence != 'off', 'max_speed': args.max_speed}
     if args.top_k:
         params['top_k'] = args.top_k
     cfg = ref_map.config
@@ -74,22 +106,26 @@ def graph_outcomes(drive: Drive, args: argparse.Namespace, ref_map: ReferenceMap
                                 (cfg.image_height, cfg.image_width), args.rate,
                                 getattr(args, 'graph_processes', 'three'), params,
                                 progress=progress_bar(len(drive.frames), 'replay'))
-    ids = {r.id: i for i, r in enumerate(ref_map.references)}
-    outcomes = []
+    outcomes, filtered = [], []
     for frame, key in zip(drive.frames, keys):
         sent, got = record.published.get(key), record.matches.get(key)
         if got is None or sent is None:
             outcomes.append(outcome_of(frame, [], float('nan'), None, {}))
+            filtered.append(outcome_of(frame, [], float('nan'), None, {}))
             continue
         msg, arrived = got
-        ranked = [ids[c.reference_id] for c in msg.candidates]
-        outcomes.append(outcome_of(frame, ranked, msg.confidence, 1e3 * (arrived - sent),
-                                   {'extraction': msg.extraction_ms,
-                                    'retrieval': msg.retrieval_ms, 'rerank': msg.rerank_ms,
-                                    'node_latency': msg.latency_ms}, None,
+        latency = 1e3 * (arrived - sent)
+        stages = {'extraction': msg.extraction_ms, 'retrieval': msg.retrieval_ms,
+                  'rerank': msg.rerank_ms, 'node_latency': msg.latency_ms}
+        outcomes.append(outcome_of(frame, [c.map_index for c in msg.candidates],
+                                   msg.confidence, latency, stages, None,
                                    {'candidate': msg.candidate_bytes,
-                                    'moved': msg.moved_bytes}))
-    return outcomes, graph_sections(record, args.rate)
+                                    'moved': msg.moved_bytes},
+                                   stage_rankings(match_table(msg), fusions)))
+        filtered.append(outcome_of(frame, list(msg.sequence_ranked), msg.sequence_confidence,
+                                   latency, {**stages, 'sequence': msg.sequence_ms}))
+    return (outcomes, filtered if args.sequence != 'off' else None,
+            graph_sections(record, args.rate))
 
 
 def graph_sections(record, rate: float) -> dict:
@@ -140,10 +176,34 @@ def main(argv: Optional[list] = None) -> int:
                         help='instead of --radius: right when the reference frame index '
                         'is within this of the query frame index (lock-step drives)')
     parser.add_argument('--top-k', type=positive_int, default=None, help="default: the map's")
+    parser.add_argument('--sequence', choices=('odometry', 'time', 'off'), default='odometry',
+                        help="the sequence filter's motion model: 'odometry' (offline: the "
+                        "drive's own poses stand for the robot's odometry; graph mode: "
+                        "the replay publishes none, so time), 'time' (time between frames "
+                        "and --max-speed), 'off' (single frames only)")
+    parser.add_argument('--max-speed', type=positive_float, default=3.0,
+                        help='sequence filter without odometry: fastest motion in m/s '
+                        '(default 3)')
     parser.add_argument('--output', type=output_dir, default='out/evaluate',
                         help='folder for report.json and the plots (default out/evaluate)')
     args = parser.parse_args(argv)
     check_drive_args(parser, args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate with checked arguments (:func:`main`); returns the exit status."""
+    from ..core.checkpoint import model_digest
+    from ..core.database import check_identity, ReferenceMap
+    from ..core.drives import frames_in_z_up, meta_convention
+    from ..core.localize_drive import localize_offline, rankers, STAGE_OF
+    from ..core.localizer import descriptor_identity, Localizer
+    from ..core.map_building import (fit_summary, map_model_path, map_origin,
+                                     resolve_map_model)
+    from ..core.poses import headings, to_z_up
+    from ..core.report import (evaluate, format_summary, side_by_side, write_plots,
+                               write_report)
+    from ..core.sequence import MotionModel, SequenceLocalizer
     # every argument is valid: now the map, its model, then the drive
     ref_map = ReferenceMap.load(args.map)
     if len(ref_map) == 0:
@@ -162,36 +222,51 @@ def main(argv: Optional[list] = None) -> int:
     convention = drive.pose_convention
     say(f'{drive.name}: {drive.summary()}; {convention} poses ({drive.convention_reason}); '
         f'map {len(ref_map)} references, {args.mode} mode')
+    say(f'map {fit_summary(ref_map.meta)}')
+    motion = sequence_motion(args, convention)
     # ground truth in z-up terms: ground plane x-y, heading about +z (camera poses rotated)
     drive.frames = frames_in_z_up(drive.frames, convention)
     ref_positions, ref_quats = to_z_up(
         ref_map.positions(), [(r.qx, r.qy, r.qz, r.qw) for r in ref_map.references],
         convention)
+    matching = {'top_k': args.top_k} if args.top_k else {}
+    localizer = Localizer(ref_map, None, **matching)   # the node's settings
+    fusions = rankers(ref_map)
     extra = {}
     if args.mode == 'offline':
-        matching = {'top_k': args.top_k} if args.top_k else {}
-        localizer = Localizer(ref_map, model, **matching)
-        outcomes = localize_offline(localizer, model, drive.frames,
-                                    progress=progress_bar(len(drive.frames), 'localise'))
+        localizer.model = model
+        sequence = (None if motion is None else
+                    SequenceLocalizer(localizer, MotionModel(max_speed=args.max_speed)))
+        odometry = [f.pose for f in drive.frames] if motion == 'odometry' else None
+        result = localize_offline(localizer, model, drive.frames,
+                                  progress=progress_bar(len(drive.frames), 'localise'),
+                                  sequence=sequence, odometry=odometry, fusions=fusions)
+        outcomes, filtered = result if sequence is not None else (result, None)
     else:
         ckpt = args.checkpoint or map_model_path(args.map)
-        outcomes, extra = graph_outcomes(drive, args, ref_map, ckpt)
+        outcomes, filtered, extra = graph_outcomes(drive, args, ref_map, ckpt, fusions)
     end_progress()
     positives = (frame_positives(drive, ref_map, args.frame_tolerance)
                  if args.frame_tolerance is not None else None)
-    report = evaluate(outcomes, ref_positions, headings(ref_quats), args.radius, NS,
-                      positives)
+    truth = (ref_positions, headings(ref_quats), args.radius, NS, positives)
+    report = evaluate(outcomes, *truth)
+    seq_report = None if filtered is None else evaluate(filtered, *truth)
     report.update(mode=args.mode, map=str(args.map), drive=drive.name,
                   drive_summary=drive.summary(), model_digest=model_digest(model)[:16],
                   criterion=(f'frame tolerance {args.frame_tolerance}'
                              if positives is not None else f'radius {args.radius} m'),
                   pose_convention=convention, pose_convention_reason=drive.convention_reason,
-                  **extra)
+                  map_fit=fit_summary(ref_map.meta), sequence=seq_report,
+                  sequence_motion=motion,
+                  side_by_side=side_by_side(report, STAGE_OF[localizer.fusion.method],
+                                            seq_report), **extra)
     args.output.mkdir(parents=True, exist_ok=True)
     path = write_report(report, args.output / 'report.json')
-    plots = write_plots(report, outcomes, ref_positions, args.output,
-                        title=f'{drive.name} vs {args.map.name} ({args.mode})',
-                        convention=convention)
+    title = f'{drive.name} vs {args.map.name} ({args.mode})'
+    plots = write_plots(report, outcomes, ref_positions, args.output, title=title,
+                        convention=convention,
+                        sequence=None if filtered is None else (seq_report, filtered))
+    plots += reliability_plots(outcomes, filtered, report, seq_report, args.output, title)
     print(format_summary(report))
     if extra:
         f = extra['frames']
@@ -205,6 +280,41 @@ def main(argv: Optional[list] = None) -> int:
                 'frames in flight)')
     print(f'report: {path}; plots: {", ".join(p.name for p in plots)}')
     return 0
+
+
+def sequence_motion(args: argparse.Namespace, convention: str) -> Optional[str]:
+    """Return the sequence filter's motion model for this run: 'odometry', 'time', None."""
+    if args.sequence == 'off':
+        return None
+    if args.sequence == 'odometry' and args.mode == 'graph':
+        say('graph mode: the replay publishes no odometry; the sequence filter moves by '
+            'time and --max-speed')
+        return 'time'
+    if args.sequence == 'odometry' and convention != 'z-up':
+        say(f"{convention}-convention poses: the filter's odometry model turns about z; "
+            'it moves by time and --max-speed instead')
+        return 'time'
+    return args.sequence
+
+
+def reliability_plots(outcomes: Sequence['QueryOutcome'],
+                      filtered: Optional[Sequence['QueryOutcome']], report: dict,
+                      seq_report: Optional[dict], out_dir: Path, title: str) -> List[Path]:
+    """Reliability diagrams of the single-frame and the sequence filter's confidences."""
+    from ..core.calibration import reliability_diagram
+    written = []
+    for name, outs, rep in (('reliability.png', outcomes, report),
+                            ('reliability_sequence.png', filtered, seq_report)):
+        if outs is None:
+            continue
+        rows = [(min(max(o.confidence, 0.0), 1.0), q['correct'])
+                for o, q in zip(outs, rep['per_query']) if o.answered
+                and np.isfinite(o.confidence)]
+        if rows:
+            what = 'single frame' if rep is report else 'sequence filter'
+            written.append(reliability_diagram([c for c, _ in rows], [r for _, r in rows],
+                                               out_dir / name, title=f'{title}: {what}'))
+    return written
 
 
 if __name__ == '__main__':
