@@ -171,3 +171,16 @@ def test_launch_arguments_documented(rendered):
     section = rendered.split('## Launch arguments', 1)[1]
     documented = re.findall(r'^\| `(\w+)` \|', section, flags=re.M)
     assert documented == declared, 'docs/nodes.md launch arguments differ from the launch file'
+
+
+def test_readme_nodes_table_names_real_parameters(gen):
+    table = README.read_text().split('## Nodes', 1)[1].split('\n\n', 2)[1]
+    rows = [[c.strip() for c in line.strip('|').split('|')]
+            for line in table.splitlines()[2:] if line.startswith('| `')]
+    nodes = {m.rsplit('.', 1)[1]: m for m in gen.NODE_MODULES}
+    assert sorted(r[0].strip('`') for r in rows) == sorted(nodes)
+    for row in rows:
+        node = row[0].strip('`')
+        names = {p.name for p in importlib.import_module(nodes[node]).PARAMS}
+        for name in re.findall(r'`(\w+)`', row[3]):
+            assert name in names, f'README nodes table: {node} has no parameter {name}'
