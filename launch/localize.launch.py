@@ -5,6 +5,8 @@
     ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map
     ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map one_process:=true
     ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map odom_topic:=/odom
+    ros2 launch patch_netvlad_ros localize.launch.py map:=/path/to/map \
+        camera_topic:=/camera/image_raw
 
 Parameters come from ``params_file`` (config/localize.yaml: every parameter, documented);
 the launch arguments below override the ones they name. ``one_process:=true`` runs the
@@ -14,7 +16,11 @@ three nodes in one process (the ``localize_graph`` executable) instead of three.
 the map keeps (``<map>/model.pth.tar``) at the map's preset and image size, and
 camera_batcher resizes frames to that size. ``preset``, ``image_width`` and
 ``image_height`` may stay unset ('', 0); when set they must be the map's.
-``odom_topic`` gives localizer_node's sequence filter the robot's odometry (otherwise it
+The camera topic is ``image_raw`` in the nodes' namespace, as in image_pipeline (the
+same default as config/localize.yaml); ``camera_topic`` points it elsewhere.
+descriptor_node and localizer_node are lifecycle nodes that configure and activate
+themselves (``autostart`` in the parameters file; false hands them to a lifecycle
+manager). ``odom_topic`` gives localizer_node's sequence filter the robot's odometry (otherwise it
 moves by time and max_speed); ``sequence:=false`` answers each frame on its own.
 """
 
@@ -56,8 +62,12 @@ def generate_launch_description():
             'image_height', default_value='0',
             description="network input height in px (0: the map's; if set, the map's)"),
         DeclareLaunchArgument(
-            'camera_topic', default_value='/camera/image_raw',
-            description='camera image topic (relative names follow the namespace)'),
+            'camera_topic', default_value='image_raw',
+            description='camera image topic: relative names follow the namespace (the '
+                        "default 'image_raw', as image_pipeline's nodes); point it at a "
+                        'camera with camera_topic:=/camera/image_raw (raw and compressed), '
+                        "or remap the default, e.g. ros2 run's --ros-args -r "
+                        'image_raw:=/camera/image_raw (raw transport only)'),
         DeclareLaunchArgument(
             'transport', default_value='raw', choices=['raw', 'compressed'],
             description="'raw': sensor_msgs/Image on camera_topic; 'compressed': "

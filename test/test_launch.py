@@ -36,7 +36,7 @@ NODE_PARAMS = {name: {p.name: p for p in module.PARAMS} for name, module in NODE
 BUILTIN = {'use_sim_time'}
 #: The launch arguments the graph is documented with, and their defaults.
 ARGUMENTS = {'map': '', 'checkpoint': '', 'preset': '', 'image_width': '0',
-             'image_height': '0', 'camera_topic': '/camera/image_raw', 'transport': 'raw',
+             'image_height': '0', 'camera_topic': 'image_raw', 'transport': 'raw',
              'device': 'auto', 'precision': 'fp32', 'use_sim_time': 'false', 'namespace': '',
              'params_file': None, 'one_process': 'false', 'log_level': 'info',
              'odom_topic': '', 'sequence': 'true'}
@@ -433,6 +433,9 @@ def test_launch_overrides_through_rcl(tmp_path, source, launched, process):
         value_type, argument = _typed(value_node)
         default = source.constant(_keyword(source.arguments()[argument], 'default_value'))
         overrides[param] = _convert(default, value_type)
+    # The launch's defaults equal the file's (one camera-topic default): a camera topic
+    # given at launch shows that the launch's values win.
+    overrides['image_topic'] = '/front/image_raw'
     key = '/**' if process == GRAPH else f'/robot/{process}'
     extra = tmp_path / 'launch_params.yaml'
     extra.write_text(yaml.dump({key: {'ros__parameters': overrides}}, default_flow_style=False))
@@ -449,7 +452,7 @@ def test_launch_overrides_through_rcl(tmp_path, source, launched, process):
                         assert values[param] == value, f'{name}.{param}'
                 assert node.get_parameter('use_sim_time').value is False
                 if name == 'camera_batcher':  # the launch's value, not the file's
-                    assert values['image_topic'] == '/camera/image_raw'
+                    assert values['image_topic'] == '/front/image_raw'
             finally:
                 node.destroy_node()
     finally:
