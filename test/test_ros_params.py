@@ -236,6 +236,34 @@ def test_read_only_parameters_refuse_changes(make_node):
         assert node.get_parameter(name).value == DEFAULTS[name]
 
 
+def test_lifecycle_read_only_parameters_change_only_while_unlocked(make_node):
+    """With ``locked`` (a lifecycle node), read-only parameters change while it returns None.
+
+    Changes are validated as ever; while locked they are refused naming the state, and
+    writable parameters are unaffected.
+    """
+    node = make_node()
+    state = {'now': None}
+    values = declare(node, SPECS, locked=lambda: state['now'])
+    description = node.describe_parameter('s')
+    assert not description.read_only
+    assert description.description == 'a string (set while the node is unconfigured)'
+    assert node.describe_parameter('w').description.endswith('(one of: x, y)')
+
+    [result] = node.set_parameters([Parameter('s', value='other')])
+    assert result.successful and values['s'] == 'other'
+    [result] = node.set_parameters([Parameter('c', value='z')])
+    assert not result.successful and "'a', 'b'" in result.reason and values['c'] == 'a'
+
+    state['now'] = 'active'
+    [result] = node.set_parameters([Parameter('s', value='third')])
+    assert not result.successful
+    assert result.reason.startswith("parameter 's' is read-only while the node is active")
+    assert values['s'] == 'other' and node.get_parameter('s').value == 'other'
+    [result] = node.set_parameters([Parameter('w', value='y')])
+    assert result.successful and values['w'] == 'y'
+
+
 def test_validate_directly():
     """Param.validate applies choices, bounds and the check function."""
     Param('x', 2, 'd', low=1, high=3).validate(3)

@@ -6,6 +6,9 @@ Each node lists :class:`Param` specs; :func:`declare` declares them all (descrip
 ranges, allowed values, read-only where a change needs a restart) and returns the values
 as a plain dict, or raises :class:`ParameterError` naming the parameter, the value and
 what is allowed. Nodes read the dict; they never query parameters inside callbacks.
+For a lifecycle node, "a restart" is cleanup and configure again: given ``locked``, the
+read-only parameters may change while ``locked()`` returns None (the node unconfigured),
+and are refused with its reason otherwise.
 """
 
 from dataclasses import dataclass
@@ -38,12 +41,19 @@ class Param:
     read_only: bool = True
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error or None
 
-    def descriptor(self) -> ParameterDescriptor:
-        """Build the rcl descriptor advertised to `ros2 param describe`."""
+    def descriptor(self, lifecycle: bool = False) -> ParameterDescriptor:
+        """Build the rcl descriptor advertised to `ros2 param describe`.
+
+        lifecycle: a read-only parameter of a lifecycle node is writable while the node is
+        unconfigured (:func:`declare`'s ``locked`` enforces that), and says so.
+        """
         text = self.description
         if self.choices is not None:
             text += f' (one of: {", ".join(map(str, self.choices))})'
-        desc = ParameterDescriptor(description=text, read_only=self.read_only)
+        if lifecycle and self.read_only:
+            text += ' (set while the node is unconfigured)'
+        desc = ParameterDescriptor(description=text,
+                                   read_only=self.read_only and not lifecycle)
         if self.low is not None or self.high is not None:
             if isinstance(self.default, bool):
                 pass
@@ -91,12 +101,12 @@ def _as_float(value: Any) -> Any:
     return None
 
 
-def _declare_one(node: Node, spec: Param) -> Parameter:
+def _declare_one(node: Node, spec: Param, lifecycle: bool = False) -> Parameter:
     """Declare one parameter with its override (public rclpy API only)."""
     # An empty list has no element type; declare it as a double array explicitly.
     default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
     try:
-        return node.declare_parameter(spec.name, default, spec.descriptor())
+        return node.declare_parameter(spec.name, default, spec.descriptor(lifecycle))
     except InvalidParameterTypeException:
         if not _is_float_spec(spec):
             raise
@@ -109,19 +119,23 @@ def _declare_one(node: Node, spec: Param) -> Parameter:
         node.undeclare_parameter(spec.name)
         if given is None:
             raise
-        return node.declare_parameter(spec.name, given, spec.descriptor(),
+        return node.declare_parameter(spec.name, given, spec.descriptor(lifecycle),
                                       ignore_override=True)
 
 
-def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
+def declare(node: Node, specs: Sequence[Param],
+            locked: Optional[Callable[[], Optional[str]]] = None) -> Dict[str, Any]:
     """Declare ``specs`` on ``node`` and return the validated values by name.
 
     The dict stays live: accepted run-time changes of writable parameters update it.
+    locked (lifecycle nodes): returns None while the read-only parameters may change
+    (the node unconfigured), else the reason they may not; None: read-only for good.
     """
     values = {}
+    lifecycle = locked is not None
     for spec in specs:
         try:
-            param = _declare_one(node, spec)
+            param = _declare_one(node, spec, lifecycle)
         except Exception as exc:  # rclpy raises several types for a wrong type or range
             raise ParameterError(f"parameter '{spec.name}': {exc}") from None
         value = param.value if param.value is not None else spec.default
@@ -134,9 +148,16 @@ def declare(node: Node, specs: Sequence[Param]) -> Dict[str, Any]:
     by_name = {s.name: s for s in specs}
 
     def on_set(params: Sequence[Parameter]) -> SetParametersResult:
-        # Run-time changes are validated like start-up values; read-only ones never get here.
+        # Run-time changes are validated like start-up values; read-only ones never get here
+        # (a lifecycle node's get here, and pass only while it is unconfigured).
+        reason = locked() if locked is not None else None
         for p in params:
             if p.name in by_name:
+                if reason and by_name[p.name].read_only:
+                    return SetParametersResult(
+                        successful=False, reason=f"parameter '{p.name}' is read-only while "
+                        f'the node is {reason}: deactivate and clean it up, set it, then '
+                        'configure again')
                 try:
                     by_name[p.name].validate(p.value)
                 except ParameterError as exc:
