@@ -68,6 +68,37 @@ def test_slerp_takes_the_short_way():
     assert abs(yaw_of(mid)) == pytest.approx(math.pi, abs=1e-12)
 
 
+def test_slerp_about_a_tilted_axis_and_between_two_axes():
+    """Slerp in 3-D: a turn about one axis at constant rate; between two axes, the arc."""
+    u = np.array([1.0, 2.0, 2.0]) / 3.0  # a unit axis off every coordinate axis
+
+    def about_u(deg):
+        half = math.radians(deg) / 2.0
+        return (*(u * math.sin(half)), math.cos(half))
+
+    traj = Trajectory([PoseSample(10.0, 0, 0, 0, *about_u(20.0)),
+                       PoseSample(12.0, 0, 0, 0, *about_u(100.0))])
+    for stamp, deg in ((10.5, 40.0), (11.0, 60.0), (11.9, 96.0)):
+        got = traj.interpolate(stamp, max_gap=2.0)
+        assert (got.qx, got.qy, got.qz, got.qw) == pytest.approx(about_u(deg), abs=1e-12)
+    # 90 deg about x to 90 deg about y: the quaternions are 60 deg apart (dot 1/2), so the
+    # midpoint is their normalised sum (1, 1, 0, 2) / sqrt(6) and a third of the way is
+    # (sin 40 q0 + sin 20 q1) / sin 60.
+    q0, q1 = np.array([S45, 0.0, 0.0, S45]), np.array([0.0, S45, 0.0, S45])
+    traj = Trajectory([PoseSample(0.0, 0, 0, 0, *q0), PoseSample(3.0, 0, 0, 0, *q1)])
+    mid = traj.interpolate(1.5, max_gap=3.0)
+    expected = np.array([1.0, 1.0, 0.0, 2.0]) / math.sqrt(6)
+    assert components(mid)[3:] == pytest.approx(expected, abs=1e-12)
+    third = traj.interpolate(1.0, max_gap=3.0)
+    sin = [math.sin(math.radians(d)) for d in (40.0, 20.0, 60.0)]
+    expected = (sin[0] * q0 + sin[1] * q1) / sin[2]
+    assert components(third)[3:] == pytest.approx(expected, abs=1e-12)
+    # the same with q1 given as -q1 (the same rotation): the same short arc, same signs
+    traj = Trajectory([PoseSample(0.0, 0, 0, 0, *q0), PoseSample(3.0, 0, 0, 0, *-q1)])
+    flipped = traj.interpolate(1.5, max_gap=3.0)
+    assert components(flipped) == pytest.approx(components(mid), abs=1e-12)
+
+
 def test_exact_stamp_returns_the_sample():
     samples = [yawed(0.0, 0, 0, 0, 0), yawed(1.0, 1, 2, 3, 30), yawed(2.0, 4, 5, 6, 60)]
     traj = Trajectory(samples)
@@ -388,6 +419,34 @@ def test_camera_poses_to_z_up_by_hand():
     assert (up.stamp, up.x, up.y, up.z) == pytest.approx((7.0, 3.0, -1.0, -2.0))
     with pytest.raises(MapError, match="unknown pose convention 'ned'"):
         to_z_up([[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 1.0]], 'ned')
+
+
+def test_to_z_up_keeps_norm_and_sign():
+    """C R C^T by hand: the vector part renamed (x = z_cam, y = -x_cam, z = -y_cam)."""
+    s, c = math.sin(math.radians(35)), math.cos(math.radians(35))
+    cam = np.array([[0.6, 0.0, 0.8, 0.0],              # 180 deg about (0.6, 0, 0.8)
+                    [-s, 0.0, 0.0, -c],                # w < 0: the sign is kept
+                    [0.0, 0.0, 2 * s, 2 * c],          # norm 2: kept
+                    [0.0, 0.0, 0.0, 0.0]])             # zero: stays zero
+    _, q = to_z_up(np.zeros((4, 3)), cam, 'camera')
+    np.testing.assert_allclose(q[:3], [[0.8, -0.6, 0.0, 0.0], [0.0, s, 0.0, -c],
+                                       [2 * s, 0.0, 0.0, 2 * c]], atol=1e-15)
+    np.testing.assert_array_equal(q[3], [0.0, 0.0, 0.0, 0.0])
+
+
+def test_rotation_matrices_by_hand():
+    """Quaternion to matrix: 90 deg about x, 120 deg about (1, 1, 1), any norm; zero: NaN."""
+    from patch_netvlad_ros.core.poses import _rotations
+    third = math.sqrt(1.0 / 3.0)
+    rot = _rotations(np.array([[S45, 0.0, 0.0, S45],
+                               [0.5, 0.5, 0.5, 0.5],        # cycles the axes x -> y -> z
+                               [0.0, 0.0, 0.0, 4.0],
+                               [0.0, 0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(rot[0], [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-15)
+    np.testing.assert_allclose(rot[1], [[0, 0, 1], [1, 0, 0], [0, 1, 0]], atol=1e-15)
+    np.testing.assert_allclose(rot[1] @ ([third] * 3), [third] * 3, atol=1e-15)  # the axis
+    np.testing.assert_array_equal(rot[2], np.eye(3))
+    assert np.isnan(rot[3]).all()
 
 
 def test_kitti_trajectory_in_both_conventions():
