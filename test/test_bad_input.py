@@ -135,3 +135,30 @@ def kitti_image():
     from pose_data import KITTI_IMAGES
     from patch_netvlad_ros.core.image import load_image
     return cv2.resize(load_image(KITTI_IMAGES / '0000000000.jpg'), (310, 94))
+
+
+@pytest.mark.parametrize('hold_images', [True, False])
+def test_a_too_small_image_in_a_drive_is_counted_invalid_not_a_changed_source(
+        tmp_path, corridor_images, hold_images):
+    """An 8x8 frame among real ones: counted invalid (named) at the first read, whether the
+    drive holds its images or reads them again; the others are kept and read again whole."""
+    import csv
+
+    import cv2
+
+    from patch_netvlad_ros.core.drives import read_folder_drive
+    images = list(corridor_images[0][:3]) + [np.zeros((8, 8, 3), np.uint8)]
+    with open(tmp_path / 'poses.csv', 'w', newline='') as handle:
+        writer = csv.writer(handle)
+        writer.writerow(['image', 'stamp', 'x', 'y'])
+        for i, rgb in enumerate(images):
+            cv2.imwrite(str(tmp_path / f'{i}.png'), rgb[:, :, ::-1])
+            writer.writerow([f'{i}.png', i, i, 0])
+    errors = []
+    drive = read_folder_drive(tmp_path, tmp_path / 'poses.csv', (240, 320),
+                              hold_images=hold_images,
+                              on_error=lambda i, m: errors.append((i, m)))
+    assert drive.summary()['invalid'] == 1 and len(drive.frames) == 3
+    assert errors == [(3, '3.png: image 8x8 is too small: at least 16 px per side are needed')]
+    read = list(drive.frame_images())
+    assert [im.shape for im in read] == [(240, 320, 3)] * 3

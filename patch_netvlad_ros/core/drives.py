@@ -33,7 +33,7 @@ import numpy as np
 
 from .bags import BagFix, read_images, read_poses
 from .errors import ImageError, MapError
-from .image import load_image, resize_rgb
+from .image import check_image, load_image, resize_rgb
 from .poses import (check_convention, detect_convention, navsat_trajectory, PoseSample,
                     sample_to_z_up, select_keyframes, Trajectory, Z_UP)
 
@@ -188,12 +188,17 @@ def check_reading_options(max_gap: float, rule: KeyframeRule, pose_convention: s
 def _collect(drive: Drive, items: Iterator[Tuple[int, float, str, str, np.ndarray]],
              trajectory: Trajectory, size: Tuple[int, int], rule: KeyframeRule,
              max_gap: float, progress: Optional[Callable[[int], None]],
-             hold_images: bool) -> Drive:
+             hold_images: bool, invalid: Callable[[int, str], None]) -> Drive:
     last: Optional[PoseSample] = None   # z-up, for the keyframe rule
     for index, stamp, frame_id, source, rgb in items:
         drive.images += 1
         if progress is not None:
             progress(1)
+        try:   # here, not at the second read of a drive that holds no images
+            check_image(rgb)
+        except ImageError as exc:
+            invalid(index, f'{source}: {exc}')
+            continue
         pose = trajectory.interpolate(stamp, max_gap)
         if pose is None:
             drive.no_pose += 1
@@ -244,7 +249,8 @@ def read_bag_drive(path: PathLike, image_topic: str, pose_topic: str,
     drive.raw_source = (str(path), image_topic)
     items = ((im.index, im.stamp, im.frame_id, f'{name}:{image_topic}#{im.index}', im.rgb)
              for im in read_images(path, image_topic, skip_invalid=True, on_error=invalid))
-    return _collect(drive, items, trajectory, size, rule, max_gap, progress, hold_images)
+    return _collect(drive, items, trajectory, size, rule, max_gap, progress, hold_images,
+                    invalid)
 
 
 POSES_COLUMNS = ('image', 'stamp', 'x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
@@ -290,15 +296,18 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
     drive = Drive(folder.name)
     resolve_convention(drive, trajectory, pose_convention)
 
+    def invalid(index: int, message: str) -> None:
+        drive.invalid += 1
+        if on_error is not None:
+            on_error(index, message)
+
     def items():
         for index, i in enumerate(order):
             name = rows[i]['image']
             try:
                 rgb = load_image(folder / name)
             except ImageError as exc:
-                drive.invalid += 1
-                if on_error is not None:
-                    on_error(index, str(exc))
+                invalid(index, str(exc))
                 continue
             yield index, samples[i].stamp, 'camera', name, rgb
 
@@ -311,7 +320,8 @@ def read_folder_drive(folder: PathLike, poses_file: PathLike, size: Tuple[int, i
 
     drive.reread = reread
     drive.raw_source = (str(folder), '')
-    return _collect(drive, items(), trajectory, size, rule, 0.0, progress, hold_images)
+    return _collect(drive, items(), trajectory, size, rule, 0.0, progress, hold_images,
+                    invalid)
 
 
 def frames_in_z_up(frames: Sequence[DriveFrame], convention: str) -> List[DriveFrame]:
