@@ -21,7 +21,9 @@ loop      the RTAB-Map loop sample (``--loop``, default test/data/rtabmap_loop):
           queried with frames 41-84 against gt_loops.csv: recall@1, and recall at 100%
           precision (the most revisits accepted, by confidence, before the first wrong
           one), single frame against the sequence filter (time only: frame order).
-Prints a table and writes JSON (default out/bench_accuracy/bench_accuracy.json) with
+Both maps are fitted as pnv-build-map fits them: self-queries plus simulated second
+visits of their references' images (``--self-queries-only``: without, as ``pnv-map fit``
+does). Prints a table and writes JSON (default out/bench_accuracy/bench_accuracy.json) with
 reliability diagrams beside it.
 """
 
@@ -188,8 +190,16 @@ def corridor_part(args, log) -> Dict:
         build_map(drive, map_dir, config, log=log)
     ref_map = ReferenceMap.load(map_dir)
     model = resolve_map_model(map_dir, ref_map.config)
+    images = None
+    if not args.self_queries_only:
+        reference = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+        if len(reference.frames) == len(ref_map):
+            images = [f.rgb for f in reference.frames]
+        else:
+            log(f'{map_dir} is not a map of {DRIVES / "reference"} alone: self-queries only')
     start = time.perf_counter()
-    fitted = fit_map(ref_map, place_radius=args.place_radius)
+    fitted = fit_map(ref_map, place_radius=args.place_radius, images=images,
+                     model=model if images else None)
     fit_s = time.perf_counter() - start
     log(f'fitted {map_dir} on itself in {fit_s:.1f} s: w_g '
         f"{fitted['fusion']['global_weight']}")
@@ -221,7 +231,8 @@ def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     truth = read_loop_truth(folder / 'gt_loops.csv')
     paths = sorted((folder / 'images').glob('*.jpg'), key=lambda p: int(p.stem))
     h, w = model.config.image_height, model.config.image_width
-    descriptors = describe(model, [resize_rgb(load_image(p), h, w) for p in paths])
+    images = [resize_rgb(load_image(p), h, w) for p in paths]
+    descriptors = describe(model, images)
     n = LOOP_MAP_FRAMES
     refs = [Reference(id=paths[i].name, source=str(paths[i]), stamp=float(i), x=float(i))
             for i in range(n)]
@@ -229,13 +240,15 @@ def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
         refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
         [np.stack([d[1][s].numpy() for d in descriptors[:n]])
          for s in range(len(model.config.patch_sizes))])
-    fitted = fit_map(ref_map, place_radius=LOOP_RADIUS)
+    visits = None if args.self_queries_only else images[:n]
+    fitted = fit_map(ref_map, place_radius=LOOP_RADIUS, images=visits,
+                     model=model if visits else None)
     queries = [i for i in range(n, len(paths)) if i in truth]
     positives = [{j for j in truth[i] if j < n} for i in queries]
     tables, _ = tables_of(Localizer(ref_map, None), [descriptors[i] for i in queries])
     result = single_and_sequence(ref_map, tables, positives, [float(i) for i in queries],
                                  None, args.output, 'loop')
-    result['fit'] = {k: fitted[k] for k in ('levels', 'fusion_level', 'fusion')}
+    result['fit'] = {k: fitted[k] for k in ('levels', 'fusion_level', 'fusion', 'calibration')}
     result['queries'] = len(queries)
     return result
 
@@ -272,7 +285,8 @@ def print_table(result: Dict) -> None:
         if not res:
             continue
         print(f'\n{part}: fusion w_g {res["fit"]["fusion"]["global_weight"]}, '
-              f'temperature {res["fit"]["fusion"]["temperature"]}')
+              f'temperature {res["fit"]["fusion"]["temperature"]}; calibrated on '
+              f'{res["fit"]["calibration"]["fitted_on"]["description"]}')
         print(f'{"":22s} {"R@1":>6s} {"R@5":>6s} {"AUC":>6s} {"ECE":>6s} {"R@100%P":>8s}')
         for label, key in rows:
             if key in res:
@@ -307,6 +321,9 @@ def main(argv: Optional[list] = None) -> int:
                         help='RTAB-Map loop folder (images/, gt_loops.csv)')
     parser.add_argument('--unknown', type=Path, default=DEFAULT_UNKNOWN,
                         help='folder of images of places not in the map (plus blank, noise)')
+    parser.add_argument('--self-queries-only', action='store_true',
+                        help='fit the calibrations without simulated second visits (as '
+                        '`pnv-map fit` does: it has no images)')
     parser.add_argument('--output', type=output_dir, default=Path('out/bench_accuracy'))
     args = parser.parse_args(argv)
     torch.manual_seed(0)

@@ -15,9 +15,10 @@ fit (built with ``fit=False``, too small to fit, or by an older version) keeps t
 authors' order and the heuristic confidence; :func:`refit_map` fits it in place.
 """
 
+import dataclasses
 from pathlib import Path
 import shutil
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from .drives import Drive, Origin
 from .errors import MapError
 from .extraction import describe_batches
 from .localizer import DEFAULT_PLACE_RADIUS, fitted_parameters, META_KEY
-from .map_fit import fit_map, MAX_QUERIES
+from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, sample_queries
 from .map_manifest import descriptor_files, MODEL_FILE
 from .model import PatchNetVLAD
 from .retrieval import index_kind_of
@@ -84,8 +85,11 @@ def fit_summary(meta: Dict[str, Any]) -> str:
         text += (f"; self-query R@1 global {r1['recall_at_1_global']:.3f}, patches "
                  f"{r1['recall_at_1_patches']:.3f}, fused {r1['recall_at_1']:.3f}")
     if cal:
-        text += (f"; calibrated confidence ({', '.join(cal['features'])}), threshold "
-                 f"{cal['threshold']:g}")
+        source = cal.get('fitted_on', {}).get('description', 'self-queries')
+        if 'second visits' not in source:
+            source += ' only (no images: no simulated second visits)'
+        text += (f"; calibrated confidence ({', '.join(cal['features'])}) on {source}, "
+                 f"threshold {cal['threshold']:g}")
     return text
 
 
@@ -103,18 +107,25 @@ def _written_map(writer: MapWriter, references: Sequence[Reference],
 
 def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dict[str, Any],
                    place_radius: float, fit_queries: int, log: Callable[[str], None],
-                   progress: Optional[Callable[[int], None]]) -> Tuple[Dict[str, Any], Any]:
+                   progress: Optional[Callable[[int], None]],
+                   images: Optional[Mapping[int, np.ndarray]] = None,
+                   model: Optional[PatchNetVLAD] = None) -> Tuple[Dict[str, Any], Any]:
     """Fit the written rows on themselves; return the meta to commit and the index built.
 
+    images, model: map index -> image of references to simulate second visits of, and
+    the map's model (:func:`.map_fit.fit_map`); None: self-queries alone.
     A map that cannot be fitted (too few references, none near another) is committed
     without a fit, with a warning: it works as an unfitted map does.
     """
     meta = {k: v for k, v in meta.items() if k != META_KEY}
     view = _written_map(writer, references, meta)
     log(f'fitting the fusion and confidence on the map itself (self-queries of up to '
-        f'{min(fit_queries, len(references))} references, place radius {place_radius:g} m)')
+        f'{min(fit_queries, len(references))} references, place radius {place_radius:g} m'
+        + (f', and simulated second visits of {len(images)}' if images else
+           ', no images: no simulated second visits') + ')')
     try:
-        fitted = fit_map(view, place_radius, max_queries=fit_queries, progress=progress)
+        fitted = fit_map(view, place_radius, max_queries=fit_queries, progress=progress,
+                         images=images or None, model=model if images else None)
     except MapError as exc:
         log(f"warning: the map was not fitted ({exc}); it keeps the authors' order and the "
             'heuristic confidence')
@@ -191,8 +202,13 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
         save_checkpoint(model, writer.folder / MODEL_FILE)   # renamed in with the map
         index = None
         if fit:
+            # the second visits' images: a sample of this drive's keyframes (read again
+            # where the drive does not hold them), by map index
+            picked = sample_queries(len(refs), MAX_SECOND_VISITS, seed)
+            sample = dataclasses.replace(drive, frames=[drive.frames[k] for k in picked])
+            images = dict(zip((len(old_refs) + picked).tolist(), sample.frame_images()))
             meta, index = _fit_in_writer(writer, old_refs + refs, meta, place_radius,
-                                         fit_queries, log, fit_progress)
+                                         fit_queries, log, fit_progress, images, model)
         elif META_KEY in meta:
             del meta[META_KEY]
             log(f'warning: the old fit of {output} was dropped (it was for the map before '
