@@ -39,6 +39,7 @@ SCREENS = [
 ]
 
 
+@pytest.mark.hardware  # every screen needs a CPU feature (AVX2 + F16C, bf16, AMX)
 @pytest.mark.parametrize('make_screen', SCREENS)
 def test_candidates_are_read_in_place_by_index(rng, tmp_path, make_screen):
     # a float16 memory map read by index (unsorted, repeated, negative) without a gather,

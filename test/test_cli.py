@@ -249,6 +249,7 @@ def test_bench_case_that_dies_is_reported_not_waited_for():
         bench.run_case('nope', 'ours', 'speed', 1, 1)
 
 
+@pytest.mark.hardware
 def test_bench_amx_peak_case_runs_in_a_fresh_process():
     # the worker never asked for the tile state itself: the helper must (else SIGILL)
     from patch_netvlad_ros.core import native

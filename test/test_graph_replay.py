@@ -35,6 +35,8 @@ from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.ros.graph_processes import format_param, rss_kib
 from patch_netvlad_ros.ros.replay import recorded_frames, replay_drive
 
+pytestmark = pytest.mark.ros
+
 SIZE = (CORRIDOR_SIZE['image_height'], CORRIDOR_SIZE['image_width'])
 STAMP0 = 1_700_000_000.0
 #: Corridor queries in the bags: every 9th (12 frames), 0.5 s apart (a 2 Hz camera).

@@ -13,9 +13,9 @@ import torch
 from conftest import brute_force_mnn, run_without_native, unit
 from patch_netvlad_ros.core import int_screen, matching, native
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.hardware, pytest.mark.skipif(
     not int_screen.available(),
-    reason=f'integer screen not built here: {native.unavailable_reason("int_mnn")}')
+    reason=f'integer screen not built here: {native.unavailable_reason("int_mnn")}')]
 
 
 @pytest.mark.parametrize('bits', [8, 16])

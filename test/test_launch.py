@@ -24,6 +24,8 @@ import yaml
 from patch_netvlad_ros.nodes import camera_batcher, descriptor_node, graph, localizer_node
 from patch_netvlad_ros.ros.params import declare
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / 'launch' / 'localize.launch.py'
 PARAMS_FILE = ROOT / 'config' / 'localize.yaml'

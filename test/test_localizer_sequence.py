@@ -45,6 +45,8 @@ from patch_netvlad_ros.ros.conversions import (descriptors_to_msg, msg_to_descri
                                                rgb_to_image, seconds)
 from patch_netvlad_ros.ros.params import ParameterError
 
+pytestmark = pytest.mark.ros
+
 STAMP0 = 1_700_000_000
 #: A contiguous stretch of the corridor queries, at the drive's 2 Hz.
 FRAMES = list(range(20, 80))

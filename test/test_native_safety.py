@@ -61,6 +61,7 @@ MATCHERS = {
     'bf16': lambda q: screened_mnn.ScreenedQuery(q, fused=False).match,
     'amx': lambda q: screened_mnn.ScreenedQuery(q, fused=True).match,
 }
+_HW = pytest.mark.hardware
 _INT = pytest.mark.skipif(not int_screen.available(), reason='integer screen not built here: '
                           f'{native.unavailable_reason("int_mnn")}')
 _BF16 = pytest.mark.skipif(not screened_mnn.available(),
@@ -68,9 +69,10 @@ _BF16 = pytest.mark.skipif(not screened_mnn.available(),
                                   'cannot run')
 _AMX = pytest.mark.skipif(not _has_amx(), reason='no AMX tiles here: the fused screen '
                                                  'cannot run')
-MATCHER_PARAMS = [pytest.param('float32'), pytest.param('int8', marks=_INT),
-                  pytest.param('int16', marks=_INT), pytest.param('bf16', marks=_BF16),
-                  pytest.param('amx', marks=_AMX)]
+MATCHER_PARAMS = [pytest.param('float32'), pytest.param('int8', marks=[_HW, _INT]),
+                  pytest.param('int16', marks=[_HW, _INT]),
+                  pytest.param('bf16', marks=[_HW, _BF16]),
+                  pytest.param('amx', marks=[_HW, _AMX])]
 
 
 def _match(name: str, query: np.ndarray, store: np.ndarray, indices=None) -> np.ndarray:
@@ -178,6 +180,7 @@ def test_unaligned_stores_are_gathered_not_read_in_place(rng):
                                       brute_force_usable(q, db.astype(np.float16)))
 
 
+@_HW
 @_AMX
 def test_fused_screen_ignores_whole_padding_blocks(rng):
     # Pq = 20 pads to 64 columns: the last 32-column block lies wholly past Pq. Its mask
@@ -248,8 +251,8 @@ def _poison(corridor_map, indices, kind):
     return poisoned
 
 
-RERANK_METHODS = [pytest.param('float32'), pytest.param('integer', marks=_INT),
-                  pytest.param('screened', marks=_BF16)]
+RERANK_METHODS = [pytest.param('float32'), pytest.param('integer', marks=[_HW, _INT]),
+                  pytest.param('screened', marks=[_HW, _BF16])]
 
 
 @pytest.mark.parametrize('method', RERANK_METHODS)

@@ -53,6 +53,8 @@ from patch_netvlad_ros.ros.conversions import rgb_to_image
 from patch_netvlad_ros.ros.params import ParameterError
 from patch_netvlad_ros.ros.qos import pipeline_qos
 
+pytestmark = pytest.mark.ros
+
 #: References in the test map (the first corridor references): a map in seconds.
 MAP_REFERENCES = 12
 #: Seconds from the signal to the executable's last log line ('stopped': nodes destroyed,

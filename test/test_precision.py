@@ -27,6 +27,7 @@ def _cat(batches):
             [torch.cat([b.patches[s] for b in batches]) for s in range(len(batches[0].patches))])
 
 
+@pytest.mark.hardware
 @pytest.mark.skipif(not bf16_is_fast(), reason='no bf16 units on this CPU: torch emulates bf16 '
                     'convolutions at about 1/10 of the float32 speed (9 s an image here)')
 def test_bf16_descriptors_stay_close_and_global_recall_is_unchanged(

@@ -19,8 +19,8 @@ from patch_netvlad_ros.core.localizer import Localizer
 from patch_netvlad_ros.core.resident_patches import (capacity_for, plan_capacity,
                                                      reference_bytes, ResidentPatches)
 
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason='no CUDA device on this machine'))]
+DEVICES = ['cpu', pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='no CUDA device on this machine')])]
 SHAPES = ((6, 8), (4, 8))                   # two scales: [P_s, Dp]
 PER_REF = 2 * (6 * 8 + 4 * 8)               # float16 bytes of one reference
 
@@ -189,6 +189,7 @@ def test_localizer_with_a_device_cache_answers_as_reading_in_place(
         Localizer(corridor_map, corridor_model, top_k=20, device='cpu', cache_references=19)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')
 def test_localizer_on_the_gpu_keeps_the_map_resident(corridor_map, corridor_model,
                                                      corridor_query_descriptors):

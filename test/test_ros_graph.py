@@ -45,6 +45,8 @@ from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
 from patch_netvlad_ros.ros.diagnostics import DiagnosticsCollector
 from patch_netvlad_ros.ros.params import ParameterError
 
+pytestmark = pytest.mark.ros
+
 SIZE = [Parameter('image_width', value=CORRIDOR_SIZE['image_width']),
         Parameter('image_height', value=CORRIDOR_SIZE['image_height'])]
 #: Queries sent through the graph: every 7th corridor query (16 frames).

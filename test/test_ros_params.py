@@ -14,6 +14,8 @@ from rclpy.parameter import Parameter
 from patch_netvlad_ros.nodes import camera_batcher, descriptor_node, localizer_node
 from patch_netvlad_ros.ros.params import declare, Param, ParameterError
 
+pytestmark = pytest.mark.ros
+
 
 def _even(value):
     return None if value % 2 == 0 else 'must be even'

@@ -22,10 +22,11 @@ needs_screen = pytest.mark.skipif(
     reason=f'no bf16 CPU units or C helper here ({native.unavailable_reason() or "no bf16"})')
 
 #: both screens: oneDNN's bf16 GEMM + the C pass, and the fused AMX kernel where it runs
-PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    not (screened_mnn.available() and native.amx()), reason='no AMX tiles here'))]
+PATHS = [False, pytest.param(True, marks=[pytest.mark.hardware, pytest.mark.skipif(
+    not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')])]
 
 
+@pytest.mark.hardware
 @needs_screen
 @pytest.mark.parametrize('fused', PATHS)
 @pytest.mark.parametrize('dtype', [np.float16, np.float32])
@@ -46,6 +47,7 @@ def test_near_ties_below_bf16_resolution_are_resolved_exactly(rng, dtype, fused)
     assert screened.fallbacks == 0
 
 
+@pytest.mark.hardware
 @needs_screen
 def test_tail_sizes_and_single_candidate(rng):
     # sizes that are not multiples of the 16-lane vectors, and one candidate per block
@@ -57,6 +59,7 @@ def test_tail_sizes_and_single_candidate(rng):
             brute_force_mnn(q, db.astype(np.float32)))
 
 
+@pytest.mark.hardware
 @needs_screen
 @pytest.mark.parametrize('fused', [False, True])
 def test_fused_kernel_handles_partial_tiles(rng, fused):
@@ -75,6 +78,7 @@ def test_fused_kernel_handles_partial_tiles(rng, fused):
     assert screened.match(np.zeros((3, 0, d), np.float16)).shape == (3, 0)   # no patches
 
 
+@pytest.mark.hardware
 @needs_screen
 @pytest.mark.parametrize('fused', PATHS)
 def test_negative_similarities_and_zero_thresholds(rng, fused):
@@ -99,6 +103,7 @@ def test_negative_similarities_and_zero_thresholds(rng, fused):
     assert screened.fallbacks == 0
 
 
+@pytest.mark.hardware
 @pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
 def test_amx_peak_counts_the_tile_products_of_every_thread():
     # pnv-bench's `amx` peak row: 2 x 2 tile products of 16 x 16 x 32 per round and thread,
@@ -107,6 +112,7 @@ def test_amx_peak_counts_the_tile_products_of_every_thread():
     assert flops == 2 * 4 * 16 * 16 * 32 * 1000 * torch.get_num_threads()
 
 
+@pytest.mark.hardware
 @pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
 def test_fused_kernel_and_onednn_share_the_tile_unit(rng):
     # the kernel configures and releases the tiles on torch's own OpenMP threads, where
@@ -124,6 +130,7 @@ def test_fused_kernel_and_onednn_share_the_tile_unit(rng):
         torch.testing.assert_close(got, exact, rtol=0.02, atol=0.5)
 
 
+@pytest.mark.hardware
 @needs_screen
 def test_fused_kernel_refuses_dimensions_it_cannot_tile():
     q = torch.from_numpy(unit(np.ones((4, 40))))
@@ -133,6 +140,7 @@ def test_fused_kernel_refuses_dimensions_it_cannot_tile():
     assert not screened_mnn.fused_ok(2048)       # oneDNN's blocked GEMM is faster there
 
 
+@pytest.mark.hardware
 @needs_screen
 @pytest.mark.parametrize('fused', PATHS)
 def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
@@ -156,6 +164,7 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
     assert refined / rows < 0.5        # the screen decides most of them
 
 
+@pytest.mark.hardware
 @needs_screen
 @pytest.mark.parametrize('fused', PATHS)
 def test_nearly_parallel_descriptors_fall_back_to_float32(rng, fused):

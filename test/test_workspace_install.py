@@ -32,6 +32,8 @@ from patch_netvlad_ros.core.image import load_image, to_tensor
 from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.core.native import variants
 
+pytestmark = [pytest.mark.slow, pytest.mark.ros]
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
 NODES = ('camera_batcher', 'descriptor_node', 'localizer_node', 'localize_graph')
