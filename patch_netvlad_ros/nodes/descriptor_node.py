@@ -9,6 +9,12 @@ bootstrapped from the shipped corridor references (a demo and test convenience).
 none of them it refuses to start. It runs each batch through the model in one pass,
 publishes each frame's descriptors with that frame's header and the model identity, then
 acknowledges the batch on ``image_batch_ack`` so camera_batcher sends the next one.
+
+A lifecycle node (:mod:`..ros.lifecycle`): configure loads the model (a bad parameter or
+a missing model: FAILURE with the reason, parameters may be fixed and configure tried
+again), activate serves, deactivate stops (batches are neither described nor
+acknowledged), cleanup frees the model. ``autostart`` (default) does configure and
+activate at start-up.
 """
 
 import sys
@@ -19,7 +25,6 @@ from typing import List, Optional
 import numpy as np
 from patch_netvlad_ros_interfaces.msg import ImageBatch, PlaceDescriptors
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from std_msgs.msg import UInt64
 import torch
 
@@ -35,7 +40,8 @@ from ..core.models import load_map_model, resolve_model
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
 from ..ros.diagnostics import DiagnosticsPublisher
-from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
+from ..ros.lifecycle import AUTOSTART, ManagedNode
+from ..ros.params import DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -70,16 +76,24 @@ PARAMS = [
           choices=('message', 'shared')),
     Param('seed', 0, 'seed of the bootstrapped corridor model (bootstrap_corridor_model)',
           low=0, high=2 ** 31 - 1),
+    AUTOSTART,
 ]
 
 
-class DescriptorNode(Node):
+class DescriptorNode(ManagedNode):
     """See the module docstring."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__('descriptor_node', **kwargs)
-        p = declare(self, PARAMS)
-        self.params = p
+        super().__init__('descriptor_node', PARAMS, **kwargs)
+        self.model = None
+        self._own_publishers: list = []
+        self._own_subscriptions: list = []
+        self.diagnostics: Optional[DiagnosticsPublisher] = None
+        self.autostart()
+
+    def configure(self) -> None:
+        """Load the model; create the publishers, the batch subscription and the counters."""
+        p = self.params
         device = resolve_device(p['device'])
         if p['precision'] == 'fp16' and device.type != 'cuda':
             raise ParameterError("parameter 'precision' = 'fp16' needs CUDA (running on cpu): "
@@ -93,15 +107,17 @@ class DescriptorNode(Node):
         self.device = device
         self.dtype = PRECISIONS[p['precision']]
         log = self.get_logger()
-        self.model, source = self._load_model(p)
-        self.model.to(device).eval()
+        model, source = self._load_model(p)
+        self.model = model.to(device).eval()
         self.config = config = self.model.config
         self.digest = model_digest(self.model)
-        self.descriptors = self.create_publisher(PlaceDescriptors, 'place_descriptors',
-                                                 pipeline_qos(16))
-        self.ack = self.create_publisher(UInt64, 'image_batch_ack', pipeline_qos(10))
-        self.create_subscription(ImageBatch, 'image_batch', self.on_batch, pipeline_qos(4),
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        publish = self.create_lifecycle_publisher
+        self.descriptors = publish(PlaceDescriptors, 'place_descriptors', pipeline_qos(16))
+        self.ack = publish(UInt64, 'image_batch_ack', pipeline_qos(10))
+        self._own_publishers = [self.descriptors, self.ack]
+        self._own_subscriptions = [self.create_subscription(
+            ImageBatch, 'image_batch', self.on_batch, pipeline_qos(4),
+            callback_group=MutuallyExclusiveCallbackGroup())]
         self._start_accounting()
         algorithm = 'Winograd' if self.winograd else 'direct'
         patches = ('patches shared in process' if p['patch_transport'] == 'shared'
@@ -109,6 +125,21 @@ class DescriptorNode(Node):
         log.info(f'model: {source}; preset {config.preset} {config.image_width}x'
                  f'{config.image_height}; {device.type} {p["precision"]} {algorithm}; '
                  f'digest {self.digest[:12]}; {patches}')
+
+    def release(self) -> None:
+        """Destroy the publishers, the subscription and the counters; free the model."""
+        for publisher in self._own_publishers:
+            self.destroy_lifecycle_publisher(publisher)
+        for subscription in self._own_subscriptions:
+            self.destroy_subscription(subscription)
+        self._own_publishers, self._own_subscriptions = [], []
+        if self.diagnostics is not None:
+            self.diagnostics.destroy()
+            self.diagnostics = None
+        on_cuda = self.model is not None and self.device.type == 'cuda'
+        self.model = None
+        if on_cuda:
+            torch.cuda.empty_cache()
 
     def _load_model(self, p):
         """Return (model, where it came from) as the model parameters say (see PARAMS)."""
@@ -163,6 +194,14 @@ class DescriptorNode(Node):
         Every frame of the batch is counted as described or failed; gaps in the batch
         sequence (per camera_batcher, from rclpy's message ``info``) count lost batches.
         """
+        with self.work_lock:
+            if not self.active:
+                self.get_logger().info('inactive: image batches are not described',
+                                       throttle_duration_sec=10.0)
+                return
+            self._on_batch(msg, info)
+
+    def _on_batch(self, msg: ImageBatch, info) -> None:
         frames = len(msg.images)
         gid = bytes(((info or {}).get('publisher_gid') or {}).get('data', b''))
         with self._stats_lock:

@@ -28,18 +28,32 @@ The rerank runs on ``device``: on the CPU the map's memory-mapped patches are re
 place; on a GPU they are kept there (the whole map, copied once at start-up, or the
 ``device_cache_mb`` most recently used references), and each ~/match reports the bytes
 its candidates took and those copied for it.
+
+Navigation (:mod:`..core.navigation`; REP 103/105 frames, stamps from the image): the
+matched reference is the camera's pose; ~/pose is the base's, ``map_T_camera *
+inverse(base_T_camera)`` with the camera's extrinsic (``camera_xyz``/``camera_rpy``, or
+TF ``base_frame`` -> the camera's frame where tf2_ros is installed). With
+``publish_initialpose`` a confident pose also goes to ``/initialpose`` for nav2/amcl to
+relocalize (``initialpose_threshold``, at most once per ``initialpose_interval``); with
+``publish_map_odom`` (needs tf2_ros) each pose on ~/pose broadcasts amcl's correction
+``map_T_odom = map_T_base * inverse(odom_T_base)`` with the odometry at the image's stamp.
+
+A lifecycle node (:mod:`..ros.lifecycle`): configure loads the map (a bad parameter or
+map: FAILURE with the reason; fix the parameters and configure again), activate serves,
+deactivate stops (frames are not localized, nothing is published), cleanup frees the
+map. ``autostart`` (default) does configure and activate at start-up.
 """
 
 import sys
 import threading
 from typing import List, Optional
 
-from geometry_msgs.msg import PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header
 import torch
 
 from .common import run_node
@@ -51,15 +65,18 @@ from ..core.fusion import FUSION_METHODS
 from ..core.localizer import fitted_parameters, LocalizationResult, Localizer
 from ..core.map_building import FIT_HINT
 from ..core.matching import resolve_mnn_method
+from ..core.navigation import base_pose, InitialPoseGate, map_to_odom, Transform
 from ..core.odometry import OdometryBuffer
 from ..core.poses import PoseSample
 from ..core.resident_patches import plan_capacity
 from ..core.sequence import MotionModel, SequenceLocalizer
 from ..ros import shared_store
-from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors, reference_pose,
-                               result_to_msgs, seconds, wall_time)
+from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors,
+                               reference_sample, result_to_msgs, seconds, transform_to_pose,
+                               wall_time)
 from ..ros.diagnostics import DiagnosticsPublisher
-from ..ros.params import declare, DEVICES, Param, ParameterError, resolve_device
+from ..ros.lifecycle import AUTOSTART, ManagedNode
+from ..ros.params import DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
 #: ``fusion`` parameter -> the Localizer's fusion argument: '' the map's if fitted,
@@ -68,6 +85,9 @@ FUSIONS = {'': None, **{m: 'fitted' if m == 'global+patches' else m for m in FUS
 #: Odometry subscription: best effort matches reliable and best-effort publishers alike;
 #: a lost sample only widens the interpolation gap.
 ODOM_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+#: /initialpose as rviz2 and nav2 publish it: reliable, volatile.
+INITIALPOSE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.VOLATILE)
 
 
 def _weights_ok(value: List[float]) -> Optional[str]:
@@ -76,6 +96,10 @@ def _weights_ok(value: List[float]) -> Optional[str]:
     if any(w < 0 for w in value) or abs(sum(value) - 1.0) > 1e-6:
         return "must be non-negative and sum to 1 (or empty for the map's)"
     return None
+
+
+def _three(value: List[float]) -> Optional[str]:
+    return None if len(value) == 3 else 'needs three values'
 
 
 PARAMS = [
@@ -110,7 +134,8 @@ PARAMS = [
           'and max_speed)'),
     Param('odom_frame', '', 'sequence filter: odometry from TF odom_frame -> base_frame at '
           "each frame's stamp instead of odom_topic (needs tf2_ros; empty: no TF)"),
-    Param('base_frame', 'base_link', "the robot's frame for the TF odometry (odom_frame)"),
+    Param('base_frame', 'base_link', "the robot's frame (REP 105): ~/pose and initialpose "
+          "are its pose; the TF odometry (odom_frame) and the camera's extrinsic refer to it"),
     Param('max_candidates', 10, 'candidates listed in ~/match', low=1, high=1000),
     Param('position_stddev', 5.0, 'position standard deviation (m) in the pose covariance',
           low=0.0, high=1e6),
@@ -119,6 +144,29 @@ PARAMS = [
     Param('publish_tf', False, 'broadcast map_frame -> tf_child_frame for accepted poses '
           '(needs tf2_ros)'),
     Param('tf_child_frame', 'place_recognition', 'child frame of the TF broadcast'),
+    Param('camera_extrinsic', 'static', "the camera's pose on the robot, which turns the "
+          "matched camera pose into the base's: 'static' (camera_xyz and camera_rpy in "
+          "base_frame) or 'tf' (TF base_frame -> camera_frame at the image's stamp; needs "
+          'tf2_ros)', choices=('static', 'tf')),
+    Param('camera_frame', '', "camera_extrinsic 'tf': the frame whose pose the map's "
+          'references are (x forward, z up: e.g. camera_link, not an optical frame; empty: '
+          "the image header's frame_id)"),
+    Param('camera_xyz', [0.0, 0.0, 0.0], "static extrinsic: the camera's x, y, z in "
+          'base_frame (m)', check=_three),
+    Param('camera_rpy', [0.0, 0.0, 0.0], "static extrinsic: the camera's roll, pitch, yaw "
+          'in base_frame (rad, fixed axes as in URDF)', check=_three),
+    Param('publish_initialpose', False, "send the base's pose to initialpose_topic (nav2 / "
+          'amcl relocalization) when its confidence reaches initialpose_threshold, at most '
+          'once per initialpose_interval'),
+    Param('initialpose_topic', '/initialpose', 'topic of the relocalization poses '
+          '(geometry_msgs/PoseWithCovarianceStamped; amcl and nav2 listen on /initialpose)'),
+    Param('initialpose_threshold', 0.9, 'least confidence of a pose sent to '
+          'initialpose_topic (and at least what ~/pose needs)', low=0.0, high=1.0),
+    Param('initialpose_interval', 10.0, 'least seconds (image stamps) between two poses '
+          'sent to initialpose_topic', low=0.0, high=1e6),
+    Param('publish_map_odom', False, "broadcast amcl's correction map_frame -> odometry "
+          'frame for each pose on ~/pose: map_T_odom = map_T_base * inverse(odom_T_base) '
+          "at the image's stamp (needs tf2_ros and odometry: odom_topic or odom_frame)"),
     Param('verify_map', True, 'verify the map checksums at start-up (slow for big maps)'),
     Param('device', 'auto', "where the rerank runs: 'auto' (CUDA when available, else CPU), "
           "'cuda' (the candidates' patches kept on the GPU) or 'cpu'", choices=DEVICES),
@@ -126,28 +174,71 @@ PARAMS = [
           'whole map there (copied once at start-up); otherwise the most recently used '
           'references, at least top_k of them. Unused on the CPU, which reads the map in place',
           low=0, high=2 ** 31 - 1),
+    AUTOSTART,
 ]
 
 
-class LocalizerNode(Node):
+class LocalizerNode(ManagedNode):
     """See the module docstring."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__('localizer_node', **kwargs)
-        p = declare(self, PARAMS)
-        self.params = p
+        super().__init__('localizer_node', PARAMS, **kwargs)
+        self._own_publishers: list = []
+        self._own_subscriptions: list = []
+        self.diagnostics: Optional[DiagnosticsPublisher] = None
+        self._release_state()
+        self.autostart()
+
+    def _release_state(self) -> None:
+        """Forget the map, the filters and the TF helpers (the unconfigured state)."""
+        self.map: Optional[ReferenceMap] = None
+        self.localizer: Optional[Localizer] = None
+        self.sequence: Optional[SequenceLocalizer] = None
+        self.odometry: Optional[OdometryBuffer] = None
+        self.tf = None
+        self.tf_buffer = None
+        self._tf_listener = None
+        self.initialpose_gate: Optional[InitialPoseGate] = None
+        self._odom_frame_id = ''
+
+    def release(self) -> None:
+        """Destroy the publishers, subscriptions, TF helpers and counters; free the map."""
+        for publisher in self._own_publishers:
+            self.destroy_lifecycle_publisher(publisher)
+        for subscription in self._own_subscriptions:
+            self.destroy_subscription(subscription)
+        self._own_publishers, self._own_subscriptions = [], []
+        if self._tf_listener is not None:
+            self._tf_listener.unregister()
+        if self.diagnostics is not None:
+            self.diagnostics.destroy()
+            self.diagnostics = None
+        self._release_state()
+
+    def configure(self) -> None:
+        """Check the parameters, load the map, subscribe and advertise (module docstring)."""
+        p = self.params
         if not p['map_path']:
             raise ParameterError("parameter 'map_path' is empty: give the map folder "
                                  '(build one with pnv-build-map or the demo)')
-        self.tf = None
-        if p['publish_tf']:
+        self.extrinsic = self._static_extrinsic()
+        if p['publish_map_odom'] and not (p['odom_topic'] or p['odom_frame']):
+            raise ParameterError("parameter 'publish_map_odom' = True needs the odometry at "
+                                 "each image's stamp: set odom_topic or odom_frame")
+        if p['publish_tf'] or p['publish_map_odom']:
+            name = 'publish_tf' if p['publish_tf'] else 'publish_map_odom'
             try:
-                from tf2_ros import TransformBroadcaster
+                import tf2_ros  # noqa: F401 - only whether it is installed
             except ImportError:
-                raise ParameterError("parameter 'publish_tf' = True needs tf2_ros, which is "
+                raise ParameterError(f"parameter '{name}' = True needs tf2_ros, which is "
                                      'not installed: install ros-<distro>-tf2-ros or set it '
                                      'False') from None
-            self.tf = TransformBroadcaster(self)
+        if p['camera_extrinsic'] == 'tf':
+            self._require_tf_buffer("parameter 'camera_extrinsic' = 'tf'",
+                                    "or use 'static' with camera_xyz and camera_rpy")
+        if p['publish_initialpose']:
+            self.initialpose_gate = InitialPoseGate(p['initialpose_threshold'],
+                                                    p['initialpose_interval'])
         self.get_logger().info(f"loading map {p['map_path']}" + (
             ' (verifying its checksums)' if p['verify_map'] else ''))
         ref_map = ReferenceMap.load(p['map_path'], verify=p['verify_map'])
@@ -180,11 +271,20 @@ class LocalizerNode(Node):
                                     'be published; build it from at least one image')
         self._last_stamp: Optional[float] = None
         self.odometry = self._start_odometry()
-        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose', 10)
-        self.match_pub = self.create_publisher(PlaceMatch, '~/match', 10)
-        self.create_subscription(PlaceDescriptors, 'place_descriptors', self.on_descriptors,
-                                 pipeline_qos(16),
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        if p['publish_tf'] or p['publish_map_odom']:
+            from tf2_ros import TransformBroadcaster
+            self.tf = TransformBroadcaster(self)
+        publish = self.create_lifecycle_publisher
+        self.pose_pub = publish(PoseWithCovarianceStamped, '~/pose', 10)
+        self.match_pub = publish(PlaceMatch, '~/match', 10)
+        self._own_publishers += [self.pose_pub, self.match_pub]
+        if p['publish_initialpose']:
+            self.initialpose_pub = publish(PoseWithCovarianceStamped, p['initialpose_topic'],
+                                           INITIALPOSE_QOS)
+            self._own_publishers.append(self.initialpose_pub)
+        self._own_subscriptions.append(self.create_subscription(
+            PlaceDescriptors, 'place_descriptors', self.on_descriptors, pipeline_qos(16),
+            callback_group=MutuallyExclusiveCallbackGroup()))
         self._start_accounting()
         mnn = resolve_mnn_method('auto', self.device, cfg.num_pcs)
         resident = self.localizer.resident if self.localizer else None
@@ -251,37 +351,55 @@ class LocalizerNode(Node):
     def _start_odometry(self) -> Optional[OdometryBuffer]:
         """Subscribe to the odometry source the parameters name (None: no odometry)."""
         p = self.params
-        self.tf_buffer = None
         if p['odom_topic'] and p['odom_frame']:
             raise ParameterError(f"parameters 'odom_topic' = {p['odom_topic']!r} and "
                                  f"'odom_frame' = {p['odom_frame']!r}: give one odometry "
                                  'source (the other empty)')
         if p['odom_frame']:
-            try:
-                from tf2_ros import Buffer, TransformListener
-            except ImportError:
-                raise ParameterError(
-                    f"parameter 'odom_frame' = {p['odom_frame']!r} needs tf2_ros, which is not "
-                    'installed: install ros-<distro>-tf2-ros, or give odom_topic (the '
-                    'nav_msgs/Odometry topic) instead') from None
-            self.tf_buffer = Buffer()
-            self._tf_listener = TransformListener(self.tf_buffer, self)
+            self._require_tf_buffer(f"parameter 'odom_frame' = {p['odom_frame']!r}",
+                                    'or give odom_topic (the nav_msgs/Odometry topic) instead')
             return None
         if not p['odom_topic']:
             return None
         buffer = OdometryBuffer()
-        self.create_subscription(Odometry, p['odom_topic'], self.on_odometry, ODOM_QOS,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self._own_subscriptions.append(self.create_subscription(
+            Odometry, p['odom_topic'], self.on_odometry, ODOM_QOS,
+            callback_group=MutuallyExclusiveCallbackGroup()))
         return buffer
+
+    def _require_tf_buffer(self, what: str, otherwise: str) -> None:
+        """Listen to TF (once), or ParameterError saying what needs tf2_ros."""
+        if self.tf_buffer is not None:
+            return
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError:
+            raise ParameterError(f'{what} needs tf2_ros, which is not installed: install '
+                                 f'ros-<distro>-tf2-ros, {otherwise}') from None
+        self.tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self.tf_buffer, self)
+
+    def _static_extrinsic(self) -> Transform:
+        """``base_T_camera`` of camera_xyz and camera_rpy (ParameterError if not finite)."""
+        p = self.params
+        try:
+            return Transform.from_xyz_rpy(p['camera_xyz'], p['camera_rpy'])
+        except ValueError as exc:
+            raise ParameterError(f"parameters 'camera_xyz' = {list(p['camera_xyz'])}, "
+                                 f"'camera_rpy' = {list(p['camera_rpy'])}: {exc}") from exc
 
     def on_odometry(self, msg: Odometry) -> None:
         """Buffer an odometry pose (looked up at the frames' stamps)."""
+        self._odom_frame_id = msg.header.frame_id
         pose = msg.pose.pose
         sample = PoseSample(seconds(msg.header.stamp), pose.position.x, pose.position.y,
                             pose.position.z, pose.orientation.x, pose.orientation.y,
                             pose.orientation.z, pose.orientation.w)
+        buffer = self.odometry
+        if buffer is None:
+            return  # unconfigured meanwhile
         try:
-            restarted = self.odometry.add(sample)
+            restarted = buffer.add(sample)
         except ValueError as exc:
             self.get_logger().warning(f'odometry ignored: {exc}', throttle_duration_sec=10.0)
             return
@@ -302,14 +420,13 @@ class LocalizerNode(Node):
                     f"{self.params['odom_topic']}): this frame moved the sequence filter by "
                     'time and max_speed', throttle_duration_sec=10.0)
             return odom
-        if self.tf_buffer is None:
-            return None
-        from rclpy.time import Time
-        from tf2_ros import TransformException
         p = self.params
+        if not p['odom_frame'] or self.tf_buffer is None:
+            return None
+        from tf2_ros import TransformException
         try:
             t = self.tf_buffer.lookup_transform(p['odom_frame'], p['base_frame'],
-                                                Time(nanoseconds=int(round(stamp * 1e9))))
+                                                _ros_time(stamp))
         except TransformException as exc:
             self.get_logger().warning(
                 f'no TF {p["odom_frame"]} -> {p["base_frame"]} at the frame stamped '
@@ -374,6 +491,14 @@ class LocalizerNode(Node):
         info: rclpy's message info; gaps in descriptor_node's publication sequence count
         descriptors that never arrived (a full queue, or lost in transport).
         """
+        with self.work_lock:
+            if not self.active:
+                self.get_logger().info('inactive: place descriptors are not localized',
+                                       throttle_duration_sec=10.0)
+                return
+            self._on_descriptors(msg, info)
+
+    def _on_descriptors(self, msg: PlaceDescriptors, info) -> None:
         gid = bytes(((info or {}).get('publisher_gid') or {}).get('data', b''))
         with self._stats_lock:
             missed = self._gaps.update(gid, (info or {}).get('publication_sequence_number'))
@@ -403,8 +528,10 @@ class LocalizerNode(Node):
                 f'no pose for the frame stamped {seconds(msg.header.stamp):.3f}: internal '
                 f'error {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
             return
-        answer = self._filter(result, seconds(msg.header.stamp))
+        stamp = seconds(msg.header.stamp)
         p = self.params
+        odom = self._odometry_at(stamp) if self.sequence or p['publish_map_odom'] else None
+        answer = self._filter(result, stamp, odom)
         place = answer if answer is not None else result
         accepted = place.confidence >= self.threshold()
         latency_ms = 1e3 * (seconds(wall_time()) - seconds(msg.received)) \
@@ -414,17 +541,54 @@ class LocalizerNode(Node):
                                      accepted, p['max_candidates'], [sp] * 3 + [so] * 3,
                                      msg.extraction_ms, latency_ms)
         if answer is not None:
-            pose.pose.pose = reference_pose(answer.reference)
             self._fill_sequence(match, answer)
-        if accepted:
+        map_T_base = self._base_pose(place.reference, msg.header) if accepted else None
+        if map_T_base is not None:
+            pose.pose.pose = transform_to_pose(map_T_base)
             self.pose_pub.publish(pose)
-            if self.tf is not None:
-                self._broadcast(pose)
+            if p['publish_tf']:
+                self._broadcast(pose.header, p['tf_child_frame'], map_T_base)
+            if p['publish_map_odom']:
+                self._broadcast_map_odom(pose.header, map_T_base, odom)
+            if self.initialpose_gate is not None and self.initialpose_gate(
+                    place.confidence, stamp):
+                self.initialpose_pub.publish(pose)
+        match.pose_published = map_T_base is not None
         self.match_pub.publish(match)
         self._count('answered')
 
-    def _filter(self, result: LocalizationResult,
-                stamp: float) -> Optional[LocalizationResult]:
+    def _base_pose(self, reference, header) -> Optional[Transform]:
+        """``map_T_base`` of the matched reference (the camera's pose) and the extrinsic.
+
+        None (logged) when camera_extrinsic is 'tf' and TF has no extrinsic at the stamp, or
+        the reference's pose is not finite.
+        """
+        try:
+            map_T_camera = Transform.from_pose(reference_sample(reference))
+        except ValueError as exc:
+            self.get_logger().error(f'reference {reference.id} of the map has no usable pose '
+                                    f'({exc}): no pose for this frame',
+                                    throttle_duration_sec=10.0)
+            return None
+        if self.params['camera_extrinsic'] == 'static':
+            return base_pose(map_T_camera, self.extrinsic)
+        from tf2_ros import TransformException
+        p = self.params
+        camera = p['camera_frame'] or header.frame_id
+        try:
+            t = self.tf_buffer.lookup_transform(p['base_frame'], camera,
+                                                _ros_time(seconds(header.stamp)))
+        except TransformException as exc:
+            self.get_logger().warning(
+                f"no TF {p['base_frame']} -> {camera} at the image stamped "
+                f'{seconds(header.stamp):.3f} ({exc}): no pose for this frame',
+                throttle_duration_sec=10.0)
+            return None
+        tr, q = t.transform.translation, t.transform.rotation
+        return base_pose(map_T_camera, Transform((tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w)))
+
+    def _filter(self, result: LocalizationResult, stamp: float,
+                odom: Optional[PoseSample]) -> Optional[LocalizationResult]:
         """Fold a frame's answer into the sequence filter; its answer (None when off)."""
         if self.sequence is None:
             return None
@@ -435,7 +599,7 @@ class LocalizerNode(Node):
                 'reset')
             self.sequence.reset()
         self._last_stamp = stamp
-        return self.sequence.update(result, stamp, self._odometry_at(stamp))
+        return self.sequence.update(result, stamp, odom)
 
     def _fill_sequence(self, match: PlaceMatch, answer: LocalizationResult) -> None:
         """Put the sequence filter's answer into ~/match (PlaceMatch's sequence fields)."""
@@ -448,14 +612,33 @@ class LocalizerNode(Node):
         match.sequence_odometry = self.sequence.last_motion == 'odometry'
         match.sequence_ms = 1e3 * self.sequence.last_update_s
 
-    def _broadcast(self, pose: PoseWithCovarianceStamped) -> None:
-        from geometry_msgs.msg import TransformStamped
-        t = TransformStamped(header=pose.header, child_frame_id=self.params['tf_child_frame'])
-        pos, ori = pose.pose.pose.position, pose.pose.pose.orientation
-        t.transform.translation.x, t.transform.translation.y = pos.x, pos.y
-        t.transform.translation.z = pos.z
-        t.transform.rotation = ori
+    def _broadcast(self, header: Header, child: str, transform: Transform) -> None:
+        """Send ``header.frame_id`` -> ``child`` on TF, stamped with the image's stamp."""
+        t = TransformStamped(header=header, child_frame_id=child)
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = \
+            transform.translation
+        q = transform.rotation
+        t.transform.rotation.x, t.transform.rotation.y = q[0], q[1]
+        t.transform.rotation.z, t.transform.rotation.w = q[2], q[3]
         self.tf.sendTransform(t)
+
+    def _broadcast_map_odom(self, header: Header, map_T_base: Transform,
+                            odom: Optional[PoseSample]) -> None:
+        """Broadcast amcl's map -> odom correction of an accepted pose (no odometry: logged)."""
+        p = self.params
+        odom_frame = p['odom_frame'] or self._odom_frame_id
+        if odom is None or not odom_frame:
+            self.get_logger().warning(
+                f'no odometry at the image stamped {seconds(header.stamp):.3f}: no '
+                f"{p['map_frame']} -> odom correction for it", throttle_duration_sec=10.0)
+            return
+        self._broadcast(header, odom_frame, map_to_odom(map_T_base, Transform.from_pose(odom)))
+
+
+def _ros_time(stamp: float):
+    """Return the rclpy Time of a stamp in seconds (TF look-ups)."""
+    from rclpy.time import Time
+    return Time(nanoseconds=int(round(stamp * 1e9)))
 
 
 def main(args: Optional[List[str]] = None) -> int:

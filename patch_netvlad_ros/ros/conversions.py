@@ -27,6 +27,8 @@ from ..core.database import Reference
 from ..core.encodings import decode_compressed, decode_raw
 from ..core.errors import ImageError, MapError
 from ..core.localizer import LocalizationResult
+from ..core.navigation import Transform
+from ..core.poses import PoseSample
 
 CONVERTERS = ('auto', 'cv_bridge', 'builtin')
 PATCH_DTYPES = {'float16': PatchBlock.FLOAT16, 'float32': PatchBlock.FLOAT32}
@@ -192,14 +194,31 @@ def msg_to_descriptors(msg: PlaceDescriptors,
     return torch.from_numpy(g.copy()), patches
 
 
-def reference_pose(ref: Reference) -> Pose:
-    """Return the geometry_msgs/Pose of a map reference."""
-    pose = Pose()
-    pose.position.x, pose.position.y, pose.position.z = ref.x, ref.y, ref.z
+def reference_sample(ref: Reference) -> PoseSample:
+    """Return a map reference's pose, its quaternion normalised (zero or NaN: identity)."""
     q = np.array([ref.qx, ref.qy, ref.qz, ref.qw], dtype=float)
     n = np.linalg.norm(q)
     q = q / n if n > 0 and math.isfinite(n) else np.array([0.0, 0.0, 0.0, 1.0])
-    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
+    return PoseSample(ref.stamp, ref.x, ref.y, ref.z, *(float(v) for v in q))
+
+
+def reference_pose(ref: Reference) -> Pose:
+    """Return the geometry_msgs/Pose of a map reference."""
+    s = reference_sample(ref)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = s.x, s.y, s.z
+    pose.orientation.x, pose.orientation.y = s.qx, s.qy
+    pose.orientation.z, pose.orientation.w = s.qz, s.qw
+    return pose
+
+
+def transform_to_pose(transform: Transform) -> Pose:
+    """Return the geometry_msgs/Pose of a transform (the pose of its child frame)."""
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = transform.translation
+    q = transform.rotation
+    pose.orientation.x, pose.orientation.y = q[0], q[1]
+    pose.orientation.z, pose.orientation.w = q[2], q[3]
     return pose
 
 

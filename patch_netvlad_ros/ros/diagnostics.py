@@ -74,7 +74,8 @@ class DiagnosticsPublisher:
     """Publish a node's frame counters on /diagnostics every ``period`` seconds.
 
     counters: returns the node's counters (taken under the node's own lock); kind: the
-    node kind that decides which counters are losses ('camera_batcher', ...).
+    node kind that decides which counters are losses ('camera_batcher', ...). On a
+    lifecycle node the publisher is a lifecycle one: reports go out while it is active.
     """
 
     def __init__(self, node: Node, kind: str, counters: Callable[[], Dict[str, Any]],
@@ -82,8 +83,15 @@ class DiagnosticsPublisher:
         self.node = node
         self.counters = counters
         self.level = LevelTracker(kind)
-        self.publisher = node.create_publisher(DiagnosticArray, TOPIC, diagnostics_qos())
+        create = getattr(node, 'create_lifecycle_publisher', node.create_publisher)
+        self.publisher = create(DiagnosticArray, TOPIC, diagnostics_qos())
         self.timer = node.create_timer(period, self.publish, callback_group=callback_group)
+
+    def destroy(self) -> None:
+        """Stop reporting: destroy the timer and the publisher."""
+        self.node.destroy_timer(self.timer)
+        destroy = getattr(self.node, 'destroy_lifecycle_publisher', self.node.destroy_publisher)
+        destroy(self.publisher)
 
     def publish(self) -> None:
         """Publish the node's status now."""
