@@ -4,7 +4,9 @@
 
 Fitting takes N self-queries per exclusion level (about 20-40 s on 2 cores), so the
 accuracy tests of fusion, calibration and sequence share one fit. The session's
-``corridor_map`` fixture is never changed: the fit goes into a copy's meta.
+``corridor_map`` fixture is never changed: the fit goes into a copy's meta. It is fitted
+on self-queries alone (as ``pnv-map fit`` does; simulated second visits would describe
+111 more images per run: test_map_fit covers them, docs/accuracy.md measures them).
 """
 
 import dataclasses

@@ -30,8 +30,11 @@ about half of the query drive's right answers below 0.5; the global similarity d
 less between traversals and still puts every unknown image (at most 0.09) below every
 right answer of the query drive (at least 0.10). No feature set made the single-frame
 probabilities well calibrated on the other traversal (expected calibration error 0.14
-or more: the self-queries are another distribution); the sequence filter's posterior
-(:mod:`.sequence`) is (0.01-0.05).
+or more from self-queries alone: they are another distribution, on which the model is
+underconfident on a second drive); simulated second visits (:mod:`.map_fit`) bring it
+to 0.11, and an isotonic recalibration of the logistic on the same rows did not help
+(docs/accuracy.md). The sequence filter's posterior (:mod:`.sequence`) is calibrated
+(0.01-0.05).
 
 :func:`expected_calibration_error` and :func:`reliability_diagram` measure how well the
 probabilities match the frequencies.
