@@ -28,6 +28,7 @@ fuzz_native = _load_runner()
 MISSING = fuzz_native.sanitizer_missing()
 
 
+@pytest.mark.slow  # builds every helper under the sanitizers, then fuzzes
 @pytest.mark.skipif(bool(MISSING), reason=f'sanitizers unavailable: {MISSING}')
 def test_helpers_survive_adversarial_inputs_under_the_sanitizers(tmp_path):
     exe, linked, skipped = fuzz_native.build(tmp_path)

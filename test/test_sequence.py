@@ -277,6 +277,7 @@ def test_localize_offline_gives_single_and_sequence_outcomes(
         assert filtered[i].global_ranked == single[i].global_ranked == result.global_order
 
 
+@pytest.mark.slow  # describes the 84 RTAB-Map frames: the module's longest test
 def test_loop_revisits_at_full_precision(corridor_model):
     """RTAB-Map loop: a map of the first lap (no metric poses: frame i at x = i m)."""
     folder = TEST_DATA / 'rtabmap_loop'
