@@ -42,6 +42,8 @@ from patch_netvlad_ros.core.map_building import map_model_path
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
 from patch_netvlad_ros.ros.qos import pipeline_qos
 
+pytestmark = pytest.mark.ros
+
 #: References in the test map: a map in seconds.
 MAP_REFERENCES = 12
 #: Seconds a node has to show that it publishes nothing (it answers within 1 s when active).

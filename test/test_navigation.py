@@ -241,6 +241,7 @@ def stamp_key(h: Header) -> tuple:
     return h.stamp.sec, h.stamp.nanosec
 
 
+@pytest.mark.ros
 def test_initialpose_only_when_confident(context, map_dir, corridor_map,
                                          corridor_query_descriptors, confidences):
     """/initialpose carries exactly the frames whose confidence reaches the threshold.
@@ -281,6 +282,7 @@ def test_initialpose_only_when_confident(context, map_dir, corridor_map,
         probe.close()
 
 
+@pytest.mark.ros
 def test_initialpose_interval_and_static_extrinsic(context, map_dir, corridor_map,
                                                    corridor_query_descriptors):
     """At most one /initialpose per 2.5 s of image stamps; the base's pose, not the camera's.
@@ -310,6 +312,7 @@ def test_initialpose_interval_and_static_extrinsic(context, map_dir, corridor_ma
         probe.close()
 
 
+@pytest.mark.ros
 @pytest.mark.skipif(importlib.util.find_spec('tf2_ros') is not None,
                     reason='tf2_ros is installed: the TF paths are available')
 @pytest.mark.parametrize('params, reason', [
@@ -326,6 +329,7 @@ def test_tf_paths_say_they_need_tf2_ros(context, map_dir, params, reason):
             *(Parameter(k, value=v) for k, v in params.items())])
 
 
+@pytest.mark.ros
 def test_map_odom_needs_odometry(context, map_dir):
     """publish_map_odom without an odometry source is refused with what to set."""
     with pytest.raises(ParameterError, match='set odom_topic or odom_frame'):
