@@ -404,14 +404,20 @@ def ros_context():
 @pytest.mark.parametrize('name', sorted(NODE_PARAMS))
 def test_params_file_through_rcl(ros_context, name, namespace):
     values = _yaml()[f'/**/{name}']['ros__parameters']
+    # The file's values reached the node (wildcard key, namespace, types): a node that
+    # declares whatever the file gives shows them through the public API ...
+    probe = Node(name, namespace=namespace, context=ros_context,
+                 automatically_declare_parameters_from_overrides=True)
+    try:
+        read = probe.get_parameters_by_prefix('')
+        for param, value in values.items():
+            assert param in read, f'{name}.{param} not read from the file'
+            got = read[param].value
+            assert (list(got) if isinstance(value, list) else got) == value, param
+    finally:
+        probe.destroy_node()
     node = Node(name, namespace=namespace, context=ros_context)
     try:
-        # The file's values reached the node (wildcard key, namespace, types) ...
-        overrides = node._parameter_overrides
-        for param, value in values.items():
-            assert param in overrides, f'{name}.{param} not read from the file'
-            got = overrides[param].value
-            assert (list(got) if isinstance(value, list) else got) == value, param
         # ... and the node's own declaration accepts them.
         declared = declare(node, NODE_MODULES[name].PARAMS)
         expected = {p.name: p.default for p in NODE_MODULES[name].PARAMS}

@@ -19,13 +19,10 @@ from pathlib import Path
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
-from ..core.config import BACKBONE_STRIDE, get_config, PatchNetVLADConfig, PRESETS
+from ..core.config import (BACKBONE_STRIDE, DEFAULT_PRESET, get_config, PatchNetVLADConfig,
+                           PRESETS)
 from ..core.errors import ConfigError, PatchNetVLADError
 
-#: The preset of every CLI, as of the ROS nodes and the launch file: single scale, 512
-#: dims and rapid spatial scoring run at camera rates on a CPU, and a keyframe costs about
-#: 1 MB of map (the performance preset: 23 MB and several seconds a frame).
-DEFAULT_PRESET = 'speed'
 #: Network input width of every CLI; the height follows the camera's aspect ratio.
 DEFAULT_WIDTH = 640
 #: An explicit WIDTHxHEIGHT whose aspect ratio differs from the frames' by more than this

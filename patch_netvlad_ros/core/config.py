@@ -176,6 +176,11 @@ PRESETS: Dict[str, PatchNetVLADConfig] = {
         num_pcs=128, matcher='spatial'),
 }
 
+#: The preset of every CLI, node and the launch file when nothing names one: single scale,
+#: 512 dims and rapid spatial scoring run at camera rates on a CPU, and a keyframe costs
+#: about 1 MB of map (the performance preset: 23 MB and several seconds a frame).
+DEFAULT_PRESET = 'speed'
+
 #: Recall@N values reported by the paper.
 RECALL_NS = (1, 5, 10, 20, 50, 100)
 

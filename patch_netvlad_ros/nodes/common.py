@@ -29,13 +29,11 @@ from rclpy.executors import (ConditionReachedException, ExternalShutdownExceptio
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-from ..core.config import get_config
+from ..core.config import DEFAULT_PRESET, get_config
 from ..core.errors import PatchNetVLADError
 from ..core.models import map_model_info, MapModelInfo
 from ..ros.params import ParameterError
 
-#: Preset of camera_batcher and descriptor_node when neither ``preset`` nor a map names one.
-DEFAULT_PRESET = 'speed'
 #: Seconds callbacks in flight get to finish after a stop; then the process exits anyway.
 STOP_GRACE_S = 3.0
 #: Seconds between checks for a stop while spinning (the longest a stop waits to be seen).
