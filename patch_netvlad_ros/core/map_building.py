@@ -13,14 +13,22 @@ labels) and stored in its meta (``meta['localization']``), inside the same atomi
 commit: the localizer, the node and pnv-evaluate use them by default. A map without a
 fit (built with ``fit=False``, too small to fit, or by an older version) keeps the
 authors' order and the heuristic confidence; :func:`refit_map` fits it in place.
+
+A model trained (pnv-train) on the images the map is built from finds every one of them
+(self-query R@1 1.0), so a self-fit puts all weight on global similarity and gives every
+frame confidence 1.0 (docs/training.md). The checkpoint's training record names its
+images (pixel keys); the fraction of the map's keyframes among them is stored as
+``meta['localization']['fitted_on_training_images']``, and the fit summary warns.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 import shutil
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 from .bootstrap import bootstrap_model
 from .checkpoint import load_model, model_digest, save_checkpoint
@@ -34,6 +42,7 @@ from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, sample_queries
 from .map_manifest import descriptor_files, MODEL_FILE
 from .model import PatchNetVLAD
 from .retrieval import index_kind_of
+from .training.features import pixel_key
 
 PathLike = Union[str, Path]
 Log = Optional[Callable[[str], None]]
@@ -70,6 +79,54 @@ def resolve_map_model(map_dir: PathLike, config: PatchNetVLADConfig,
 FIT_HINT = 'fit it with `pnv-map fit MAP` (or rebuild it with pnv-build-map)'
 
 
+#: meta[META_KEY] entry: the fraction of the map's keyframes its model was trained on.
+TRAINED_ON_KEY = 'fitted_on_training_images'
+
+
+def training_record(checkpoint: PathLike) -> Optional[Dict[str, Any]]:
+    """Return the ``training`` record pnv-train writes into a checkpoint, else None."""
+    try:
+        blob = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+        record = json.loads(blob['training'])
+    except Exception:  # noqa: B902 - any other checkpoint simply has no record
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def training_overlap(record: Mapping[str, Any], config: PatchNetVLADConfig,
+                     drives: Sequence[Mapping[str, Any]],
+                     images: Optional[Mapping[int, np.ndarray]] = None) -> float:
+    """Fraction of a map's keyframes that a model with this training record was trained on.
+
+    images: a sample of the keyframes (read at the map's image size); when the record lists
+    pixel keys of images of that size, the fraction of the sample among them. Otherwise
+    (older checkpoints, another size) the keyframes of ``drives`` (meta records: name and
+    counts) recorded identically among the training drives.
+    """
+    keys = set(str(record.get('image_keys', '')).split())
+    same_size = list(record.get('image_size', [])) == [config.image_width,
+                                                       config.image_height]
+    if keys and same_size and images:
+        return float(np.mean([pixel_key(im) in keys for im in images.values()]))
+    trained = list(record.get('drives', []))
+    total = sum(int(d.get('kept', 0)) for d in drives)
+    same = sum(int(d.get('kept', 0)) for d in drives if d in trained)
+    return same / total if total else 0.0
+
+
+def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
+    """Return the warning for a map fitted on its model's training images, else None."""
+    fitted = meta.get(META_KEY)
+    share = fitted.get(TRAINED_ON_KEY, 0.0) if isinstance(fitted, dict) else 0.0
+    if not share:
+        return None
+    return (f"the map's model was trained on {100 * share:.0f}% of the map's keyframes: it "
+            'finds its own training images, so the fusion weights and calibrated confidence '
+            'fitted on this map are not trustworthy (confidence near 1.0 for any frame); '
+            'use a model trained on other drives, or keep confidence_threshold explicit '
+            'and fusion: patches (fitting on another drive is not available yet)')
+
+
 def fit_summary(meta: Dict[str, Any]) -> str:
     """One line on what a map's meta holds: its fitted fusion and confidence, or none."""
     fitted = meta.get(META_KEY)
@@ -90,7 +147,8 @@ def fit_summary(meta: Dict[str, Any]) -> str:
             source += ' only (no images: no simulated second visits)'
         text += (f"; calibrated confidence ({', '.join(cal['features'])}) on {source}, "
                  f"threshold {cal['threshold']:g}")
-    return text
+    warning = training_warning(meta)
+    return f'{text}; WARNING: {warning}' if warning else text
 
 
 def _written_map(writer: MapWriter, references: Sequence[Reference],
@@ -109,11 +167,13 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
                    place_radius: float, fit_queries: int, log: Callable[[str], None],
                    progress: Optional[Callable[[int], None]],
                    images: Optional[Mapping[int, np.ndarray]] = None,
-                   model: Optional[PatchNetVLAD] = None) -> Tuple[Dict[str, Any], Any]:
+                   model: Optional[PatchNetVLAD] = None,
+                   trained_on: float = 0.0) -> Tuple[Dict[str, Any], Any]:
     """Fit the written rows on themselves; return the meta to commit and the index built.
 
     images, model: map index -> image of references to simulate second visits of, and
     the map's model (:func:`.map_fit.fit_map`); None: self-queries alone.
+    trained_on: the fraction of the references the model was trained on (module doc).
     A map that cannot be fitted (too few references, none near another) is committed
     without a fit, with a warning: it works as an unfitted map does.
     """
@@ -130,7 +190,12 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
         log(f"warning: the map was not fitted ({exc}); it keeps the authors' order and the "
             'heuristic confidence')
         return meta, view.index
+    if trained_on:
+        view.meta[META_KEY][TRAINED_ON_KEY] = float(trained_on)
     log(f'map {fit_summary(view.meta)} ({fitted["queries"]} self-queries per level)')
+    warning = training_warning(view.meta)
+    if warning:
+        log(f'warning: {warning}')
     return view.meta, view.index
 
 
@@ -176,6 +241,9 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
             f'{len(drive.frames)} keyframes of {drive.name}')
         # bootstrapping encodes every keyframe at once (k-means and PCA samples)
         model = bootstrap_model(config, list(drive.frame_images()), seed=seed, log=log)
+    # what the model was trained on travels with the map's copy of it
+    record = training_record(checkpoint or map_model_path(output)) if (
+        checkpoint or base is not None) else None
     refs = [Reference(id=f'{drive.name}#{f.index:06d}', source=f.source, stamp=f.stamp,
                       frame_id=map_frame, x=f.pose.x, y=f.pose.y, z=f.pose.z, qx=f.pose.qx,
                       qy=f.pose.qy, qz=f.pose.qz, qw=f.pose.qw) for f in drive.frames]
@@ -199,7 +267,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
                                      progress=progress):
             writer.append(desc.global_desc.cpu().numpy(),
                           [p.cpu().numpy() for p in desc.patches])
-        save_checkpoint(model, writer.folder / MODEL_FILE)   # renamed in with the map
+        save_checkpoint(model, writer.folder / MODEL_FILE,   # renamed in with the map
+                        {'training': json.dumps(record)} if record else None)
         index = None
         if fit:
             # the second visits' images: a sample of this drive's keyframes (read again
@@ -207,8 +276,17 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
             picked = sample_queries(len(refs), MAX_SECOND_VISITS, seed)
             sample = dataclasses.replace(drive, frames=[drive.frames[k] for k in picked])
             images = dict(zip((len(old_refs) + picked).tolist(), sample.frame_images()))
+            trained_on = 0.0
+            if record:       # the new drive's share, and the base map's as it was fitted
+                old_share = ((fitted_parameters(base) or {}).get(TRAINED_ON_KEY, 0.0)
+                             if base is not None else 0.0)
+                new_share = training_overlap(record, model.config, meta['drives'][-1:],
+                                             images)
+                trained_on = (old_share * len(old_refs) + new_share * len(refs)) / (
+                    len(old_refs) + len(refs))
             meta, index = _fit_in_writer(writer, old_refs + refs, meta, place_radius,
-                                         fit_queries, log, fit_progress, images, model)
+                                         fit_queries, log, fit_progress, images, model,
+                                         trained_on)
         elif META_KEY in meta:
             del meta[META_KEY]
             log(f'warning: the old fit of {output} was dropped (it was for the map before '
@@ -241,8 +319,16 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         writer.append_map(ref_map)
         if model_file.is_file():
             shutil.copyfile(model_file, writer.folder / MODEL_FILE)
+        # the same model and references: what it was trained on is as it was measured
+        # (a map fitted before that was measured: from its model's training record)
+        trained_on = (fitted_parameters(ref_map) or {}).get(TRAINED_ON_KEY)
+        record = training_record(model_file) if model_file.is_file() else None
+        if trained_on is None:
+            trained_on = training_overlap(record, ref_map.config, ref_map.meta.get(
+                'drives', [])) if record else 0.0
         meta, _ = _fit_in_writer(writer, ref_map.references, dict(ref_map.meta),
-                                 float(place_radius), fit_queries, log, progress)
+                                 float(place_radius), fit_queries, log, progress,
+                                 trained_on=trained_on)
         # the index as it was (a format-1 map keeps its flat one)
         writer.commit(ref_map.references, meta, index_kind_of(ref_map.index), ref_map.index)
     return ReferenceMap.load(map_dir, verify=False, check_values=False)

@@ -63,7 +63,7 @@ from ..core.database import ReferenceMap
 from ..core.errors import ImageError, MapError
 from ..core.fusion import FUSION_METHODS
 from ..core.localizer import fitted_parameters, LocalizationResult, Localizer
-from ..core.map_building import FIT_HINT
+from ..core.map_building import FIT_HINT, training_warning
 from ..core.matching import resolve_mnn_method
 from ..core.navigation import base_pose, InitialPoseGate, map_to_odom, Transform
 from ..core.odometry import OdometryBuffer
@@ -347,6 +347,9 @@ class LocalizerNode(ManagedNode):
                 "the map's calibrated confidence was fitted for its own fusion and place "
                 f"radius ({fitted['place_radius']:g} m): with these parameters the "
                 'confidence is the heuristic one')
+        warning = training_warning(self.map.meta)
+        if warning:
+            self.get_logger().warning(warning)
 
     def _start_odometry(self) -> Optional[OdometryBuffer]:
         """Subscribe to the odometry source the parameters name (None: no odometry)."""

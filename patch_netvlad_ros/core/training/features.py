@@ -61,6 +61,23 @@ def trunk_digest(model: PatchNetVLAD) -> str:
     return digest.hexdigest()
 
 
+#: Hex characters of a pixel key (64 bits): a checkpoint lists one per training image.
+PIXEL_KEY_CHARS = 16
+
+
+def pixel_key(image: np.ndarray) -> str:
+    """Name an RGB uint8 image [H, W, 3] by its pixels alone (SHA-256 of shape and bytes).
+
+    Unlike :meth:`FeatureCache.key` it depends on no model or cache setting: pnv-train
+    lists its training images' pixel keys in the checkpoint, so that a map built of the
+    same images (at the same size) can tell (:mod:`..map_building`).
+    """
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f'{image.shape};{image.dtype};'.encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:PIXEL_KEY_CHARS]
+
+
 class FeatureCache:
     """pool4 maps [512, H/16, W/16] (float32 .npy) of images, computed once, kept on disk.
 

@@ -31,14 +31,15 @@ import json
 import os
 from pathlib import Path
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 import torch
 
 from .augment import augmented
-from .features import (conv5_block, FeatureCache, FeatureStore, trainable_parameters,
-                       trunk_digest, TRUNK_END)
+from .features import (conv5_block, FeatureCache, FeatureStore, pixel_key,
+                       trainable_parameters, trunk_digest, TRUNK_END)
 from .mining import distance_margin, mine_triplets, triplet_loss
 from .options import MODEL_FILE, REPORT_FILE, STATE_FILE, TrainOptions
 from .supervision import concat_positions, Supervision, supervision_from_positions
@@ -449,6 +450,13 @@ def default_feature_cache() -> Path:
     return cache_dir() / 'training_features'
 
 
+def _keyed(images: Iterable[np.ndarray], keys: List[str]) -> Iterator[np.ndarray]:
+    """Yield the images, appending each one's :func:`.features.pixel_key` to keys."""
+    for image in images:
+        keys.append(pixel_key(image))
+        yield image
+
+
 def train_from_drives(drives: Sequence[Drive], output: PathLike, config: PatchNetVLADConfig,
                       options: TrainOptions, checkpoint: Optional[PathLike] = None,
                       device: Union[str, torch.device] = 'cpu',
@@ -458,7 +466,9 @@ def train_from_drives(drives: Sequence[Drive], output: PathLike, config: PatchNe
     """Train on the keyframes of one or more drives; write ``output``/model.pth.tar.
 
     The drives' poses must share one map frame. Their images are read once more, to name
-    (and, the first time, compute) their cached pool4 maps.
+    (and, the first time, compute) their cached pool4 maps. The checkpoint's ``training``
+    record lists the keyframes' pixel keys (``image_keys``, space-separated), so that a map
+    built of them can warn that its self-fit is not to be trusted.
     """
     log = log or (lambda _msg: None)
     device = torch.device(device)
@@ -476,12 +486,15 @@ def train_from_drives(drives: Sequence[Drive], output: PathLike, config: PatchNe
     began = time.perf_counter()
     paths: List[Path] = []
     drive_ids: List[int] = []
+    pixel_keys: List[str] = []
     for copy in range(options.augment + 1):
         first = 0               # a view's parameters depend on (seed, copy, image index)
         for d, drive in enumerate(drives):
             images = drive.frame_images()
             if copy:
                 images = augmented(images, options.seed, copy, first)
+            else:
+                images = _keyed(images, pixel_keys)
             paths.extend(cache.ensure(images, progress=update))
             drive_ids.extend([copy * len(drives) + d] * len(drive.frames))
             first += len(drive.frames)
@@ -504,4 +517,5 @@ def train_from_drives(drives: Sequence[Drive], output: PathLike, config: PatchNe
     return write_outputs(trainer, output, {
         'device': str(device), 'images': frames, 'queries': int(len(sup.queries)),
         'drives': [{'name': d.name, **d.summary()} for d in drives], 'start': start,
-        'preset': config.preset, 'image_size': [config.image_width, config.image_height]})
+        'preset': config.preset, 'image_size': [config.image_width, config.image_height],
+        'image_keys': ' '.join(pixel_keys)})
