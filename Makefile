@@ -24,4 +24,4 @@ lint: setup
 	$(PY) -m pytest -q test/test_lint.py
 
 bench: setup
-	$(PY) -m patch_netvlad_ros.cli.bench
+	$(PY) -m benchmarks.bench

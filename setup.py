@@ -21,7 +21,7 @@ def package_data():
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*']),
+    packages=find_packages(exclude=['test', 'test.*', 'benchmarks', 'benchmarks.*']),
     package_data={PACKAGE: package_data()},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
@@ -41,11 +41,6 @@ setup(
         'console_scripts': [
             'pnv-demo = patch_netvlad_ros.cli.demo:main',
             'pnv-bootstrap = patch_netvlad_ros.cli.bootstrap:main',
-            'pnv-bench = patch_netvlad_ros.cli.bench:main',
-            'pnv-bench-graph = patch_netvlad_ros.cli.bench_graph:main',
-            'pnv-bench-map = patch_netvlad_ros.cli.bench_map:main',
-            'pnv-bench-soak = patch_netvlad_ros.cli.bench_soak:main',
-            'pnv-bench-accuracy = patch_netvlad_ros.cli.bench_accuracy:main',
             'pnv-build-map = patch_netvlad_ros.cli.build_map:main',
             'pnv-evaluate = patch_netvlad_ros.cli.evaluate:main',
             'pnv-train = patch_netvlad_ros.cli.train:main',

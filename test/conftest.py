@@ -15,6 +15,10 @@ import torch
 
 from patch_netvlad_ros.core.config import get_config
 
+# benchmarks/ is not installed: the tests of the benchmark CLIs and of the authors' harness
+# import it from the source tree (appended, so an installed package still comes first).
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 
 def _ros_domain() -> str:
     """This process's DDS domain: the run's own, and under pytest-xdist one per worker.
@@ -64,14 +68,14 @@ def unit(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope='session')
 def corridor_set():
     """The corridor image set shipped in the package."""
-    from patch_netvlad_ros.core.datasets import corridor
+    from patch_netvlad_ros.core.drives.datasets import corridor
     return corridor()
 
 
 @pytest.fixture(scope='session')
 def corridor_images(corridor_set):
     """(reference images, query images) as RGB arrays."""
-    from patch_netvlad_ros.core.image import load_image
+    from patch_netvlad_ros.core.model.image import load_image
     return ([load_image(p) for p in corridor_set.references],
             [load_image(p) for p in corridor_set.queries])
 
@@ -79,7 +83,7 @@ def corridor_images(corridor_set):
 @pytest.fixture(scope='session')
 def corridor_model(corridor_images):
     """Speed-preset model bootstrapped from the corridor references (cached checkpoint)."""
-    from patch_netvlad_ros.core.models import corridor_model as build
+    from patch_netvlad_ros.core.maps.models import corridor_model as build
     config = get_config('speed', **CORRIDOR_SIZE)
     model, path = build(config, corridor_images[0], seed=0)
     model.checkpoint_path = path
@@ -89,8 +93,8 @@ def corridor_model(corridor_images):
 @pytest.fixture(scope='session')
 def corridor_map(corridor_model, corridor_images):
     """Map of the corridor references built with :func:`corridor_model`."""
-    from patch_netvlad_ros.core.database import Reference
-    from patch_netvlad_ros.core.extraction import build_reference_map
+    from patch_netvlad_ros.core.maps.database import Reference
+    from patch_netvlad_ros.core.maps.extraction import build_reference_map
     refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
             for i in range(len(corridor_images[0]))]
     return build_reference_map(corridor_model, corridor_images[0], refs)
@@ -99,7 +103,7 @@ def corridor_map(corridor_model, corridor_images):
 @pytest.fixture(scope='session')
 def corridor_query_descriptors(corridor_model, corridor_images):
     """Descriptors of every corridor query: (global [Q, Dp], patches per scale [Q, P, Dp])."""
-    from patch_netvlad_ros.core.extraction import describe_batches
+    from patch_netvlad_ros.core.maps.extraction import describe_batches
     batches = list(describe_batches(corridor_model, corridor_images[1]))
     return (torch.cat([b.global_desc for b in batches]),
             [torch.cat([b.patches[s] for b in batches]) for s in range(len(batches[0].patches))])

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Dict
 
 from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, PLACE_RADIUS, POSE_TOPIC
-from patch_netvlad_ros.core.drives import read_bag_drive
-from patch_netvlad_ros.core.map_building import build_map
+from patch_netvlad_ros.core.drives.drives import read_bag_drive
+from patch_netvlad_ros.core.maps.map_building import build_map
 
 _BUILT: Dict[int, Path] = {}
 

@@ -14,10 +14,10 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from patch_netvlad_ros.core.database import ReferenceMap
-from patch_netvlad_ros.core.fusion import CandidateTable
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_fit import fit_map
+from patch_netvlad_ros.core.localization.fusion import CandidateTable
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.map_fit import fit_map
 
 #: The corridor's ground truth is query i <-> references i-2..i+2, frames 1 m apart: a
 #: place radius of 2 m makes "within place_radius" the same as "right".

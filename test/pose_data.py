@@ -16,7 +16,7 @@ from typing import Tuple
 
 import numpy as np
 
-from patch_netvlad_ros.core.poses import geodetic_to_enu
+from patch_netvlad_ros.core.drives.poses import geodetic_to_enu
 
 TEST_DATA = Path(__file__).resolve().parent / 'data'
 KITTI_CSV = TEST_DATA / 'kitti_raw_0005' / 'gps_poses_derived.csv'

@@ -21,15 +21,16 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.authors import (authors_config, authors_describe, authors_keypoints,
+                                authors_matcher, authors_model)
 from conftest import CORRIDOR_SIZE, TEST_DATA
-from patch_netvlad_ros.cli.authors import (authors_config, authors_describe,
-                                           authors_keypoints, authors_matcher, authors_model)
-from patch_netvlad_ros.core import matching
-from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.geometry import grids_for
-from patch_netvlad_ros.core.image import load_image, to_tensor
-from patch_netvlad_ros.core.retrieval import build_index, top_k
+from patch_netvlad_ros.core.maps.retrieval import build_index, top_k
+from patch_netvlad_ros.core.matching import rerank
+from patch_netvlad_ros.core.matching.geometry import grids_for
+from patch_netvlad_ros.core.matching.mutual_nn import mutual_nn
+from patch_netvlad_ros.core.model.bootstrap import seeded_model
+from patch_netvlad_ros.core.model.image import load_image, to_tensor
 
 pnv_local = pytest.importorskip('patchnetvlad.models.local_matcher')
 pnv_patch = pytest.importorskip('patchnetvlad.models.patchnetvlad')
@@ -69,7 +70,7 @@ def tokyo():
 
 def test_speed_preset_descriptors_equal_on_tokyo(corridor_model, tokyo, monkeypatch):
     # The real bootstrapped model (ImageNet VGG16 + k-means + WPCA) at the authors' 640x480.
-    from patch_netvlad_ros.core.checkpoint import load_model
+    from patch_netvlad_ros.core.model.checkpoint import load_model
     ours = load_model(corridor_model.checkpoint_path, get_config('speed'))
     theirs = authors_model(ours)
     x = to_tensor(tokyo, ours.config)
@@ -126,7 +127,7 @@ def test_spatial_scores_equal(corridor_model, corridor_map, corridor_query_descr
     for qi in (3, 40, 77):
         q = q_patches[0][qi]
         cands = list(range(0, 111, 7))
-        ours = matching.spatial_scores(matching.mutual_nn(q, store[cands]), grids[0])
+        ours = rerank.spatial_scores(mutual_nn(q, store[cands]), grids[0])
         theirs = [-matcher.match([q], [store[c].t()])[0][0] for c in cands]
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-9, atol=1e-9)
 
@@ -141,7 +142,7 @@ def test_ransac_scores_match_within_one_inlier(corridor_images, tmp_path):
     q = model.extract(to_tensor(queries[25:26], cfg))
     for s, grid in enumerate(checked_grids(cfg)):
         matcher = authors_matcher(cfg, [s])
-        ours = matching.ransac_scores(matching.mutual_nn(q.patches[s][0], db.patches[s]), grid)
+        ours = rerank.ransac_scores(mutual_nn(q.patches[s][0], db.patches[s]), grid)
         theirs = [-matcher.match([q.patches[s][0]], [db.patches[s][c].t()])[0][0]
                   for c in range(db.patches[s].shape[0])]
         np.testing.assert_allclose(ours.numpy() * grid.num_patches,
@@ -182,6 +183,6 @@ def test_rerank_order_equals_authors_local_matcher(
                                      str(tmp_path / 'db'), authors_config(cfg),
                                      torch.device('cpu'))
     for row, (qi, pred) in enumerate(zip(query_ids, preds)):
-        result = matching.rerank([torch.from_numpy(p[qi]) for p in q_patches], db_patches,
-                                 pred, cfg)
+        result = rerank.rerank([torch.from_numpy(p[qi]) for p in q_patches], db_patches,
+                               pred, cfg)
         assert list(pred[result.order]) == list(theirs[row]), f'query {qi}'

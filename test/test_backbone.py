@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import TEST_DATA
-from patch_netvlad_ros.core import backbone
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.errors import WeightsError
-from patch_netvlad_ros.core.image import load_image, to_tensor
+from patch_netvlad_ros.core.model import backbone
+from patch_netvlad_ros.core.model.image import load_image, to_tensor
 
 
 @pytest.fixture(scope='module')

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca, seeded_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.errors import ConfigError, ImageError, MapError
-from patch_netvlad_ros.core.extraction import build_reference_map
-from patch_netvlad_ros.core.image import check_image, to_tensor
-from patch_netvlad_ros.core.localizer import Localizer
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import build_reference_map
+from patch_netvlad_ros.core.model.bootstrap import bootstrap_model, fit_wpca, seeded_model
+from patch_netvlad_ros.core.model.image import check_image, to_tensor
 
 SMALL = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=64)
 
@@ -96,7 +96,8 @@ def test_unknown_preset():
 
 def test_drive_reading_options_are_checked_before_anything_is_read(tmp_path):
     """A bad option is named even though the bag and folder do not exist: nothing is read."""
-    from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
+    from patch_netvlad_ros.core.drives.drives import (KeyframeRule, read_bag_drive,
+                                                      read_folder_drive)
     missing = tmp_path / 'missing'
     with pytest.raises(MapError, match="unknown pose convention 'ned': use one of z-up"):
         read_folder_drive(missing, missing / 'poses.csv', (96, 128), pose_convention='ned')
@@ -109,8 +110,8 @@ def test_drive_reading_options_are_checked_before_anything_is_read(tmp_path):
 
 def test_gnss_drives_are_z_up_and_maps_have_one_convention(kitti_image, tmp_path):
     """NavSatFix poses are ENU: 'camera' is refused; auto and z-up read them."""
-    from patch_netvlad_ros.core.bags import write_bag
-    from patch_netvlad_ros.core.drives import meta_convention, read_bag_drive
+    from bag_writers import write_bag
+    from patch_netvlad_ros.core.drives.drives import meta_convention, read_bag_drive
     stamps = [10.0, 10.1, 10.2]
     fixes = [(t, 'gps', 49.0112 + 1e-5 * i, 8.4228, 112.8) for i, t in enumerate(stamps)]
     bag = write_bag(tmp_path / 'gnss.bag', 'bag', [(t, 'cam', kitti_image) for t in stamps],
@@ -133,7 +134,7 @@ def kitti_image():
     """A real 1242x375 KITTI frame, shrunk to 310x94 to keep the bag small."""
     import cv2
     from pose_data import KITTI_IMAGES
-    from patch_netvlad_ros.core.image import load_image
+    from patch_netvlad_ros.core.model.image import load_image
     return cv2.resize(load_image(KITTI_IMAGES / '0000000000.jpg'), (310, 94))
 
 
@@ -146,7 +147,7 @@ def test_a_too_small_image_in_a_drive_is_counted_invalid_not_a_changed_source(
 
     import cv2
 
-    from patch_netvlad_ros.core.drives import read_folder_drive
+    from patch_netvlad_ros.core.drives.drives import read_folder_drive
     images = list(corridor_images[0][:3]) + [np.zeros((8, 8, 3), np.uint8)]
     with open(tmp_path / 'poses.csv', 'w', newline='') as handle:
         writer = csv.writer(handle)

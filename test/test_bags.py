@@ -1,11 +1,12 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Bag reading and writing (core/bags.py): round trips in every format, a real bag, errors."""
+"""Bag reading and writing (drives/bags.py): round trips in every format, a real bag, errors."""
 
 from pathlib import Path
 import shutil
 from typing import List, Tuple
 
+from bag_writers import write_bag
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
 from rosbags.typesys import get_typestore, Stores
 
-from patch_netvlad_ros.core import bags
+from patch_netvlad_ros.core.drives import bags
 from patch_netvlad_ros.core.errors import ImageError, MapError
 
 REF_DIR = Path(__file__).resolve().parents[1] / 'patch_netvlad_ros' / 'data' / 'corridor' / 'ref'
@@ -41,7 +42,7 @@ def bag_path(tmp_path: Path, fmt: str, name: str = 'test') -> Path:
 @pytest.fixture(scope='module')
 def rgbs() -> List[np.ndarray]:
     """Five real corridor reference images (160x120 RGB)."""
-    from patch_netvlad_ros.core.image import load_image
+    from patch_netvlad_ros.core.model.image import load_image
     paths = sorted(REF_DIR.glob('*.jpg'))[:5]
     assert len(paths) == 5, f'expected corridor references in {REF_DIR}'
     return [load_image(p) for p in paths]
@@ -56,8 +57,8 @@ def image_items(rgbs: List[np.ndarray]) -> List[Tuple[float, str, np.ndarray]]:
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_round_trip_raw_rgb8_poses_and_fixes(tmp_path, rgbs, fmt, pose_type):
     """Raw rgb8 pixels, stamps, frames, poses and fixes come back as written."""
-    path = bags.write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), poses=POSES,
-                          pose_type=pose_type, fixes=FIXES)
+    path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), poses=POSES,
+                     pose_type=pose_type, fixes=FIXES)
     assert path == bag_path(tmp_path, fmt) and path.exists()
     assert bags.bag_topics(path) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 5),
                                      '/odom': (pose_type, 4),
@@ -93,8 +94,8 @@ def test_round_trip_raw_rgb8_poses_and_fixes(tmp_path, rgbs, fmt, pose_type):
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_round_trip_other_encodings(tmp_path, rgbs, fmt, encoding):
     """bgr8 comes back exactly; mono8 comes back as the grey image on three channels."""
-    path = bags.write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), encoding=encoding,
-                          image_topic='/cam/image')
+    path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), encoding=encoding,
+                     image_topic='/cam/image')
     images = list(bags.read_images(path, '/cam/image'))
     assert len(images) == 5
     for image, rgb in zip(images, rgbs):
@@ -109,7 +110,7 @@ def test_round_trip_other_encodings(tmp_path, rgbs, fmt, encoding):
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_round_trip_compressed_jpeg(tmp_path, rgbs, fmt):
     """Check that CompressedImage JPEG decodes to the written colours within its error."""
-    path = bags.write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), compressed=True)
+    path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), compressed=True)
     assert bags.bag_topics(path)['/camera/image_raw'] == ('sensor_msgs/msg/CompressedImage', 5)
     images = list(bags.read_images(path, '/camera/image_raw'))
     assert len(images) == 5
@@ -123,7 +124,7 @@ def test_round_trip_compressed_jpeg(tmp_path, rgbs, fmt):
 @pytest.mark.parametrize('fmt', ['db3', 'mcap'])
 def test_reads_a_single_ros2_storage_file(tmp_path, rgbs, fmt):
     """The .db3 / .mcap file inside a ROS 2 bag folder can be read on its own."""
-    folder = bags.write_bag(tmp_path / 'single', fmt, image_items(rgbs)[:2])
+    folder = write_bag(tmp_path / 'single', fmt, image_items(rgbs)[:2])
     storage = folder / f'single.{fmt}'
     assert storage.is_file()
     assert bags.bag_topics(storage) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 2)}
@@ -204,10 +205,10 @@ def test_unknown_topic_and_wrong_type(real_bag):
 
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_refuses_to_overwrite(tmp_path, rgbs, fmt):
-    path = bags.write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs)[:1])
+    path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs)[:1])
     before = sorted(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
     with pytest.raises(MapError, match='exists already'):
-        bags.write_bag(path, fmt, image_items(rgbs)[1:2])
+        write_bag(path, fmt, image_items(rgbs)[1:2])
     after = sorted(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
     assert before == after
     assert len(list(bags.read_images(path, '/camera/image_raw'))) == 1
@@ -216,17 +217,17 @@ def test_refuses_to_overwrite(tmp_path, rgbs, fmt):
 def test_write_rejects_bad_arguments(tmp_path, rgbs):
     items = image_items(rgbs)[:1]
     with pytest.raises(MapError, match='not one of bag, db3, mcap'):
-        bags.write_bag(tmp_path / 'a', 'rosbag', items)
+        write_bag(tmp_path / 'a', 'rosbag', items)
     with pytest.raises(MapError, match='must end in .bag'):
-        bags.write_bag(tmp_path / 'a.db3', 'bag', items)
+        write_bag(tmp_path / 'a.db3', 'bag', items)
     with pytest.raises(MapError, match='pose_type'):
-        bags.write_bag(tmp_path / 'b', 'mcap', items, poses=POSES, pose_type='nav_msgs/msg/Path')
+        write_bag(tmp_path / 'b', 'mcap', items, poses=POSES, pose_type='nav_msgs/msg/Path')
     with pytest.raises(MapError, match='RGB uint8'):
-        bags.write_bag(tmp_path / 'c', 'mcap', [(1.0, 'cam', rgbs[0][..., 0])])
+        write_bag(tmp_path / 'c', 'mcap', [(1.0, 'cam', rgbs[0][..., 0])])
     with pytest.raises(MapError, match='stamp'):
-        bags.write_bag(tmp_path / 'd', 'mcap', [(float('nan'), 'cam', rgbs[0])])
+        write_bag(tmp_path / 'd', 'mcap', [(float('nan'), 'cam', rgbs[0])])
     with pytest.raises(ImageError, match='unsupported image encoding'):
-        bags.write_bag(tmp_path / 'e', 'mcap', items, encoding='jpeg')
+        write_bag(tmp_path / 'e', 'mcap', items, encoding='jpeg')
     assert list(tmp_path.iterdir()) == []  # nothing was created
 
 

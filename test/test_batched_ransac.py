@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core import batched_ransac, matching
-from patch_netvlad_ros.core.geometry import grids_for
+from patch_netvlad_ros.core.matching import batched_ransac, rerank
+from patch_netvlad_ros.core.matching.geometry import grids_for
 
 
 def project(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -92,11 +92,11 @@ def test_inlier_counts_agree_with_opencv_on_real_matches(corridor_map,
     """
     g, patches = corridor_query_descriptors
     grid = grids_for(corridor_map.config)[0]
-    threshold = matching.RANSAC_CELLS * 16 * grid.stride
+    threshold = rerank.RANSAC_CELLS * 16 * grid.stride
     ours, theirs = [], []
     for qi in range(0, g.shape[0], 10):
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:20]
-        match = matching.match_candidates(patches[0][qi], corridor_map.patches[0], cands)
+        match = rerank.match_candidates(patches[0][qi], corridor_map.patches[0], cands)
         src, dst, valid, _ = batched_ransac.pack_matches(
             match, torch.tensor(grid.centres))
         counts, mask = batched_ransac.ransac_inlier_counts(src, dst, valid, threshold)
@@ -104,9 +104,9 @@ def test_inlier_counts_agree_with_opencv_on_real_matches(corridor_map,
         ours += counts.tolist()
         for row in match.numpy():
             db_idx = np.flatnonzero(row >= 0)
-            theirs.append(int(matching.ransac_inliers(grid.centres[db_idx],
-                                                      grid.centres[row[db_idx]],
-                                                      threshold).sum()))
+            theirs.append(int(rerank.ransac_inliers(grid.centres[db_idx],
+                                                    grid.centres[row[db_idx]],
+                                                    threshold).sum()))
     ours, theirs = np.array(ours), np.array(theirs)
     print(f'{len(ours)} candidates: equal {np.mean(ours == theirs):.2f}, ours higher '
           f'{np.mean(ours > theirs):.2f}, ours lower {np.mean(ours < theirs):.2f}, '
@@ -122,18 +122,18 @@ def test_batched_scores_plug_into_the_rerank(corridor_map, corridor_query_descri
     g, patches = corridor_query_descriptors
     cfg = corridor_map.config.override(matcher='ransac')
     cands = np.argsort(-(corridor_map.global_desc @ g[0].numpy()))[:10]
-    match = matching.match_candidates(patches[0][0], corridor_map.patches[0], cands)
+    match = rerank.match_candidates(patches[0][0], corridor_map.patches[0], cands)
     grid = grids_for(cfg)[0]
-    scores = matching.ransac_scores(match, grid, method='batched')
+    scores = rerank.ransac_scores(match, grid, method='batched')
     src, dst, valid, _ = batched_ransac.pack_matches(
         match, torch.tensor(grid.centres))
     counts, _ = batched_ransac.ransac_inlier_counts(src, dst, valid,
-                                                    matching.RANSAC_CELLS * 16 * grid.stride)
+                                                    rerank.RANSAC_CELLS * 16 * grid.stride)
     np.testing.assert_array_equal(scores.numpy(), counts.numpy() / grid.num_patches)
-    result = matching.rerank([patches[0][0]], corridor_map.patches, cands, cfg,
-                             ransac_method='batched')
+    result = rerank.rerank([patches[0][0]], corridor_map.patches, cands, cfg,
+                           ransac_method='batched')
     np.testing.assert_array_equal(result.per_scale[:, 0], scores.numpy())
-    assert matching.resolve_ransac_method('auto', torch.device('cpu')) == 'opencv'
-    assert matching.resolve_ransac_method('auto', torch.device('cuda')) == 'batched'
+    assert rerank.resolve_ransac_method('auto', torch.device('cpu')) == 'opencv'
+    assert rerank.resolve_ransac_method('auto', torch.device('cuda')) == 'batched'
     with pytest.raises(ValueError, match='unknown RANSAC method'):
-        matching.resolve_ransac_method('fast', torch.device('cpu'))
+        rerank.resolve_ransac_method('fast', torch.device('cpu'))

@@ -4,9 +4,9 @@
 
 import pytest
 
-from patch_netvlad_ros.core.accounting import node_balance
-from patch_netvlad_ros.core.batching import FrameBatcher
 from patch_netvlad_ros.core.errors import ConfigError
+from patch_netvlad_ros.core.graph.accounting import node_balance
+from patch_netvlad_ros.core.graph.batching import FrameBatcher
 
 # Times below are multiples of powers of two, so sums and differences are exact floats.
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core.bootstrap import bootstrap_model, fit_wpca, init_netvlad
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.datasets import corridor
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.model import PatchNetVLAD
-from patch_netvlad_ros.core.models import corridor_model
+from patch_netvlad_ros.core.drives.datasets import corridor
+from patch_netvlad_ros.core.maps.models import corridor_model
+from patch_netvlad_ros.core.model.bootstrap import bootstrap_model, fit_wpca, init_netvlad
+from patch_netvlad_ros.core.model.image import load_image
+from patch_netvlad_ros.core.model.model import PatchNetVLAD
 
 
 @pytest.mark.parametrize('n,dv', [(60, 200), (400, 40)])   # Gram (dual) and covariance paths

@@ -20,12 +20,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from conftest import CORRIDOR_SIZE, TEST_DATA
-from patch_netvlad_ros.core import calibration as cal
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.fusion import Fusion
-from patch_netvlad_ros.core.image import load_image, resize_rgb
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.report import roc_auc
+from patch_netvlad_ros.core.evaluation.report import roc_auc
+from patch_netvlad_ros.core.localization import calibration as cal
+from patch_netvlad_ros.core.localization.fusion import Fusion
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.model.image import load_image, resize_rgb
 
 
 def test_logistic_fit_matches_scikit_learn(rng):

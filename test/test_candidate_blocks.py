@@ -1,6 +1,6 @@
 # Copyright 2026 The patch_netvlad_ros Authors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""How both C screens read the candidates' patches from a store (core/candidate_blocks.py).
+"""How both C screens read the candidates' patches from a store (matching/candidate_blocks.py).
 
 One test for every screen that reads candidates through candidate_blocks: the integer screen
 (AVX2) and the bf16 screen (AVX-512 bf16: oneDNN GEMM + C pass, or the fused AMX kernel);
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import brute_force_mnn, unit
-from patch_netvlad_ros.core import int_screen, native, screened_mnn
+from patch_netvlad_ros.core import native
+from patch_netvlad_ros.core.matching import int_screen, screened_mnn
 
 
 def _int8(q: torch.Tensor):

@@ -7,10 +7,10 @@ import pickle
 import pytest
 import torch
 
-from patch_netvlad_ros.core.bootstrap import seeded_model
-from patch_netvlad_ros.core.checkpoint import load_model, save_checkpoint
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.errors import CheckpointError
+from patch_netvlad_ros.core.model.bootstrap import seeded_model
+from patch_netvlad_ros.core.model.checkpoint import load_model, save_checkpoint
 
 SMALL = {'image_height': 16 * 9, 'image_width': 16 * 11}
 

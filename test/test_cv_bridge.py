@@ -16,7 +16,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 
 from conftest import TEST_DATA
-from patch_netvlad_ros.core.encodings import encode_raw, SUPPORTED_ENCODINGS
+from patch_netvlad_ros.core.drives.encodings import encode_raw, SUPPORTED_ENCODINGS
 from patch_netvlad_ros.ros.conversions import ImageDecoder
 
 cv_bridge = pytest.importorskip(

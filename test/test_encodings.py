@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.encodings import (
-    decode_compressed, decode_raw, encode_raw, SUPPORTED_ENCODINGS)
+from patch_netvlad_ros.core.drives.encodings import (decode_compressed, decode_raw, encode_raw,
+                                                     SUPPORTED_ENCODINGS)
 from patch_netvlad_ros.core.errors import ImageError
 
 QUERY_DIR = Path(__file__).resolve().parent.parent / 'patch_netvlad_ros' / 'data' / \

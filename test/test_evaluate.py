@@ -20,8 +20,8 @@ import pytest
 
 from patch_netvlad_ros.cli import evaluate
 from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, POSE_TOPIC
-from patch_netvlad_ros.core.bags import bag_topics
-from patch_netvlad_ros.core.database import ReferenceMap
+from patch_netvlad_ros.core.drives.bags import bag_topics
+from patch_netvlad_ros.core.maps.database import ReferenceMap
 
 RATE = 4.0
 

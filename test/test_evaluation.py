@@ -5,7 +5,8 @@
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.evaluation import positives_by_frame, positives_within, recall_at_n
+from patch_netvlad_ros.core.evaluation.evaluation import (positives_by_frame, positives_within,
+                                                          recall_at_n)
 
 
 def test_recall_at_n_hand_computed():

@@ -5,16 +5,16 @@ pnv-map check shows what a map has, pnv-map fit fits a map built without one in 
 
 import json
 
+from bag_writers import write_bag
 import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import build_map, map_tool
-from patch_netvlad_ros.core.bags import write_bag
-from patch_netvlad_ros.core.database import ReferenceMap
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import map_model_path
-from patch_netvlad_ros.core.map_fit import fit_map
-from patch_netvlad_ros.core.map_manifest import read_manifest
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.maps.map_fit import fit_map
+from patch_netvlad_ros.core.maps.map_manifest import read_manifest
 
 
 def first(ref_map: ReferenceMap, n: int) -> ReferenceMap:

@@ -5,9 +5,10 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from patch_netvlad_ros.core import flops, matching
-from patch_netvlad_ros.core.backbone import build_encoder
+from benchmarks import flops
 from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.matching.mutual_nn import mutual_nn
+from patch_netvlad_ros.core.model.backbone import build_encoder
 
 
 def counted(fn) -> int:
@@ -29,7 +30,7 @@ def test_matching_count_equals_the_similarity_gemms():
     p = cfg.num_patches(0)
     q = torch.randn(p, cfg.num_pcs)
     db = torch.randn(7, p, cfg.num_pcs)
-    assert counted(lambda: matching.mutual_nn(q, db)) == flops.matching_flops(cfg, 7)
+    assert counted(lambda: mutual_nn(q, db)) == flops.matching_flops(cfg, 7)
 
 
 def test_the_figures_the_issue_gives():

@@ -10,14 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.accounting import (DROP_REASONS, ERROR, graph_ledger,
-                                               LevelTracker, node_balance, OK, SequenceGaps,
-                                               StampGaps, UpstreamLoss, WARN)
-from patch_netvlad_ros.core.batching import FrameBatcher
 from patch_netvlad_ros.core.errors import ImageError
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.image_limits import (check_pixels, compressed_dimensions,
-                                                 DEFAULT_MAX_PIXELS, OversizedImage)
+from patch_netvlad_ros.core.graph.accounting import (DROP_REASONS, ERROR, graph_ledger,
+                                                     LevelTracker, node_balance, OK, SequenceGaps,
+                                                     StampGaps, UpstreamLoss, WARN)
+from patch_netvlad_ros.core.graph.batching import FrameBatcher
+from patch_netvlad_ros.core.graph.image_limits import (check_pixels, compressed_dimensions,
+                                                       DEFAULT_MAX_PIXELS, OversizedImage)
+from patch_netvlad_ros.core.model.image import load_image
 
 
 def test_sequence_gaps_count_missed_messages_per_publisher():

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core import fusion as fusion_mod
-from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.evaluation import recall_at_n
-from patch_netvlad_ros.core.fusion import CandidateTable, fit_fusion, Fusion
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.matching import fuse_scores, rerank
+from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
+from patch_netvlad_ros.core.localization import fusion as fusion_mod
+from patch_netvlad_ros.core.localization.fusion import CandidateTable, fit_fusion, Fusion
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.matching.rerank import fuse_scores, rerank
 
 
 def standardise(x):

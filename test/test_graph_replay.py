@@ -16,6 +16,7 @@ import threading
 import time
 from typing import List
 
+from bag_writers import write_bag
 import numpy as np
 import pytest
 import rclpy
@@ -26,12 +27,12 @@ from sensor_msgs.msg import CompressedImage, Image
 import torch
 
 from conftest import CORRIDOR_SIZE
-from patch_netvlad_ros.core.bags import read_messages, write_bag
-from patch_netvlad_ros.core.drives import read_bag_drive, read_folder_drive
-from patch_netvlad_ros.core.encodings import encode_raw
-from patch_netvlad_ros.core.extraction import describe_batches
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.core.drives.bags import read_messages
+from patch_netvlad_ros.core.drives.drives import read_bag_drive, read_folder_drive
+from patch_netvlad_ros.core.drives.encodings import encode_raw
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.extraction import describe_batches
+from patch_netvlad_ros.core.maps.map_building import map_model_path
 from patch_netvlad_ros.ros.graph_processes import format_param, rss_kib
 from patch_netvlad_ros.ros.replay import recorded_frames, replay_drive
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import brute_force_mnn, run_without_native, unit
-from patch_netvlad_ros.core import int_screen, matching, native
+from patch_netvlad_ros.core import native
+from patch_netvlad_ros.core.matching import int_screen, rerank
+from patch_netvlad_ros.core.matching.mutual_nn import mutual_nn
 
 pytestmark = [pytest.mark.hardware, pytest.mark.skipif(
     not int_screen.available(),
@@ -138,7 +140,7 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
         screen = int_screen.IntQuery(q, bits)
         fast = screen.match(store, cands)                # read in place from the map
-        plain = matching.match_candidates(q, store, cands, method='float32')
+        plain = rerank.match_candidates(q, store, cands, method='float32')
         torch.testing.assert_close(fast, plain, rtol=0, atol=0)
         np.testing.assert_array_equal(
             fast.numpy(), brute_force_mnn(q.numpy(), np.asarray(store[cands], np.float32)))
@@ -165,34 +167,35 @@ def test_nearly_parallel_descriptors_fall_back_to_float32(rng, bits):
     match = screen.match(db)
     assert screen.fallbacks == 3
     torch.testing.assert_close(
-        match, matching.mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
+        match, mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
         rtol=0, atol=0)
 
 
 def test_auto_picks_the_integer_screen_where_it_is_preferred(rng):
-    expected = ('screened' if matching.screened_mnn.available()
+    expected = ('screened' if rerank.screened_mnn.available()
                 else 'integer' if int_screen.preferred() else 'float32')
-    assert matching.resolve_mnn_method('auto', torch.device('cpu')) == expected
+    assert rerank.resolve_mnn_method('auto', torch.device('cpu')) == expected
     # every preset's dimension, the performance preset's 4096 included
     for dim in (128, 512, 4096):
-        assert matching.resolve_mnn_method('auto', torch.device('cpu'), dim) == expected
-    assert matching.resolve_mnn_method('integer', torch.device('cpu')) == 'integer'
+        assert rerank.resolve_mnn_method('auto', torch.device('cpu'), dim) == expected
+    assert rerank.resolve_mnn_method('integer', torch.device('cpu')) == 'integer'
     # the width follows the dimension: int8 up to 1024 dims, int16 above
     assert [int_screen.bits_for(d) for d in (128, 512, 1024, 1025, 4096)] == [8, 8, 8, 16, 16]
     assert int_screen.IntQuery(torch.ones(3, 4096) / 64).bits == 16
     with pytest.raises(ValueError, match='bits must be 8 or 16; got 12'):
         int_screen.IntQuery(torch.ones(3, 8), bits=12)
     with pytest.raises(ValueError, match="unknown matcher method 'int8'"):
-        matching.resolve_mnn_method('int8', torch.device('cpu'))
+        rerank.resolve_mnn_method('int8', torch.device('cpu'))
     q = torch.from_numpy(unit(rng.standard_normal((20, 32))))
     store = unit(rng.standard_normal((5, 25, 32))).astype(np.float16)
     np.testing.assert_array_equal(
-        matching.match_candidates(q, store, [3, 0, 4], method='integer'),
+        rerank.match_candidates(q, store, [3, 0, 4], method='integer'),
         brute_force_mnn(q.numpy(), store[[3, 0, 4]].astype(np.float32)))
 
 
 def test_disabled_helper_is_unavailable_and_says_why():
-    code = ('from patch_netvlad_ros.core import int_screen, native; import torch; '
+    code = ('from patch_netvlad_ros.core import native; from patch_netvlad_ros.core.matching '
+            'import int_screen; import torch; '
             'print(int_screen.available(), int_screen.preferred()); '
             'print(native.unavailable_reason("int_mnn"))\n'
             'try:\n    int_screen.IntQuery(torch.zeros(2, 4))\n'

@@ -35,10 +35,10 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Header, UInt64
 
-from patch_netvlad_ros.core.database import Reference
-from patch_netvlad_ros.core.extraction import build_reference_map
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.core.maps.database import Reference
+from patch_netvlad_ros.core.maps.extraction import build_reference_map
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.model.image import load_image
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
 from patch_netvlad_ros.ros.qos import pipeline_qos
 

@@ -8,7 +8,7 @@ import sys
 
 ROOT = Path(__file__).resolve().parent.parent
 # bin/ holds the `ros2 run` executables: Python without a .py suffix, named one by one.
-TARGETS = ['patch_netvlad_ros', 'test', 'launch', 'setup.py',
+TARGETS = ['patch_netvlad_ros', 'benchmarks', 'test', 'launch', 'setup.py',
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'bin').glob('*'))]
 
 
@@ -23,5 +23,5 @@ def test_flake8():
 
 
 def test_pep257():
-    result = run('pydocstyle', 'patch_netvlad_ros', 'launch')
+    result = run('pydocstyle', 'patch_netvlad_ros', 'benchmarks', 'launch')
     assert result.returncode == 0, 'pep257 found problems:\n' + result.stdout + result.stderr

@@ -30,14 +30,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from conftest import CORRIDOR_SIZE, TEST_DATA
-from patch_netvlad_ros.core.checkpoint import model_digest
-from patch_netvlad_ros.core.database import ReferenceMap
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import map_model_path
-from patch_netvlad_ros.core.odometry import OdometryBuffer
-from patch_netvlad_ros.core.poses import PoseSample
-from patch_netvlad_ros.core.sequence import SequenceLocalizer
+from patch_netvlad_ros.core.drives.poses import PoseSample
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.localization.odometry import OdometryBuffer
+from patch_netvlad_ros.core.localization.sequence import SequenceLocalizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.model.checkpoint import model_digest
+from patch_netvlad_ros.core.model.image import load_image
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode

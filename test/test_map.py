@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import MapWriter, Reference, ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
-from patch_netvlad_ros.core.localizer import descriptor_identity, Localizer
-from patch_netvlad_ros.core.retrieval import build_index, index_kind_of, top_k
+from patch_netvlad_ros.core.localization.localizer import descriptor_identity, Localizer
+from patch_netvlad_ros.core.maps.database import MapWriter, Reference, ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import build_reference_map, describe_batches
+from patch_netvlad_ros.core.maps.retrieval import build_index, index_kind_of, top_k
+from patch_netvlad_ros.core.model.bootstrap import seeded_model
 
 CFG = get_config('speed', image_height=16 * 8, image_width=16 * 10, num_pcs=64)
 
@@ -233,7 +233,7 @@ def replace_index(path, index):
     import faiss
     faiss.write_index(index, str(path / 'global.faiss'))
     f = path / 'global.faiss'
-    from patch_netvlad_ros.core.backbone import sha256_file
+    from patch_netvlad_ros.core.model.backbone import sha256_file
 
     def update(manifest):
         manifest['files']['global.faiss'] = {'sha256': sha256_file(f),

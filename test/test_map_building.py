@@ -9,18 +9,19 @@ import shutil
 import subprocess
 import sys
 
+from bag_writers import write_bag
 import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import build_map as build_map_cli
-from patch_netvlad_ros.core.backbone import sha256_file
-from patch_netvlad_ros.core.bags import read_images, write_bag
-from patch_netvlad_ros.core.database import ReferenceMap
-from patch_netvlad_ros.core.drives import KeyframeRule, read_bag_drive, read_folder_drive
+from patch_netvlad_ros.core.drives.bags import read_images
+from patch_netvlad_ros.core.drives.drives import KeyframeRule, read_bag_drive, read_folder_drive
+from patch_netvlad_ros.core.drives.poses import geodetic_to_enu
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
-from patch_netvlad_ros.core.map_building import build_map, map_model_path, resolve_map_model
-from patch_netvlad_ros.core.poses import geodetic_to_enu
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import build_reference_map, describe_batches
+from patch_netvlad_ros.core.maps.map_building import build_map, map_model_path, resolve_map_model
+from patch_netvlad_ros.core.model.backbone import sha256_file
 
 #: Poses and both cameras of every sixth KITTI frame (half size; see ATTRIBUTION.md there).
 KITTI = Path(__file__).resolve().parent / 'data' / 'kitti_raw_0005'
@@ -194,13 +195,13 @@ def _kitti_rows():
 
 
 def _kitti_image(camera: str, frame: int):
-    from patch_netvlad_ros.core.image import load_image
+    from patch_netvlad_ros.core.model.image import load_image
     return load_image(KITTI / camera / 'data' / f'{frame:010d}.jpg')
 
 
 def test_kitti_navsatfix_map_and_right_camera_queries(corridor_model, tmp_path):
     """NavSatFix -> local metres; map from the left camera, queries from the right one."""
-    from patch_netvlad_ros.core.localizer import Localizer
+    from patch_netvlad_ros.core.localization.localizer import Localizer
     rows = _kitti_rows()[::6]  # 16 frames, about 2.2 m apart
     frames = [int(r['frame']) for r in rows]
     stamps = [100.0 + 0.1 * f for f in frames]

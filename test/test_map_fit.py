@@ -6,18 +6,18 @@ visits of real corridor images, stored parameters, maps built from drives and re
 import dataclasses
 import json
 
+from bag_writers import write_bag
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core import map_fit
-from patch_netvlad_ros.core.bags import write_bag
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference, ReferenceMap
-from patch_netvlad_ros.core.drives import read_bag_drive
+from patch_netvlad_ros.core.drives.drives import read_bag_drive
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import describe_batches
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import build_map, fit_summary, refit_map
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps import map_fit
+from patch_netvlad_ros.core.maps.database import Reference, ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import describe_batches
+from patch_netvlad_ros.core.maps.map_building import build_map, fit_summary, refit_map
 from patch_netvlad_ros.core.training.augment import augment_image
 
 #: The corridor at the demo's size (rows, columns).

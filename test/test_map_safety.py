@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import map_tool
-from patch_netvlad_ros.core import database, map_folder
-from patch_netvlad_ros.core.backbone import sha256_file
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import MapWriter, Reference, ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
+from patch_netvlad_ros.core.maps import database, map_folder
+from patch_netvlad_ros.core.maps.database import MapWriter, Reference, ReferenceMap
+from patch_netvlad_ros.core.model.backbone import sha256_file
 
 CFG = get_config('storage', image_height=16 * 8, image_width=16 * 10, num_pcs=32)
 TEST_DIR = Path(__file__).resolve().parent
@@ -292,7 +292,7 @@ CHILD = '''
 import os, signal, sys
 sys.path.insert(0, {test_dir!r})
 from test_map_safety import synthetic_map
-from patch_netvlad_ros.core import map_folder
+from patch_netvlad_ros.core.maps import map_folder
 mode, path = {mode!r}, {path!r}
 if mode in ('between renames', 'first commit'):
     map_folder._RENAMEAT2 = None          # as on a file system that cannot swap folders
@@ -313,7 +313,7 @@ elif mode == 'after swap':
         real_rmtree(folder, *args, **kwargs)
     shutil.rmtree = rmtree
 elif mode == 'mid build':
-    from patch_netvlad_ros.core import database
+    from patch_netvlad_ros.core.maps import database
     real_append = database.MapWriter.append
 
     def append(self, *args):              # SIGKILL after the first rows were written

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core import matching
-from patch_netvlad_ros.core.geometry import patch_grid
+from patch_netvlad_ros.core.matching import rerank
+from patch_netvlad_ros.core.matching.geometry import patch_grid
+from patch_netvlad_ros.core.matching.mutual_nn import mutual_nn
 
 
 def unit(rng, *shape):
@@ -21,7 +22,7 @@ def unit(rng, *shape):
 def test_mutual_nn_equals_brute_force(rng):
     q = unit(rng, 40, 16)
     db = unit(rng, 3, 35, 16)
-    got = matching.mutual_nn(q, db).numpy()
+    got = mutual_nn(q, db).numpy()
     for c in range(3):
         dist = np.linalg.norm(db[c].numpy()[:, None] - q.numpy()[None], axis=2)  # [Pd, Pq]
         for j in range(35):
@@ -34,8 +35,8 @@ def test_match_candidates_reads_chunks_of_a_float16_store(rng):
     q = unit(rng, 30, 8)
     store = unit(rng, 12, 25, 8).numpy().astype(np.float16)
     idx = [11, 0, 5, 5, 7]
-    chunked = matching.match_candidates(q, store, idx, chunk_bytes=1)   # one per chunk
-    whole = matching.mutual_nn(q, torch.from_numpy(store[idx]).float())
+    chunked = rerank.match_candidates(q, store, idx, chunk_bytes=1)   # one per chunk
+    whole = mutual_nn(q, torch.from_numpy(store[idx]).float())
     assert torch.equal(chunked, whole)
 
 
@@ -53,7 +54,7 @@ def test_spatial_score_hand_computed():
     match[0, idx(1, 2)] = idx(1, 2)
     # mean x offset -2/3: |dev_x| = 1/3, 1/3, 2/3; dev_y = 0
     want = ((3 - 1 / 3) ** 2 * 2 + (3 - 2 / 3) ** 2 + 3 * 2 ** 2) / 12
-    assert matching.spatial_scores(match, grid).item() == pytest.approx(want, abs=1e-12)
+    assert rerank.spatial_scores(match, grid).item() == pytest.approx(want, abs=1e-12)
     assert want == pytest.approx(285 / 9 / 12)
 
 
@@ -61,15 +62,15 @@ def test_spatial_score_of_no_match_is_zero_and_max_is_reachable():
     grid = patch_grid(5, 6, 2, 1)
     none = torch.full((1, grid.num_patches), -1)
     identity = torch.arange(grid.num_patches)[None]
-    assert matching.spatial_scores(none, grid).item() == 0.0
+    assert rerank.spatial_scores(none, grid).item() == 0.0
     # every patch matched to itself: zero deviation, each term is x_max^2 + y_max^2
-    assert matching.spatial_scores(identity, grid).item() == pytest.approx(
-        matching.spatial_score_max(grid))
+    assert rerank.spatial_scores(identity, grid).item() == pytest.approx(
+        rerank.spatial_score_max(grid))
 
 
 def test_fusion_hand_computed():
     scores = torch.tensor([[1.0, 2.0, 7.0], [3.0, 4.0, 7.0], [5.0, 9.0, 7.0]])
-    fused = matching.fuse_scores(scores, (0.25, 0.5, 0.25)).numpy()
+    fused = rerank.fuse_scores(scores, (0.25, 0.5, 0.25)).numpy()
     z1 = np.array([-2.0, 0.0, 2.0]) / math.sqrt(8 / 3)       # mean 3, population var 8/3
     z2 = np.array([-3.0, -1.0, 4.0]) / math.sqrt(26 / 3)     # mean 5, population var 26/3
     np.testing.assert_allclose(fused, 0.25 * z1 + 0.5 * z2, atol=1e-12)  # constant col: 0
@@ -82,7 +83,7 @@ def test_ransac_recovers_known_homography_with_outliers(rng):
     dst = dst_h[:, :2] / dst_h[:, 2:]
     outliers = rng.choice(200, 60, replace=False)
     dst[outliers] += rng.uniform(60, 200, size=(60, 2)) * rng.choice([-1, 1], size=(60, 2))
-    inliers = matching.ransac_inliers(src, dst, threshold=24.0)
+    inliers = rerank.ransac_inliers(src, dst, threshold=24.0)
     expected = np.ones(200, bool)
     expected[outliers] = False
     assert np.array_equal(inliers, expected)
@@ -106,9 +107,9 @@ def test_ransac_score_is_inliers_over_patch_count(rng):
     spare = np.setdiff1d(np.arange(grid.num_patches), db_idx)
     bad = rng.choice(spare[cols[spare] < 20], 40, replace=False)
     match[0, bad] = torch.from_numpy(bad + 10)
-    score = matching.ransac_scores(match, grid).item()
+    score = rerank.ransac_scores(match, grid).item()
     assert score == pytest.approx(300 / grid.num_patches)
-    assert matching.ransac_scores(torch.full((1, grid.num_patches), -1), grid).item() == 0
+    assert rerank.ransac_scores(torch.full((1, grid.num_patches), -1), grid).item() == 0
 
 
 def test_threaded_ransac_scores_equal_one_call_per_candidate(rng):
@@ -119,16 +120,16 @@ def test_threaded_ransac_scores_equal_one_call_per_candidate(rng):
     for c in range(24):
         db_idx = rng.choice(grid.num_patches, 200, replace=False)
         match[c, db_idx] = torch.from_numpy(rng.choice(grid.num_patches, 200))
-    threshold = matching.RANSAC_CELLS * 16 * grid.stride
+    threshold = rerank.RANSAC_CELLS * 16 * grid.stride
     expected = []
     for row in match.numpy():
         db_idx = np.flatnonzero(row >= 0)
-        inliers = matching.ransac_inliers(grid.centres[db_idx], grid.centres[row[db_idx]],
-                                          threshold)
+        inliers = rerank.ransac_inliers(grid.centres[db_idx], grid.centres[row[db_idx]],
+                                        threshold)
         expected.append(inliers.sum() / grid.num_patches)
     for _ in range(2):
-        np.testing.assert_array_equal(matching.ransac_scores(match, grid).numpy(), expected)
-    assert matching.ransac_scores(match[:0], grid).shape == (0,)
+        np.testing.assert_array_equal(rerank.ransac_scores(match, grid).numpy(), expected)
+    assert rerank.ransac_scores(match[:0], grid).shape == (0,)
 
 
 def test_rerank_orders_by_fused_score(rng):
@@ -141,7 +142,7 @@ def test_rerank_orders_by_fused_score(rng):
     noisy = q.clone()
     noisy[::2] = unit(rng, len(noisy[::2]), 32)
     store = torch.stack([noisy, unit(rng, p, 32), q])
-    result = matching.rerank([q], [store], [0, 1, 2], cfg)
+    result = rerank.rerank([q], [store], [0, 1, 2], cfg)
     assert result.quality[2] > result.quality[0] > result.quality[1]
     assert list(result.order) == [2, 0, 1]
     assert result.quality[2] == pytest.approx(1.0)

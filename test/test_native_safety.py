@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Every matcher takes patches with NaN, Inf, huge, denormal or zero rows safely and alike.
 
-The semantics (:mod:`patch_netvlad_ros.core.candidate_blocks`): a row with a NaN, an
+The semantics (:mod:`patch_netvlad_ros.core.matching.candidate_blocks`): a row with a NaN, an
 infinity or a value beyond float16's range takes no part; the matches are the mutual
 nearest neighbours of the usable rows alone. The reference is a float64 brute force of
 exactly that; every path (float32, the integer screen in both widths, the bf16 screen on
@@ -22,9 +22,11 @@ import pytest
 import torch
 
 from conftest import unit
-from patch_netvlad_ros.core import int_screen, matching, native, screened_mnn
-from patch_netvlad_ros.core.candidate_blocks import reads_in_place, USABLE_LIMIT, usable_rows
-from patch_netvlad_ros.core.localizer import Localizer
+from patch_netvlad_ros.core import native
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.matching import int_screen, rerank, screened_mnn
+from patch_netvlad_ros.core.matching.candidate_blocks import reads_in_place
+from patch_netvlad_ros.core.matching.mutual_nn import USABLE_LIMIT, usable_rows
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +57,7 @@ def _has_amx() -> bool:
 
 #: Matcher name -> (query -> match(store, indices)), each where it runs here.
 MATCHERS = {
-    'float32': lambda q: lambda s, i: matching.match_candidates(q, s, i, method='float32'),
+    'float32': lambda q: lambda s, i: rerank.match_candidates(q, s, i, method='float32'),
     'int8': lambda q: int_screen.IntQuery(q, 8).match,
     'int16': lambda q: int_screen.IntQuery(q, 16).match,
     'bf16': lambda q: screened_mnn.ScreenedQuery(q, fused=False).match,
@@ -208,7 +210,7 @@ import numpy as np
 import torch
 sys.path.insert(0, {test!r})
 from test_native_safety import brute_force_usable, MATCHERS, _has_amx
-from patch_netvlad_ros.core import int_screen, screened_mnn
+from patch_netvlad_ros.core.matching import int_screen, screened_mnn
 rng = np.random.default_rng(5)
 names = ['float32'] + (['int8', 'int16'] if int_screen.available() else [])
 names += (['bf16'] if screened_mnn.available() else []) + (['amx'] if _has_amx() else [])
@@ -265,12 +267,12 @@ def test_rerank_on_a_poisoned_corridor_map(corridor_map, corridor_query_descript
     for qi in (0, 40, 90):
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:30]
         query = [p[qi] for p in patches]
-        clean = matching.rerank(query, corridor_map.patches, cands, cfg, mnn_method=method)
+        clean = rerank.rerank(query, corridor_map.patches, cands, cfg, mnn_method=method)
         winner = int(clean.order[0])
         partial = [int(clean.order[1]), int(clean.order[5])]
         bad = _poison(corridor_map, [cands[winner]], 'whole')
         bad = _poison(bad, [cands[j] for j in partial], 'rows')
-        got = matching.rerank(query, bad.patches, cands, cfg, mnn_method=method)
+        got = rerank.rerank(query, bad.patches, cands, cfg, mnn_method=method)
         assert int(got.order[0]) != winner
         assert (got.per_scale[winner] == 0).all()
         untouched = np.setdiff1d(np.arange(len(cands)), [winner, *partial])
@@ -287,11 +289,11 @@ def test_ransac_scores_on_a_poisoned_corridor_map(corridor_map, corridor_query_d
     cfg = corridor_map.config.override(matcher='ransac')
     cands = np.argsort(-(corridor_map.global_desc @ g[10].numpy()))[:20]
     query = [p[10] for p in patches]
-    clean = matching.rerank(query, corridor_map.patches, cands, cfg,
-                            ransac_method=ransac_method)
+    clean = rerank.rerank(query, corridor_map.patches, cands, cfg,
+                          ransac_method=ransac_method)
     winner = int(clean.order[0])
     bad = _poison(corridor_map, [cands[winner]], 'whole')
-    got = matching.rerank(query, bad.patches, cands, cfg, ransac_method=ransac_method)
+    got = rerank.rerank(query, bad.patches, cands, cfg, ransac_method=ransac_method)
     assert int(got.order[0]) != winner and (got.per_scale[winner] == 0).all()
     others = np.arange(len(cands)) != winner
     np.testing.assert_array_equal(got.per_scale[others], clean.per_scale[others])

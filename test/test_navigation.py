@@ -27,10 +27,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import map_model_path
-from patch_netvlad_ros.core.navigation import (base_pose, InitialPoseGate, map_to_odom,
-                                               Transform)
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.localization.navigation import (base_pose, InitialPoseGate,
+                                                            map_to_odom, Transform)
+from patch_netvlad_ros.core.maps.map_building import map_model_path
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg
 from patch_netvlad_ros.ros.params import ParameterError

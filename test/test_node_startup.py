@@ -38,14 +38,14 @@ from std_msgs.msg import Header, UInt64
 import torch
 
 from conftest import CORRIDOR_SIZE
-from patch_netvlad_ros.core.checkpoint import load_model, model_digest, save_checkpoint
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import build_reference_map
-from patch_netvlad_ros.core.image import load_image, to_tensor
-from patch_netvlad_ros.core.map_building import map_model_path
-from patch_netvlad_ros.core.models import corridor_checkpoint_path
+from patch_netvlad_ros.core.maps.database import Reference
+from patch_netvlad_ros.core.maps.extraction import build_reference_map
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.maps.models import corridor_checkpoint_path
+from patch_netvlad_ros.core.model.checkpoint import load_model, model_digest, save_checkpoint
+from patch_netvlad_ros.core.model.image import load_image, to_tensor
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.common import STOP_GRACE_S
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode

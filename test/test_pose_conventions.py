@@ -17,7 +17,7 @@ from pose_data import kitti_z_up, to_camera, write_folder_drive
 import pytest
 
 from patch_netvlad_ros.cli import build_map, evaluate
-from patch_netvlad_ros.core.database import ReferenceMap
+from patch_netvlad_ros.core.maps.database import ReferenceMap
 
 MAP_FRAMES = range(0, 91, 20)
 QUERY_FRAMES = range(10, 91, 20)

@@ -9,11 +9,11 @@ import numpy as np
 from pose_data import KITTI_CSV, kitti_z_up, quaternion_rpy, to_camera, write_folder_drive
 import pytest
 
+from patch_netvlad_ros.core.drives.poses import (detect_convention, geodetic_to_enu, headings,
+                                                 mercator_scale_xy, navsat_trajectory, PoseSample,
+                                                 quaternion_from_yaw, sample_to_z_up,
+                                                 select_keyframes, to_z_up, Trajectory, yaw_of)
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.poses import (
-    detect_convention, geodetic_to_enu, headings, mercator_scale_xy, navsat_trajectory,
-    PoseSample, quaternion_from_yaw, sample_to_z_up, select_keyframes, to_z_up, Trajectory,
-    yaw_of)
 
 #: WGS84, written out here so the expected values do not come from the module under test.
 A = 6378137.0
@@ -436,7 +436,7 @@ def test_to_z_up_keeps_norm_and_sign():
 
 def test_rotation_matrices_by_hand():
     """Quaternion to matrix: 90 deg about x, 120 deg about (1, 1, 1), any norm; zero: NaN."""
-    from patch_netvlad_ros.core.poses import _rotations
+    from patch_netvlad_ros.core.drives.poses import _rotations
     third = math.sqrt(1.0 / 3.0)
     rot = _rotations(np.array([[S45, 0.0, 0.0, S45],
                                [0.5, 0.5, 0.5, 0.5],        # cycles the axes x -> y -> z
@@ -509,7 +509,7 @@ def test_heading_keyframes_agree_in_both_conventions(tmp_path):
     conventions, keyframes every 9 degrees of yaw: by the CSV's yaw (-70.0, -62.6, -55.9,
     -49.0, -41.0, -30.2, -22.4, -23.6, -34.4, -48.9 deg) frames 0, 20, 40, 50 and 90.
     """
-    from patch_netvlad_ros.core.drives import KeyframeRule, read_folder_drive
+    from patch_netvlad_ros.core.drives.drives import KeyframeRule, read_folder_drive
     stamps, pos, quats, _, _ = kitti_z_up()
     cam_pos, cam_q = to_camera(pos, quats)
     frames = range(0, 91, 10)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core.bootstrap import seeded_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference
-from patch_netvlad_ros.core.evaluation import recall_at_n
-from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.screened_mnn import bf16_is_fast
+from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import Reference
+from patch_netvlad_ros.core.maps.extraction import build_reference_map, describe_batches
+from patch_netvlad_ros.core.matching.screened_mnn import bf16_is_fast
+from patch_netvlad_ros.core.model.bootstrap import seeded_model
 
 
 def _cat(batches):

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from conftest import TEST_DATA
-from patch_netvlad_ros.core.checkpoint import load_model
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference
-from patch_netvlad_ros.core.evaluation import recall_at_n
-from patch_netvlad_ros.core.extraction import build_reference_map
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.localizer import Localizer
+from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import Reference
+from patch_netvlad_ros.core.maps.extraction import build_reference_map
+from patch_netvlad_ros.core.model.checkpoint import load_model
+from patch_netvlad_ros.core.model.image import load_image
 
 
 @pytest.fixture(scope='module')

@@ -27,8 +27,9 @@ import sys
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.report import (evaluate, format_summary, PLOT_DPI, PLOT_SIZE,
-                                           QueryOutcome, roc_auc, write_plots, write_report)
+from patch_netvlad_ros.core.evaluation.report import (evaluate, format_summary, PLOT_DPI,
+                                                      PLOT_SIZE, QueryOutcome, roc_auc,
+                                                      write_plots, write_report)
 
 RADIUS = 1.5
 REFS = np.array([[float(x), 0.0, 0.0] for x in range(10)])
@@ -287,7 +288,7 @@ def test_write_plots_with_global_curve_and_no_answers(tmp_path):
 
 
 def test_import_has_no_matplotlib_side_effect():
-    code = ('import sys; import patch_netvlad_ros.core.report; '
+    code = ('import sys; import patch_netvlad_ros.core.evaluation.report; '
             "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
     assert subprocess.run([sys.executable, '-c', code]).returncode == 0
 
@@ -327,7 +328,7 @@ def kitti_outcomes(positions, quats, convention):
     Poses of either convention go through to_z_up and headings, as pnv-evaluate does.
     Returns (outcomes, z-up map positions [46, 3], map headings [46]).
     """
-    from patch_netvlad_ros.core.poses import headings, to_z_up
+    from patch_netvlad_ros.core.drives.poses import headings, to_z_up
     pos, q = to_z_up(positions, quats, convention)
     yaws = headings(q)
     refs = np.arange(0, 91, 2)
@@ -340,7 +341,7 @@ def kitti_outcomes(positions, quats, convention):
 def test_errors_and_plot_axes_agree_in_both_conventions():
     """The KITTI drive in z-up and camera axes: same errors, same ground-plane plot."""
     from pose_data import kitti_z_up, to_camera
-    from patch_netvlad_ros.core.report import GROUND_AXES, trajectory_figure
+    from patch_netvlad_ros.core.evaluation.report import GROUND_AXES, trajectory_figure
     _, pos, quats, yaw, _ = kitti_z_up()
     results = {}
     for convention, (p, q) in (('z-up', (pos, quats)), ('camera', to_camera(pos, quats))):
@@ -374,7 +375,7 @@ def test_errors_and_plot_axes_agree_in_both_conventions():
 def test_camera_poses_taken_as_z_up_plot_lateral_against_height():
     """What the plot showed before: camera poses read as z-up draw x (lateral) vs y (down)."""
     from pose_data import kitti_z_up, to_camera
-    from patch_netvlad_ros.core.report import trajectory_figure
+    from patch_netvlad_ros.core.evaluation.report import trajectory_figure
     _, pos, quats, _, _ = kitti_z_up()
     cam_pos, cam_q = to_camera(pos, quats)
     outs, refs, ref_yaws = kitti_outcomes(cam_pos, cam_q, 'z-up')

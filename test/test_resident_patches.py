@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from patch_netvlad_ros.core import resident_patches
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.resident_patches import (capacity_for, plan_capacity,
-                                                     reference_bytes, ResidentPatches)
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.matching import resident_patches
+from patch_netvlad_ros.core.matching.resident_patches import (capacity_for, plan_capacity,
+                                                              reference_bytes, ResidentPatches)
 
 DEVICES = ['cpu', pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason='no CUDA device on this machine')])]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.retrieval import (build_index, default_nprobe, index_kind_for,
-                                              index_kind_of, ivf_nlist, pq_subquantizers,
-                                              top_k)
+from patch_netvlad_ros.core.maps.retrieval import (build_index, default_nprobe, index_kind_for,
+                                                   index_kind_of, ivf_nlist, pq_subquantizers,
+                                                   top_k)
 
 
 def clustered(n, d, rng, clusters=200, spread=0.3):

@@ -16,9 +16,9 @@ from std_msgs.msg import Header
 import torch
 
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference
 from patch_netvlad_ros.core.errors import ImageError, MapError
-from patch_netvlad_ros.core.localizer import Candidate, LocalizationResult
+from patch_netvlad_ros.core.localization.localizer import Candidate, LocalizationResult
+from patch_netvlad_ros.core.maps.database import Reference
 from patch_netvlad_ros.ros.conversions import (check_descriptor_identity, descriptors_to_msg,
                                                ImageDecoder, msg_to_descriptors,
                                                reference_pose, result_to_msgs, rgb_to_image)

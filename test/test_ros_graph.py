@@ -32,12 +32,12 @@ from std_msgs.msg import Header
 import torch
 
 from conftest import CORRIDOR_SIZE
-from patch_netvlad_ros.core.accounting import graph_ledger
-from patch_netvlad_ros.core.database import ReferenceMap
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.localizer import Localizer
-from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.core.graph.accounting import graph_ledger
+from patch_netvlad_ros.core.localization.localizer import Localizer
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.model.image import load_image
 from patch_netvlad_ros.nodes.camera_batcher import CameraBatcher
 from patch_netvlad_ros.nodes.descriptor_node import DescriptorNode
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode
@@ -565,7 +565,7 @@ def test_descriptors_of_another_model_are_refused(context, map_dir, corridor_mod
 
 def test_empty_map_answers_nothing_and_stays_up(context, corridor_model, tmp_path, capfd):
     """A map without references: clear errors at start and per frame, no pose, no crash."""
-    from patch_netvlad_ros.core.checkpoint import model_digest
+    from patch_netvlad_ros.core.model.checkpoint import model_digest
     empty = ReferenceMap.empty(corridor_model.config, model_digest(corridor_model))
     path = empty.save(tmp_path / 'empty_map')
     node = LocalizerNode(context=context,

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from conftest import brute_force_mnn, run_without_native, unit
-from patch_netvlad_ros.core import matching, native, screened_mnn
+from patch_netvlad_ros.core import native
+from patch_netvlad_ros.core.matching import rerank, screened_mnn
+from patch_netvlad_ros.core.matching.mutual_nn import mutual_nn
 
 needs_screen = pytest.mark.skipif(
     not screened_mnn.available(),
@@ -106,8 +108,8 @@ def test_negative_similarities_and_zero_thresholds(rng, fused):
 @pytest.mark.hardware
 @pytest.mark.skipif(not (screened_mnn.available() and native.amx()), reason='no AMX tiles here')
 def test_amx_peak_counts_the_tile_products_of_every_thread():
-    # pnv-bench's `amx` peak row: 2 x 2 tile products of 16 x 16 x 32 per round and thread,
-    # on torch's OpenMP threads (the helper shares torch's libgomp)
+    # python -m benchmarks.bench's `amx` peak row: 2 x 2 tile products of 16 x 16 x 32 per round
+    # and thread, on torch's OpenMP threads (the helper shares torch's libgomp)
     flops = native.library().pnv_amx_peak(1000)
     assert flops == 2 * 4 * 16 * 16 * 32 * 1000 * torch.get_num_threads()
 
@@ -153,7 +155,7 @@ def test_real_corridor_descriptors_match_the_float32_path(corridor_map,
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:40]
         screened = screened_mnn.ScreenedQuery(q, fused=fused)
         fast = screened.match(np.asarray(store[cands]))
-        plain = matching.match_candidates(q, store, cands, method='float32')
+        plain = rerank.match_candidates(q, store, cands, method='float32')
         torch.testing.assert_close(fast, plain, rtol=0, atol=0)
         np.testing.assert_array_equal(
             fast.numpy(), brute_force_mnn(q.numpy(), np.asarray(store[cands], np.float32)))
@@ -176,19 +178,20 @@ def test_nearly_parallel_descriptors_fall_back_to_float32(rng, fused):
     match = screened.match(db)
     assert screened.fallbacks == 3
     torch.testing.assert_close(
-        match, matching.mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
+        match, mutual_nn(torch.from_numpy(q), torch.from_numpy(db).float()),
         rtol=0, atol=0)
 
 
 def test_method_names_are_checked():
     with pytest.raises(ValueError, match='unknown matcher method'):
-        matching.resolve_mnn_method('fast', torch.device('cpu'))
-    assert matching.resolve_mnn_method('float32', torch.device('cpu')) == 'float32'
-    assert matching.resolve_mnn_method('auto', torch.device('meta')) == 'float32'
+        rerank.resolve_mnn_method('fast', torch.device('cpu'))
+    assert rerank.resolve_mnn_method('float32', torch.device('cpu')) == 'float32'
+    assert rerank.resolve_mnn_method('auto', torch.device('meta')) == 'float32'
 
 
 def test_disabled_helper_uses_the_float32_path_and_says_why():
-    code = ('from patch_netvlad_ros.core import matching, native; import torch; '
+    code = ('from patch_netvlad_ros.core import native; from patch_netvlad_ros.core.matching '
+            'import rerank as matching; import torch; '
             'print(matching.resolve_mnn_method("auto", torch.device("cpu"))); '
             'print(native.library()); print(native.unavailable_reason())')
     assert run_without_native(code) == ['float32', 'None', 'disabled by PATCH_NETVLAD_NATIVE=0']

@@ -17,21 +17,21 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_accuracy import read_loop_truth
 from conftest import TEST_DATA
-from patch_netvlad_ros.cli.bench_accuracy import read_loop_truth
-from patch_netvlad_ros.core.calibration import recall_at_full_precision
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import Reference, ReferenceMap
-from patch_netvlad_ros.core.drives import DriveFrame
+from patch_netvlad_ros.core.drives.drives import DriveFrame
+from patch_netvlad_ros.core.drives.poses import PoseSample, quaternion_from_yaw
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.extraction import describe_batches
-from patch_netvlad_ros.core.fusion import Fusion
-from patch_netvlad_ros.core.image import load_image
-from patch_netvlad_ros.core.localize_drive import localize_offline
-from patch_netvlad_ros.core.localizer import Candidate, LocalizationResult, Localizer
-from patch_netvlad_ros.core.map_fit import fit_map
-from patch_netvlad_ros.core.poses import PoseSample, quaternion_from_yaw
-from patch_netvlad_ros.core.sequence import (MotionModel, PlacePairs, SequenceLocalizer)
+from patch_netvlad_ros.core.evaluation.localize_drive import localize_offline
+from patch_netvlad_ros.core.localization.calibration import recall_at_full_precision
+from patch_netvlad_ros.core.localization.fusion import Fusion
+from patch_netvlad_ros.core.localization.localizer import Candidate, LocalizationResult, Localizer
+from patch_netvlad_ros.core.localization.sequence import MotionModel, PlacePairs, SequenceLocalizer
+from patch_netvlad_ros.core.maps.database import Reference, ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import describe_batches
+from patch_netvlad_ros.core.maps.map_fit import fit_map
+from patch_netvlad_ros.core.model.image import load_image
 
 # A tiny map: five places along x facing +x, two along y at x = 10 facing +y (yaw pi/2).
 PLACES = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (2.0, 0.0, 0.0), (3.0, 0.0, 0.0), (4.0, 0.0, 0.0),

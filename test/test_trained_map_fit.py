@@ -13,16 +13,15 @@ import json
 import pytest
 
 from patch_netvlad_ros.cli import map_tool
-from patch_netvlad_ros.core.checkpoint import load_model, save_checkpoint
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.database import ReferenceMap
-from patch_netvlad_ros.core.drives import Drive, DriveFrame
-from patch_netvlad_ros.core.image import load_image, resize_rgb
-from patch_netvlad_ros.core.localizer import META_KEY
-from patch_netvlad_ros.core.map_building import (build_map, fit_summary, map_model_path,
-                                                 refit_map, TRAINED_ON_KEY,
-                                                 training_record)
-from patch_netvlad_ros.core.map_fit import MAX_SECOND_VISITS
+from patch_netvlad_ros.core.drives.drives import Drive, DriveFrame
+from patch_netvlad_ros.core.localization.localizer import META_KEY
+from patch_netvlad_ros.core.maps.database import ReferenceMap
+from patch_netvlad_ros.core.maps.map_building import (build_map, fit_summary, map_model_path,
+                                                      refit_map, TRAINED_ON_KEY, training_record)
+from patch_netvlad_ros.core.maps.map_fit import MAX_SECOND_VISITS
+from patch_netvlad_ros.core.model.checkpoint import load_model, save_checkpoint
+from patch_netvlad_ros.core.model.image import load_image, resize_rgb
 from patch_netvlad_ros.core.training.features import pixel_key
 from patch_netvlad_ros.core.training.options import MODEL_FILE, TrainOptions
 from patch_netvlad_ros.core.training.trainer import train_from_drives
@@ -37,7 +36,7 @@ FAST = {'epochs': 1, 'batch_size': 2, 'num_negatives': 3, 'pos_radius': 1.5,
 
 def drive_of(paths, name, first=0):
     """A drive of real corridor frames, 1 m apart along x (poses by frame number)."""
-    from patch_netvlad_ros.core.poses import PoseSample
+    from patch_netvlad_ros.core.drives.poses import PoseSample
     frames = [DriveFrame(i, float(i), 'map', p.name,
                          PoseSample(float(first + i), float(first + i), 0.0, 0.0, 0.0, 0.0,
                                     0.0, 1.0),

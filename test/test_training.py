@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from patch_netvlad_ros.cli import train as train_cli
-from patch_netvlad_ros.core.checkpoint import load_model, read_state_dict
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.drives import Drive, DriveFrame
+from patch_netvlad_ros.core.drives.drives import Drive, DriveFrame
+from patch_netvlad_ros.core.drives.poses import PoseSample
 from patch_netvlad_ros.core.errors import ConfigError
-from patch_netvlad_ros.core.image import load_image, resize_rgb, to_tensor
-from patch_netvlad_ros.core.poses import PoseSample
+from patch_netvlad_ros.core.model.checkpoint import load_model, read_state_dict
+from patch_netvlad_ros.core.model.image import load_image, resize_rgb, to_tensor
 from patch_netvlad_ros.core.training import features as feat
 from patch_netvlad_ros.core.training.mining import (distance_margin, mine_triplets,
                                                     triplet_loss)
@@ -256,7 +256,7 @@ def test_checkpoint_has_the_authors_layout_and_loads(trained, tiny_config):
     report = json.loads((out / REPORT_FILE).read_text())
     assert report['model_digest'] == result.digest and len(report['history']) == 2
     authors = pytest.importorskip('patchnetvlad.models.models_generic')
-    from patch_netvlad_ros.cli.authors import authors_config
+    from benchmarks.authors import authors_config
     theirs = authors.get_model(feat.trunk(start).__class__(*start.encoder), 512,
                                authors_config(model.config)['global_params'],
                                append_pca_layer=True)

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import run_without_native
-from patch_netvlad_ros.core import native, vlad
-from patch_netvlad_ros.core.bootstrap import seeded_model
+from patch_netvlad_ros.core import native
 from patch_netvlad_ros.core.config import get_config, PRESETS
-from patch_netvlad_ros.core.image import to_tensor
+from patch_netvlad_ros.core.model import vlad
+from patch_netvlad_ros.core.model.bootstrap import seeded_model
+from patch_netvlad_ros.core.model.image import to_tensor
 
 needs_c_boxes = pytest.mark.skipif(
     not vlad.native_boxes_available(),
@@ -217,7 +218,7 @@ def test_per_cell_projection_is_the_default_where_it_saves_work():
 
 
 def test_without_the_c_helper_the_torch_boxes_run():
-    code = ('import torch; from patch_netvlad_ros.core import vlad\n'
+    code = ('import torch; from patch_netvlad_ros.core.model import vlad\n'
             'x = torch.nn.functional.normalize(torch.rand(8, 20), dim=0)\n'
             'a = torch.softmax(torch.rand(3, 20), 0)\n'
             'args = (x, a, torch.rand(3, 8), torch.rand(4, 24), torch.rand(4), 4, 5, (2,), (1,))\n'

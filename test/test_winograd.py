@@ -13,10 +13,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from conftest import run_without_native
-from patch_netvlad_ros.core import winograd
 from patch_netvlad_ros.core.config import get_config
-from patch_netvlad_ros.core.evaluation import recall_at_n
-from patch_netvlad_ros.core.model import PatchNetVLAD
+from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
+from patch_netvlad_ros.core.model import winograd
+from patch_netvlad_ros.core.model.model import PatchNetVLAD
 
 needs_helper = pytest.mark.skipif(
     not winograd.available(),
@@ -139,7 +139,7 @@ def test_unsupported_layers_and_inputs_are_refused():
 
 @needs_helper
 def test_encoder_copy_fuses_relus_and_follows_new_weights():
-    from patch_netvlad_ros.core.bootstrap import seeded_model
+    from patch_netvlad_ros.core.model.bootstrap import seeded_model
     config = get_config('storage', image_width=96, image_height=96)
     model = seeded_model(config, seed=0)
     layers = winograd.winograd_encoder(model.encoder)
@@ -174,7 +174,7 @@ def test_encoder_scratch_maps_are_kept_and_results_are_its_own():
     import copy
     import pickle
     import threading
-    from patch_netvlad_ros.core.bootstrap import seeded_model
+    from patch_netvlad_ros.core.model.bootstrap import seeded_model
     config = get_config('storage', image_width=96, image_height=96)
     encoder = winograd.winograd_encoder(seeded_model(config, seed=0).encoder)
     layers = nn.Sequential(*encoder)               # the same layers, each map a new tensor
@@ -210,8 +210,9 @@ def test_encoder_scratch_maps_are_kept_and_results_are_its_own():
 
 
 def test_without_the_helper_the_backbone_runs_direct():
-    code = ('from patch_netvlad_ros.core import winograd, native; import torch; '
-            'from patch_netvlad_ros.core.model import PatchNetVLAD; '
+    code = ('from patch_netvlad_ros.core import native; from patch_netvlad_ros.core.model import '
+            'winograd; import torch; '
+            'from patch_netvlad_ros.core.model.model import PatchNetVLAD; '
             'from patch_netvlad_ros.core.config import get_config; '
             'm = PatchNetVLAD(get_config("storage", image_width=96, image_height=96)).eval(); '
             'print(tuple(m.encode(torch.zeros(1, 3, 96, 96)).shape)); '
@@ -224,9 +225,9 @@ def test_without_the_helper_the_backbone_runs_direct():
 def test_real_corridor_descriptors_and_recall_equal_the_direct_backbone(
         corridor_set, corridor_model, corridor_images, corridor_map, corridor_query_descriptors):
     # the shared fixtures ran the default backbone: Winograd, where the helper is built
-    from patch_netvlad_ros.core.database import Reference
-    from patch_netvlad_ros.core.extraction import build_reference_map, describe_batches
-    from patch_netvlad_ros.core.localizer import Localizer
+    from patch_netvlad_ros.core.maps.database import Reference
+    from patch_netvlad_ros.core.maps.extraction import build_reference_map, describe_batches
+    from patch_netvlad_ros.core.localization.localizer import Localizer
 
     batches = list(describe_batches(corridor_model, corridor_images[1], winograd=False))
     direct = (torch.cat([b.global_desc for b in batches]),

@@ -25,11 +25,11 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from patch_netvlad_ros.core.checkpoint import model_digest
-from patch_netvlad_ros.core.database import Reference
-from patch_netvlad_ros.core.extraction import build_reference_map
-from patch_netvlad_ros.core.image import load_image, to_tensor
-from patch_netvlad_ros.core.map_building import map_model_path
+from patch_netvlad_ros.core.maps.database import Reference
+from patch_netvlad_ros.core.maps.extraction import build_reference_map
+from patch_netvlad_ros.core.maps.map_building import map_model_path
+from patch_netvlad_ros.core.model.checkpoint import model_digest
+from patch_netvlad_ros.core.model.image import load_image, to_tensor
 from patch_netvlad_ros.core.native import variants
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros]

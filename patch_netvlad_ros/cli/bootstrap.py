@@ -51,10 +51,11 @@ def main(argv: Optional[list] = None) -> int:
     if not files and not args.convert_only:
         raise ImageError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {args.images}')
     # torch and OpenCV load once the arguments are known to be good
-    from ..core.backbone import cache_dir, CACHE_NAME, imagenet_encoder_state
-    from ..core.bootstrap import bootstrap_model
-    from ..core.checkpoint import save_checkpoint
-    from ..core.image import load_image
+    from ..core.config import cache_dir
+    from ..core.model.backbone import CACHE_NAME, imagenet_encoder_state
+    from ..core.model.bootstrap import bootstrap_model
+    from ..core.model.checkpoint import save_checkpoint
+    from ..core.model.image import load_image
     if args.convert_only:
         imagenet_encoder_state()
         print(f'ImageNet VGG16 weights ready in {cache_dir() / CACHE_NAME}')

@@ -32,12 +32,12 @@ from .common import (add_model_options, CliParser, config_from_args, DEFAULT_PRE
                      end_progress, existing_dir, existing_file, existing_path,
                      non_negative_float, non_negative_int, output_dir, positive_float,
                      positive_int, progress_bar, run_main, say)
+from ..core.drives.poses import POSE_CONVENTIONS
 from ..core.errors import MapError
-from ..core.poses import POSE_CONVENTIONS
 
 if TYPE_CHECKING:  # torch, cv2, faiss and rosbags load after the arguments are checked
-    from ..core.database import ReferenceMap
-    from ..core.drives import Drive
+    from ..core.drives.drives import Drive
+    from ..core.maps.database import ReferenceMap
 
 CONVENTION_CHOICES = ('auto',) + POSE_CONVENTIONS
 
@@ -97,8 +97,8 @@ def check_drive_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def source_image_shape(args: argparse.Namespace) -> Tuple[int, int]:
     """Return (height, width) of the drive's first image: one message or file, read up front."""
-    from ..core.bags import read_images
-    from ..core.image import load_image
+    from ..core.drives.bags import read_images
+    from ..core.model.image import load_image
     if args.bag:
         images = read_images(args.bag, args.image_topic, True, lambda *_: None)
         try:
@@ -126,7 +126,7 @@ def read_drive(args: argparse.Namespace, size, rule=None, origin=None, desc: str
     pose_convention: overrides --pose-convention (e.g. the map's). rule: a
     :class:`~..core.drives.KeyframeRule` (default: every frame).
     """
-    from ..core.drives import KeyframeRule, read_bag_drive, read_folder_drive
+    from ..core.drives.drives import KeyframeRule, read_bag_drive, read_folder_drive
     rule = rule or KeyframeRule()
     warn = lambda index, message: say(  # noqa: E731 - a one-line callback
         f'warning: frame {index} skipped: {message}')
@@ -144,7 +144,7 @@ def map_convention(ref_map: 'ReferenceMap', requested: str, what: str) -> str:
 
     An explicit --pose-convention that contradicts the map's is a MapError.
     """
-    from ..core.drives import meta_convention
+    from ..core.drives.drives import meta_convention
     kept = meta_convention(ref_map.meta)
     if kept is None:
         return requested
@@ -231,12 +231,12 @@ def main(argv: Optional[list] = None) -> int:
             parser.error("--append keeps the map's preset, image size and top-k: drop "
                          '--preset, --image-size and --top-k')
     # every argument is valid: now the map, one frame and the checkpoint, then the drive
-    from ..core.checkpoint import check_checkpoint
+    from ..core.model.checkpoint import check_checkpoint
     from ..core.config import get_config
-    from ..core.database import ReferenceMap
-    from ..core.drives import KeyframeRule
-    from ..core.localizer import fitted_parameters
-    from ..core.map_building import build_map, fit_summary, map_origin
+    from ..core.maps.database import ReferenceMap
+    from ..core.drives.drives import KeyframeRule
+    from ..core.localization.localizer import fitted_parameters
+    from ..core.maps.map_building import build_map, fit_summary, map_origin
     base, origin, convention = None, None, args.pose_convention
     if args.append:
         base = ReferenceMap.load(args.output)

@@ -22,8 +22,8 @@ from typing import Optional
 
 from . import build_map, evaluate
 from .common import positive_float, run_main
-from ..core.datasets import DATA_DIR
-from ..core.map_building import map_model_path
+from ..core.drives.datasets import DATA_DIR
+from ..core.maps.map_building import map_model_path
 
 DRIVES = DATA_DIR / 'corridor_drives'
 IMAGE_TOPIC = '/camera/image_raw/compressed'
@@ -47,7 +47,7 @@ frames answered before the first wrong answer, most confident first.'''
 
 def _map_state(map_dir: Path) -> str:
     """Return 'missing', 'unfitted' or 'ready' for the demo's map folder."""
-    from ..core.map_manifest import read_manifest
+    from ..core.maps.map_manifest import read_manifest
     if not (map_dir / 'manifest.json').is_file() or not map_model_path(map_dir).is_file():
         return 'missing'
     try:

@@ -45,10 +45,10 @@ from .common import (CliParser, end_progress, existing_dir, existing_file,
 from ..core.errors import MapError
 
 if TYPE_CHECKING:   # the heavy modules (torch) load after the arguments are checked
-    from ..core.database import ReferenceMap
-    from ..core.drives import Drive
-    from ..core.fusion import CandidateTable, Fusion
-    from ..core.report import QueryOutcome
+    from ..core.drives.drives import Drive
+    from ..core.evaluation.report import QueryOutcome
+    from ..core.localization.fusion import CandidateTable, Fusion
+    from ..core.maps.database import ReferenceMap
 
 
 NS = (1, 5, 10, 20)
@@ -73,7 +73,7 @@ def match_table(msg) -> 'CandidateTable':
     Only what ranking needs: map indices, global distances, the authors' patch scores
     (per-scale scores are not in the message), qualities.
     """
-    from ..core.fusion import CandidateTable
+    from ..core.localization.fusion import CandidateTable
     cands = sorted(msg.candidates, key=lambda c: (c.global_distance, c.map_index))
     return CandidateTable(np.array([c.map_index for c in cands], np.int64),
                           np.array([c.global_distance for c in cands], np.float64),
@@ -94,7 +94,7 @@ def graph_outcomes(drive: 'Drive', args: argparse.Namespace, ref_map: 'Reference
     (None when it is off) and the report's graph sections: frames published, answered,
     dropped by reason, lost before camera_batcher, each node's last /diagnostics status.
     """
-    from ..core.localize_drive import outcome_of, stage_rankings
+    from ..core.evaluation.localize_drive import outcome_of, stage_rankings
     from ..ros.replay import replay_drive
     top_k = args.top_k or ref_map.config.top_k
     params = {'max_candidates': min(max(max(NS), top_k), MAX_LISTED), 'verify_map': False,
@@ -193,17 +193,16 @@ def main(argv: Optional[list] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate with checked arguments (:func:`main`); returns the exit status."""
-    from ..core.checkpoint import model_digest
-    from ..core.database import check_identity, ReferenceMap
-    from ..core.drives import frames_in_z_up, meta_convention
-    from ..core.localize_drive import localize_offline, rankers, STAGE_OF
-    from ..core.localizer import descriptor_identity, Localizer
-    from ..core.map_building import (fit_summary, map_model_path, map_origin,
-                                     resolve_map_model)
-    from ..core.poses import headings, to_z_up
-    from ..core.report import (evaluate, format_summary, side_by_side, write_plots,
-                               write_report)
-    from ..core.sequence import MotionModel, SequenceLocalizer
+    from ..core.model.checkpoint import model_digest
+    from ..core.maps.database import check_identity, ReferenceMap
+    from ..core.drives.drives import frames_in_z_up, meta_convention
+    from ..core.evaluation.localize_drive import localize_offline, rankers, STAGE_OF
+    from ..core.localization.localizer import descriptor_identity, Localizer
+    from ..core.maps.map_building import fit_summary, map_model_path, map_origin, resolve_map_model
+    from ..core.drives.poses import headings, to_z_up
+    from ..core.evaluation.report import (evaluate, format_summary, side_by_side, write_plots,
+                                          write_report)
+    from ..core.localization.sequence import MotionModel, SequenceLocalizer
     # every argument is valid: now the map, its model, then the drive
     ref_map = ReferenceMap.load(args.map)
     if len(ref_map) == 0:
@@ -301,7 +300,7 @@ def reliability_plots(outcomes: Sequence['QueryOutcome'],
                       filtered: Optional[Sequence['QueryOutcome']], report: dict,
                       seq_report: Optional[dict], out_dir: Path, title: str) -> List[Path]:
     """Reliability diagrams of the single-frame and the sequence filter's confidences."""
-    from ..core.calibration import reliability_diagram
+    from ..core.localization.calibration import reliability_diagram
     written = []
     for name, outs, rep in (('reliability.png', outcomes, report),
                             ('reliability_sequence.png', filtered, seq_report)):

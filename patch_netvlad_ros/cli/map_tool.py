@@ -23,11 +23,11 @@ from typing import Optional
 
 from .build_map import add_fit_options, fit_progress
 from .common import end_progress, run_main
-from ..core.database import recover_map, ReferenceMap, tidy_map_folder
 from ..core.errors import MapError
-from ..core.map_building import fit_summary, refit_map
-from ..core.map_folder import leftovers
-from ..core.map_manifest import read_manifest
+from ..core.maps.database import recover_map, ReferenceMap, tidy_map_folder
+from ..core.maps.map_building import fit_summary, refit_map
+from ..core.maps.map_folder import leftovers
+from ..core.maps.map_manifest import read_manifest
 
 
 def _say(msg: str) -> None:

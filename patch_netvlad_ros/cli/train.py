@@ -219,8 +219,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(f'argument --checkpoint: {args.checkpoint} does not exist')
     check_output(args.output, args.resume)
     # every argument is valid: now torch, the checkpoint (mapped), one frame, the drives
-    from ..core.checkpoint import check_checkpoint
-    from ..core.drives import KeyframeRule
+    from ..core.model.checkpoint import check_checkpoint
+    from ..core.drives.drives import KeyframeRule
     from ..core.training.trainer import resolve_device, train_from_drives
     device = resolve_device(args.device)
     if args.checkpoint:

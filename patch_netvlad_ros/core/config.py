@@ -9,6 +9,8 @@ validates the result, so an invalid configuration can never exist.
 
 from dataclasses import asdict, dataclass, fields, replace
 import math
+import os
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from .errors import ConfigError
@@ -193,3 +195,10 @@ def get_config(preset: str = 'performance', **overrides: Any) -> PatchNetVLADCon
         raise ConfigError(
             f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}") from None
     return base.override(**overrides) if overrides else base
+
+
+def cache_dir() -> Path:
+    """Folder for converted weights: $PATCH_NETVLAD_CACHE, else ~/.cache/patch_netvlad_ros."""
+    env = os.environ.get('PATCH_NETVLAD_CACHE')
+    base = Path(env) if env else Path(os.path.expanduser('~')) / '.cache' / 'patch_netvlad_ros'
+    return base

@@ -31,13 +31,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, UInt64
 
 from .common import DEFAULT_PRESET, network_config, run_node
-from ..core.accounting import UpstreamLoss
-from ..core.batching import FrameBatcher
 from ..core.config import PRESETS
 from ..core.errors import ImageError
-from ..core.image import resize_rgb
-from ..core.image_limits import (check_pixels, compressed_dimensions, DEFAULT_MAX_PIXELS,
-                                 OversizedImage)
+from ..core.graph.accounting import UpstreamLoss
+from ..core.graph.batching import FrameBatcher
+from ..core.graph.image_limits import (check_pixels, compressed_dimensions, DEFAULT_MAX_PIXELS,
+                                       OversizedImage)
+from ..core.model.image import resize_rgb
 from ..ros.conversions import CONVERTERS, ImageDecoder, rgb_to_image, wall_time
 from ..ros.diagnostics import DiagnosticsPublisher
 from ..ros.params import declare, Param, ParameterError

@@ -31,7 +31,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from ..core.config import DEFAULT_PRESET, get_config
 from ..core.errors import PatchNetVLADError
-from ..core.models import map_model_info, MapModelInfo
+from ..core.maps.models import map_model_info, MapModelInfo
 from ..ros.params import ParameterError
 
 #: Seconds callbacks in flight get to finish after a stop; then the process exits anyway.

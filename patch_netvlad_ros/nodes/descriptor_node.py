@@ -29,14 +29,14 @@ from std_msgs.msg import UInt64
 import torch
 
 from .common import DEFAULT_PRESET, network_config, run_node
-from ..core import winograd
-from ..core.accounting import DescriptorStats, SequenceGaps
-from ..core.checkpoint import model_digest
 from ..core.config import PRESETS
-from ..core.encodings import decode_raw
+from ..core.drives.encodings import decode_raw
 from ..core.errors import ImageError
-from ..core.image import to_tensor
-from ..core.models import load_map_model, resolve_model
+from ..core.graph.accounting import DescriptorStats, SequenceGaps
+from ..core.maps.models import load_map_model, resolve_model
+from ..core.model import winograd
+from ..core.model.checkpoint import model_digest
+from ..core.model.image import to_tensor
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
 from ..ros.diagnostics import DiagnosticsPublisher

@@ -57,19 +57,19 @@ from std_msgs.msg import Header
 import torch
 
 from .common import run_node
-from ..core.accounting import LocalizerStats, SequenceGaps
 from ..core.config import MATCHERS
-from ..core.database import ReferenceMap
+from ..core.drives.poses import PoseSample
 from ..core.errors import ImageError, MapError
-from ..core.fusion import FUSION_METHODS
-from ..core.localizer import fitted_parameters, LocalizationResult, Localizer
-from ..core.map_building import FIT_HINT, training_warning
-from ..core.matching import resolve_mnn_method
-from ..core.navigation import base_pose, InitialPoseGate, map_to_odom, Transform
-from ..core.odometry import OdometryBuffer
-from ..core.poses import PoseSample
-from ..core.resident_patches import plan_capacity
-from ..core.sequence import MotionModel, SequenceLocalizer
+from ..core.graph.accounting import LocalizerStats, SequenceGaps
+from ..core.localization.fusion import FUSION_METHODS
+from ..core.localization.localizer import fitted_parameters, LocalizationResult, Localizer
+from ..core.localization.navigation import base_pose, InitialPoseGate, map_to_odom, Transform
+from ..core.localization.odometry import OdometryBuffer
+from ..core.localization.sequence import MotionModel, SequenceLocalizer
+from ..core.maps.database import ReferenceMap
+from ..core.maps.map_building import FIT_HINT, training_warning
+from ..core.matching.rerank import resolve_mnn_method
+from ..core.matching.resident_patches import plan_capacity
 from ..ros import shared_store
 from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors,
                                reference_sample, result_to_msgs, seconds, transform_to_pose,

@@ -4,7 +4,7 @@
 
 The only place that knows both the messages and the core's types. Image decoding uses
 cv_bridge when it is installed (a ROS 2 install) and the package's own converter
-(:mod:`patch_netvlad_ros.core.encodings`) when it is not or when cv_bridge cannot
+(:mod:`patch_netvlad_ros.core.drives.encodings`) when it is not or when cv_bridge cannot
 convert an encoding.
 """
 
@@ -23,12 +23,12 @@ from std_msgs.msg import Header
 import torch
 
 from ..core.config import PatchNetVLADConfig
-from ..core.database import Reference
-from ..core.encodings import decode_compressed, decode_raw
+from ..core.drives.encodings import decode_compressed, decode_raw
+from ..core.drives.poses import PoseSample
 from ..core.errors import ImageError, MapError
-from ..core.localizer import LocalizationResult
-from ..core.navigation import Transform
-from ..core.poses import PoseSample
+from ..core.localization.localizer import LocalizationResult
+from ..core.localization.navigation import Transform
+from ..core.maps.database import Reference
 
 CONVERTERS = ('auto', 'cv_bridge', 'builtin')
 PATCH_DTYPES = {'float16': PatchBlock.FLOAT16, 'float32': PatchBlock.FLOAT32}

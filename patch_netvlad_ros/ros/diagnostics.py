@@ -4,9 +4,9 @@
 
 Each node publishes, every :data:`PERIOD_S` seconds, one DiagnosticStatus named
 ``<node name>: frames`` (the diagnostic_updater convention "node: task") whose key-values
-are its frame counters (:mod:`patch_netvlad_ros.core.accounting`) and whose level turns
+are its frame counters (:mod:`patch_netvlad_ros.core.graph.accounting`) and whose level turns
 WARN when frames were lost since the last report and ERROR when frames were lost and none
-passed on for 10 s (:class:`~patch_netvlad_ros.core.accounting.LevelTracker`).
+passed on for 10 s (:class:`~patch_netvlad_ros.core.graph.accounting.LevelTracker`).
 :class:`DiagnosticsCollector` keeps the latest status of each node for pnv-evaluate, the
 benchmarks and the tests; :func:`graph_ledger` of the core adds them up.
 """
@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from ..core.accounting import LevelTracker
+from ..core.graph.accounting import LevelTracker
 
 #: The ROS convention's topic (absolute: one topic for the whole robot).
 TOPIC = '/diagnostics'

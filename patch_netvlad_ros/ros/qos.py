@@ -9,12 +9,12 @@ on the project's machines with the PyPI Kilted wheels (Fast DDS, default transpo
 socket buffers, net.core.rmem_default 212992), between two processes: every sample up
 to 520 kB arrived; of larger ones sent one at a time (0.6 MB to 64 MB) none arrived, of
 100 frames of 1920x480 mono8 (900 KiB) at 30 Hz none, and of 900 frames of 640x480 bgr8
-(900 KiB) at 30 Hz (pnv-bench-soak --transport raw) 75% were lost. FASTDDS_BUILTIN_TRANSPORTS
-LARGE_DATA, UDPv4 or SHM alone did not change it; reliable QoS delivered every one, and
-within one process (one DDS participant) everything arrived. A subscription is
+(900 KiB) at 30 Hz (python -m benchmarks.bench_soak --transport raw) 75% were lost.
+FASTDDS_BUILTIN_TRANSPORTS LARGE_DATA, UDPv4 or SHM alone did not change it; reliable QoS delivered
+every one, and within one process (one DDS participant) everything arrived. A subscription is
 best-effort whenever either side is, so camera_batcher's default 'sensor_data' loses such
 frames from a camera in another process even when the camera publishes reliable.
-camera_batcher counts these losses (:mod:`patch_netvlad_ros.core.accounting`) and logs
+camera_batcher counts these losses (:mod:`patch_netvlad_ros.core.graph.accounting`) and logs
 what to do: a compressed transport, qos_reliability 'reliable' when the camera publishes
 reliable, or larger socket buffers.
 """

@@ -10,7 +10,7 @@ same stamps. They go into the graph with its default settings (camera QoS, batch
 batch size, flow control: the parameter defaults, which config/localize.yaml repeats),
 so frames the graph would drop on a robot are dropped here too: every node counts where
 its frames went and publishes the counts on /diagnostics, and the record ends with the
-graph's ledger (:func:`~patch_netvlad_ros.core.accounting.graph_ledger`).
+graph's ledger (:func:`~patch_netvlad_ros.core.graph.accounting.graph_ledger`).
 
 The graph runs as launched (:mod:`.graph_processes`: one process per node, the default)
 or as the one-process runner runs it ('one': the three nodes on one
@@ -43,10 +43,10 @@ from std_msgs.msg import Header
 from .diagnostics import DiagnosticsCollector, PERIOD_S
 from .graph_processes import GraphProcesses, NODES
 from .qos import pipeline_qos
-from ..core.accounting import graph_ledger
-from ..core.bags import read_messages
-from ..core.drives import Drive, DriveFrame
+from ..core.drives.bags import read_messages
+from ..core.drives.drives import Drive, DriveFrame
 from ..core.errors import MapError
+from ..core.graph.accounting import graph_ledger
 
 #: Camera topic, relative to the replay's namespace.
 CAMERA_TOPIC = 'camera/image_raw'

@@ -39,7 +39,7 @@ import threading
 from typing import Optional
 
 from . import variants
-from ..backbone import cache_dir
+from ..config import cache_dir
 
 #: Helper name -> its C source.
 SOURCES = {name: Path(__file__).with_name(f'{name}.c') for name in variants.HELPERS}

@@ -2,7 +2,7 @@
  * Licensed under the Apache License, Version 2.0 (see LICENSE).
  *
  * Exact mutual nearest neighbours from an integer similarity screen, for AVX2 CPUs without
- * bf16 units (e.g. AMD Zen 3). Python: core/int_screen.py.
+ * bf16 units (e.g. AMD Zen 3). Python: core/matching/int_screen.py.
  *
  * Each row x (query q_i or candidate d_j) is rounded to x~ = s * h with integers h and one
  * scale s per row, in one of two widths:

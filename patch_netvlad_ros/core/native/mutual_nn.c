@@ -3,7 +3,7 @@
  *
  * Exact mutual nearest neighbours from a bfloat16 similarity screen.
  *
- * Python (core/screened_mnn.py) computes sim = bf16(db) @ bf16(q)^T with a bf16 GEMM
+ * Python (core/matching/screened_mnn.py) computes sim = bf16(db) @ bf16(q)^T with a bf16 GEMM
  * (AMX: ~4x the fp32 rate), fp32 accumulation and a bf16 result. Every entry is then
  * within in_err + out_rel |s~| of the exact dot product db_j . q_i (input rounding and
  * accumulation, then the bf16 output rounding), so a row's exact argmax is among the

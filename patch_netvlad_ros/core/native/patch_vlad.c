@@ -2,7 +2,7 @@
  * Licensed under the Apache License, Version 2.0 (see LICENSE).
  *
  * IntegralVLAD patch boxes of one image, intra-normalised, for a range of clusters and
- * one patch scale (core/vlad.py, patch_descriptors, explains the method).
+ * one patch scale (core/model/vlad.py, patch_descriptors, explains the method).
  *
  * For cluster k and a size x size window p of the h x w feature map, the unnormalised
  * patch VLAD is V_kp = sum_{n in p} a_kn (x_n - c_k) [D]. This file computes it as the
@@ -13,7 +13,7 @@
  * long inner dimensions and on whole-tensor passes over memory; here one cluster's
  * residual (N x D floats) stays in cache and each sum is a handful of vector adds.
  *
- * Patches come out column-major (p = col * rows + row), as core/vlad.py's box_sums.
+ * Patches come out column-major (p = col * rows + row), as core/model/vlad.py's box_sums.
  *
  * Any values: the arithmetic is plain float sums, products and one division by a
  * positive normaliser, and no index depends on a value; NaN or Inf inputs give NaN or Inf
@@ -136,7 +136,7 @@ int pnv_patch_vlad(const float *restrict xt, const float *restrict a, const floa
  * cluster's cells (h*w x BLOCK floats) and its row sums stay in L2. */
 #define BLOCK 64
 
-/* Per-cell projection (core/vlad.py explains when it is used): u [kc, h*w, dp] holds the
+/* Per-cell projection (core/model/vlad.py explains when it is used): u [kc, h*w, dp] holds the
  * projected residuals W_k a_kn (x_n - c_k) of kc clusters, weights[s] [kc, P_s] their
  * per-(cluster, patch) scales 1 / (max(|V_kp| / s^2, eps) s^2), and for each of the ns
  * scales acc[s] [P_s, dp] += sum_k weights[s][k, p] * (sum over window p of u[k, n, :]):

@@ -2,7 +2,7 @@
  * Licensed under the Apache License, Version 2.0 (see LICENSE).
  *
  * Which patch rows the matchers (int_mnn.c, mutual_nn.c) take part with, and the sizes they
- * accept. Python: core/candidate_blocks.py (USABLE_LIMIT, usable_rows) states the same rule
+ * accept. Python: core/matching/mutual_nn.py (USABLE_LIMIT, usable_rows) states the same rule
  * for the float32 path.
  *
  * A row (a query patch or a candidate patch) is usable when every value is finite and at

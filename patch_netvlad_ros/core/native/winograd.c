@@ -5,7 +5,7 @@
  * (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016).
  *
  * Each 4 x 4 output tile is computed from a 6 x 6 input tile d as A^T [(G g G^T) . (B^T d B)] A:
- * 36 products per input and output channel pair instead of 144. Python (core/winograd.py)
+ * 36 products per input and output channel pair instead of 144. Python (core/model/winograd.py)
  * transforms the weights once (U = G g G^T, [36, C, K]), this file transforms the input
  * tiles into V [36, T, C], torch multiplies the 36 matrices M = V U [36, T, K] on its GEMM,
  * and this file transforms M back to the output tiles, adding the bias and the ReLU.

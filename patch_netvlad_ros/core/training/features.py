@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import winograd as wino
-from ..image import to_tensor
-from ..model import PatchNetVLAD
+from ..model import winograd as wino
+from ..model.image import to_tensor
+from ..model.model import PatchNetVLAD
 
 #: encoder[:TRUNK_END] is conv1_1 .. pool4 (frozen); encoder[TRUNK_END:] is conv5_1 ..
 #: conv5_3 with their ReLUs (trained).

@@ -43,14 +43,16 @@ from .features import (conv5_block, FeatureCache, FeatureStore, pixel_key,
 from .mining import distance_margin, mine_triplets, triplet_loss
 from .options import MODEL_FILE, REPORT_FILE, STATE_FILE, TrainOptions
 from .supervision import concat_positions, Supervision, supervision_from_positions
-from .. import vlad
-from ..backbone import cache_dir, imagenet_encoder_state
-from ..bootstrap import fit_centroids, fit_wpca, init_netvlad, sample_descriptors, vlad_samples
-from ..checkpoint import load_model, model_digest, save_checkpoint
+from ..config import cache_dir
 from ..config import PatchNetVLADConfig
-from ..drives import Drive, positions_of
+from ..drives.drives import Drive, positions_of
 from ..errors import ConfigError
-from ..model import PatchNetVLAD
+from ..model import vlad
+from ..model.backbone import imagenet_encoder_state
+from ..model.bootstrap import (fit_centroids, fit_wpca, init_netvlad, sample_descriptors,
+                               vlad_samples)
+from ..model.checkpoint import load_model, model_digest, save_checkpoint
+from ..model.model import PatchNetVLAD
 
 #: Bumped when the state file's contents change.
 STATE_FORMAT = 1

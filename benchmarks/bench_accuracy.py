@@ -1,0 +1,351 @@
+# Copyright 2026 The patch_netvlad_ros Authors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""bench_accuracy: fusion, calibrated confidence and the sequence filter, side by side.
+
+Two parts, each with a map fitted on itself (:func:`..core.map_fit.fit_map`: fusion
+weights and confidence calibration from the map's own references, no query labels):
+
+corridor  the demo's drives (patch_netvlad_ros/data/corridor_drives): a map of the
+          reference bag (built like ``make demo`` does: speed preset at 320x240, model
+          bootstrapped from the drive; or ``--map``), the query bag localised frame by
+          frame. Right = a reference within 2 frames (the dataset's ground truth), and the
+          place radius is 2 m (frames are 1 m apart), so "within place_radius" and
+          "right" are the same thing. Recall@1/5 of retrieval alone, the authors' patch
+          order, the fitted fusion, and the sequence filter with odometry (the bag's
+          /odom) and with time only; confidence ROC AUC and expected calibration error
+          (ECE) of the single-frame and the filtered confidence; filter cost per frame
+          against the rerank's; confidences of images of places not in the map (Tokyo
+          pair, blank and noise images) against the default threshold.
+loop      the RTAB-Map loop sample (``--loop``, default test/data/rtabmap_loop): a map of
+          the first lap (frames 1-40, no metric poses: frame i at x = i m, stamp i s),
+          queried with frames 41-84 against gt_loops.csv: recall@1, and recall at 100%
+          precision (the most revisits accepted, by confidence, before the first wrong
+          one), single frame against the sequence filter (time only: frame order).
+Both maps are fitted as pnv-build-map fits them: self-queries plus simulated second
+visits of their references' images (``--self-queries-only``: without, as ``pnv-map fit``
+does). Prints a table and writes JSON (default out/bench_accuracy/bench_accuracy.json) with
+reliability diagrams beside it.
+"""
+
+import csv
+import json
+from pathlib import Path
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+
+from patch_netvlad_ros.cli.common import (CliParser, existing_dir, output_dir, positive_float,
+                                          run_main)
+from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, POSE_TOPIC
+from patch_netvlad_ros.cli.evaluate import frame_positives
+from patch_netvlad_ros.core.config import get_config
+from patch_netvlad_ros.core.drives.drives import read_bag_drive
+from patch_netvlad_ros.core.drives.poses import PoseSample
+from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
+from patch_netvlad_ros.core.evaluation.report import roc_auc
+from patch_netvlad_ros.core.localization.calibration import (expected_calibration_error,
+                                                             recall_at_full_precision,
+                                                             reliability_diagram)
+from patch_netvlad_ros.core.localization.fusion import CandidateTable
+from patch_netvlad_ros.core.localization.localizer import LocalizationResult, Localizer
+from patch_netvlad_ros.core.localization.sequence import SequenceLocalizer
+from patch_netvlad_ros.core.maps.database import Reference, ReferenceMap
+from patch_netvlad_ros.core.maps.extraction import describe_batches
+from patch_netvlad_ros.core.maps.map_building import build_map, resolve_map_model
+from patch_netvlad_ros.core.maps.map_fit import fit_map
+from patch_netvlad_ros.core.model.image import load_image, resize_rgb
+from patch_netvlad_ros.core.model.model import PatchNetVLAD
+
+REPO = Path(__file__).resolve().parent.parent
+#: Shipped with the repository's tests (not the package): attribution files beside them.
+DEFAULT_LOOP = REPO / 'test' / 'data' / 'rtabmap_loop'
+DEFAULT_UNKNOWN = REPO / 'test' / 'data' / 'tokyo_pair'
+#: Corridor: right = within 2 frames; frames are 1 m apart.
+FRAME_TOLERANCE = 2
+CORRIDOR_RADIUS = 2.0
+#: Loop: first lap = map, the rest = queries (1-based frame numbers).
+LOOP_MAP_FRAMES = 40
+LOOP_RADIUS = 2.0
+SIZE = (240, 320)
+
+
+def read_loop_truth(path: Path) -> Dict[int, Set[int]]:
+    """gt_loops.csv: 0-based query frame -> 0-based earlier frames it closes a loop with."""
+    truth = {}
+    with open(path, newline='') as handle:
+        for row in csv.DictReader(handle):
+            frames = [int(name.split('.')[0]) - 1 for name in
+                      row['matching_earlier_images'].split()]
+            truth[int(row['query_image'].split('.')[0]) - 1] = set(frames)
+    return truth
+
+
+def describe(model: PatchNetVLAD, images: Sequence[np.ndarray]) -> List:
+    """Descriptors per image: (global [Dp], patches per scale [P, Dp])."""
+    out = []
+    for desc in describe_batches(model, images):
+        for j in range(desc.global_desc.shape[0]):
+            out.append((desc.global_desc[j], [p[j] for p in desc.patches]))
+    return out
+
+
+def tables_of(localizer: Localizer,
+              descriptors: Sequence) -> Tuple[List[CandidateTable], List[float]]:
+    """Return the candidate tables of the queries and the rerank's time (s) of each."""
+    tables, rerank_s = [], []
+    for g, patches in descriptors:
+        table, timings, _, _ = localizer.candidate_table(g, patches)
+        tables.append(table)
+        rerank_s.append(timings['rerank_s'])
+    return tables, rerank_s
+
+
+def scores(results: Sequence[LocalizationResult], positives: Sequence[Set[int]],
+           confidence: bool = True) -> Dict:
+    """Recall@1/5, and the confidence's ROC AUC, ECE and recall at 100% precision."""
+    ranked = [r.retrieval_order for r in results]
+    recall = recall_at_n(ranked, [np.array(sorted(p), np.int64) for p in positives], (1, 5))
+    out = {'r1': recall[1], 'r5': recall[5]}
+    if confidence:
+        right = np.array([r.best_index in p for r, p in zip(results, positives)])
+        conf = np.array([r.confidence for r in results])
+        out.update(auc=roc_auc(conf, right), ece=expected_calibration_error(conf, right),
+                   r100p=recall_at_full_precision(conf, right),
+                   conf_right=float(conf[right].mean()) if right.any() else None,
+                   conf_wrong=float(conf[~right].mean()) if (~right).any() else None)
+    return out
+
+
+def run_filter(localizer: Localizer, results: Sequence[LocalizationResult],
+               stamps: Sequence[float], odometry: Optional[Sequence[PoseSample]]):
+    """Filter a stream of answers; return the filtered answers and update times (s)."""
+    seq = SequenceLocalizer(localizer)
+    out, times = [], []
+    for k, result in enumerate(results):
+        out.append(seq.update(result, stamps[k], odometry[k] if odometry else None))
+        times.append(seq.last_update_s)
+    return out, times
+
+
+def single_and_sequence(ref_map: ReferenceMap, tables: Sequence[CandidateTable],
+                        positives: Sequence[Set[int]], stamps: Sequence[float],
+                        odometry: Optional[Sequence[PoseSample]], plots: Path,
+                        name: str) -> Dict:
+    """Every ranking of the same candidate tables, and the filters on the fitted one."""
+    out = {}
+    for label, fusion, calibration in (('global', 'global', 'heuristic'),
+                                       ('patches', 'patches', 'heuristic'),
+                                       ('fused', None, None)):
+        localizer = Localizer(ref_map, None, fusion=fusion, calibration=calibration)
+        out[label] = scores([localizer.answer(t) for t in tables], positives,
+                            confidence=label != 'global')
+    fitted = Localizer(ref_map, None)
+    single = [fitted.answer(t) for t in tables]
+    right = np.array([r.best_index in p for r, p in zip(single, positives)])
+    reliability_diagram([r.confidence for r in single], right,
+                        plots / f'{name}_reliability_single.png',
+                        title=f'{name}: single-frame confidence')
+    modes = {'sequence_time': None}
+    if odometry is not None:
+        modes = {'sequence_odometry': odometry, **modes}
+    for label, odom in modes.items():
+        filtered, times = run_filter(fitted, single, stamps, odom)
+        out[label] = scores(filtered, positives)
+        out[label]['update_ms_median'] = 1e3 * statistics.median(times)
+        out[label]['update_ms_max'] = 1e3 * max(times)
+        ok = np.array([r.best_index in p for r, p in zip(filtered, positives)])
+        reliability_diagram([r.confidence for r in filtered], ok,
+                            plots / f'{name}_reliability_{label}.png',
+                            title=f'{name}: {label.replace("_", " ")} confidence')
+    out['threshold'] = fitted.calibration.threshold
+    out['above_threshold'] = float(np.mean([r.confidence >= out['threshold']
+                                            for r in single]))
+    return out
+
+
+def unknown_images(folder: Optional[Path], size=SIZE) -> Dict[str, np.ndarray]:
+    """Images of places not in the map: the Tokyo pair (if found), blank and noise."""
+    h, w = size
+    images = {}
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.glob('*.[jp][pn]g')):
+            images[path.stem] = resize_rgb(load_image(path), h, w)
+    noise = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    images.update(black=np.zeros((h, w, 3), np.uint8),
+                  grey=np.full((h, w, 3), 128, np.uint8),
+                  white=np.full((h, w, 3), 255, np.uint8), noise=noise)
+    return images
+
+
+def corridor_part(args, log) -> Dict:
+    """Measure on the demo's drives (module doc)."""
+    config = get_config('speed', image_height=SIZE[0], image_width=SIZE[1])
+    map_dir = args.map or args.output / 'corridor_map'
+    if args.rebuild or not (map_dir / 'manifest.json').is_file():
+        log(f'building {map_dir} from {DRIVES / "reference"} (bootstrapping the model)')
+        drive = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+        build_map(drive, map_dir, config, log=log)
+    ref_map = ReferenceMap.load(map_dir)
+    model = resolve_map_model(map_dir, ref_map.config)
+    images = None
+    if not args.self_queries_only:
+        reference = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+        if len(reference.frames) == len(ref_map):
+            images = [f.rgb for f in reference.frames]
+        else:
+            log(f'{map_dir} is not a map of {DRIVES / "reference"} alone: self-queries only')
+    start = time.perf_counter()
+    fitted = fit_map(ref_map, place_radius=args.place_radius, images=images,
+                     model=model if images else None)
+    fit_s = time.perf_counter() - start
+    log(f'fitted {map_dir} on itself in {fit_s:.1f} s: w_g '
+        f"{fitted['fusion']['global_weight']}")
+    drive = read_bag_drive(DRIVES / 'query', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+    positives = frame_positives(drive, ref_map, FRAME_TOLERANCE)
+    descriptors = describe(model, [f.rgb for f in drive.frames])
+    tables, rerank_s = tables_of(Localizer(ref_map, None), descriptors)
+    result = single_and_sequence(ref_map, tables, positives, [f.stamp for f in drive.frames],
+                                 [f.pose for f in drive.frames], args.output, 'corridor')
+    result['rerank_ms_median'] = 1e3 * statistics.median(rerank_s)
+    for label in ('sequence_odometry', 'sequence_time'):
+        result[label]['update_vs_rerank'] = (result[label]['update_ms_median']
+                                             / result['rerank_ms_median'])
+    localizer = Localizer(ref_map, model)
+    result['unknown'] = {k: localizer.localize(v).confidence
+                         for k, v in unknown_images(args.unknown).items()}
+    result['fit'] = {'seconds': fit_s, **{k: fitted[k] for k in ('levels', 'fusion_level')},
+                     'fusion': fitted['fusion'], 'calibration': fitted['calibration']}
+    result['map'] = str(map_dir)
+    return result
+
+
+def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
+    """Measure on the RTAB-Map loop (module doc); None when its folder is missing."""
+    folder = args.loop
+    if folder is None or not (folder / 'gt_loops.csv').is_file():
+        log(f'no loop data at {folder}: skipping the loop part')
+        return None
+    truth = read_loop_truth(folder / 'gt_loops.csv')
+    paths = sorted((folder / 'images').glob('*.jpg'), key=lambda p: int(p.stem))
+    h, w = model.config.image_height, model.config.image_width
+    images = [resize_rgb(load_image(p), h, w) for p in paths]
+    descriptors = describe(model, images)
+    n = LOOP_MAP_FRAMES
+    refs = [Reference(id=paths[i].name, source=str(paths[i]), stamp=float(i), x=float(i))
+            for i in range(n)]
+    ref_map = ReferenceMap.empty(model.config, model_digest_of(model)).extended(
+        refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
+        [np.stack([d[1][s].numpy() for d in descriptors[:n]])
+         for s in range(len(model.config.patch_sizes))])
+    visits = None if args.self_queries_only else images[:n]
+    fitted = fit_map(ref_map, place_radius=LOOP_RADIUS, images=visits,
+                     model=model if visits else None)
+    queries = [i for i in range(n, len(paths)) if i in truth]
+    positives = [{j for j in truth[i] if j < n} for i in queries]
+    tables, _ = tables_of(Localizer(ref_map, None), [descriptors[i] for i in queries])
+    result = single_and_sequence(ref_map, tables, positives, [float(i) for i in queries],
+                                 None, args.output, 'loop')
+    result['fit'] = {k: fitted[k] for k in ('levels', 'fusion_level', 'fusion', 'calibration')}
+    result['queries'] = len(queries)
+    return result
+
+
+def model_digest_of(model: PatchNetVLAD) -> str:
+    """Return the model digest that maps record."""
+    from patch_netvlad_ros.core.model.checkpoint import model_digest
+    return model_digest(model)
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open('/proc/cpuinfo') as handle:
+            for line in handle:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _f(value, spec='.3f') -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def print_table(result: Dict) -> None:
+    """Print the side-by-side table."""
+    rows = [('global (retrieval)', 'global'), ('patches (authors)', 'patches'),
+            ('fused (fitted)', 'fused'), ('sequence, odometry', 'sequence_odometry'),
+            ('sequence, time only', 'sequence_time')]
+    for part in ('corridor', 'loop'):
+        res = result.get(part)
+        if not res:
+            continue
+        print(f'\n{part}: fusion w_g {res["fit"]["fusion"]["global_weight"]}, '
+              f'temperature {res["fit"]["fusion"]["temperature"]}; calibrated on '
+              f'{res["fit"]["calibration"]["fitted_on"]["description"]}')
+        print(f'{"":22s} {"R@1":>6s} {"R@5":>6s} {"AUC":>6s} {"ECE":>6s} {"R@100%P":>8s}')
+        for label, key in rows:
+            if key in res:
+                r = res[key]
+                print(f'{label:22s} {_f(r["r1"]):>6s} {_f(r["r5"]):>6s} '
+                      f'{_f(r.get("auc")):>6s} {_f(r.get("ece")):>6s} '
+                      f'{_f(r.get("r100p")):>8s}')
+    cor = result.get('corridor')
+    if cor:
+        print(f'\nrerank per frame (median) {cor["rerank_ms_median"]:.1f} ms; filter update '
+              f'{cor["sequence_odometry"]["update_ms_median"]:.3f} ms with odometry '
+              f'({100 * cor["sequence_odometry"]["update_vs_rerank"]:.2f}% of the rerank), '
+              f'{cor["sequence_time"]["update_ms_median"]:.3f} ms time only')
+        print(f'default threshold {cor["threshold"]:.2f}: {100 * cor["above_threshold"]:.0f}% '
+              'of the query frames at or above; places not in the map: '
+              + ', '.join(f'{k} {v:.2f}' for k, v in cor['unknown'].items()))
+        print(f'fit on the map itself: {cor["fit"]["seconds"]:.1f} s')
+
+
+@run_main
+def main(argv: Optional[list] = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = CliParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--map', type=existing_dir, default=None,
+                        help='a map of the corridor reference drive (default: build one in '
+                        'OUTPUT/corridor_map, reused on later runs)')
+    parser.add_argument('--rebuild', action='store_true', help='rebuild OUTPUT/corridor_map')
+    parser.add_argument('--place-radius', type=positive_float, default=CORRIDOR_RADIUS,
+                        help='place radius of the corridor fit in m (default 2: the ground '
+                        "truth's 2 frames)")
+    parser.add_argument('--loop', type=Path, default=DEFAULT_LOOP,
+                        help='RTAB-Map loop folder (images/, gt_loops.csv)')
+    parser.add_argument('--unknown', type=Path, default=DEFAULT_UNKNOWN,
+                        help='folder of images of places not in the map (plus blank, noise)')
+    parser.add_argument('--self-queries-only', action='store_true',
+                        help='fit the calibrations without simulated second visits (as '
+                        '`pnv-map fit` does: it has no images)')
+    parser.add_argument('--output', type=output_dir, default=Path('out/bench_accuracy'))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
+                          'threads': torch.get_num_threads()}}
+    result['corridor'] = corridor_part(args, log)
+    map_dir = Path(result['corridor']['map'])
+    model = resolve_map_model(map_dir, ReferenceMap.load(map_dir, verify=False).config)
+    result['loop'] = loop_part(args, model, log)
+    print_table(result)
+    path = args.output / 'bench_accuracy.json'
+    path.write_text(json.dumps(result, indent=2, default=float))
+    print(f'\nwrote {path} and reliability diagrams in {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
