@@ -40,7 +40,7 @@ from ..core.model.image import to_tensor
 from ..ros import shared_store
 from ..ros.conversions import descriptors_to_msg, PATCH_DTYPES
 from ..ros.diagnostics import DiagnosticsPublisher
-from ..ros.lifecycle import AUTOSTART, ManagedNode
+from ..ros.lifecycle import AUTOSTART, destroy_endpoints, ManagedNode
 from ..ros.params import DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
@@ -128,10 +128,7 @@ class DescriptorNode(ManagedNode):
 
     def release(self) -> None:
         """Destroy the publishers, the subscription and the counters; free the model."""
-        for publisher in self._own_publishers:
-            self.destroy_lifecycle_publisher(publisher)
-        for subscription in self._own_subscriptions:
-            self.destroy_subscription(subscription)
+        destroy_endpoints(self, self._own_publishers, self._own_subscriptions)
         self._own_publishers, self._own_subscriptions = [], []
         if self.diagnostics is not None:
             self.diagnostics.destroy()

@@ -75,7 +75,7 @@ from ..ros.conversions import (check_descriptor_identity, msg_to_descriptors,
                                reference_sample, result_to_msgs, seconds, transform_to_pose,
                                wall_time)
 from ..ros.diagnostics import DiagnosticsPublisher
-from ..ros.lifecycle import AUTOSTART, ManagedNode
+from ..ros.lifecycle import AUTOSTART, destroy_endpoints, ManagedNode
 from ..ros.params import DEVICES, Param, ParameterError, resolve_device
 from ..ros.qos import pipeline_qos
 
@@ -203,10 +203,7 @@ class LocalizerNode(ManagedNode):
 
     def release(self) -> None:
         """Destroy the publishers, subscriptions, TF helpers and counters; free the map."""
-        for publisher in self._own_publishers:
-            self.destroy_lifecycle_publisher(publisher)
-        for subscription in self._own_subscriptions:
-            self.destroy_subscription(subscription)
+        destroy_endpoints(self, self._own_publishers, self._own_subscriptions)
         self._own_publishers, self._own_subscriptions = [], []
         if self._tf_listener is not None:
             self._tf_listener.unregister()

@@ -20,6 +20,7 @@ before; a failed configure then raises its error, and the runner exits with stat
 import threading
 from typing import Any, Optional, Sequence
 
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from .params import declare, Param
@@ -32,6 +33,19 @@ AUTOSTART = Param('autostart', True, 'configure and activate at start-up (ros2 r
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
+#: Seconds a publisher being destroyed waits for its reliable readers to acknowledge what
+#: it sent (a batch finished during a stop reaches the subscribers, not the void).
+FLUSH_SECONDS = 1.0
+
+
+def destroy_endpoints(node: LifecycleNode, publishers: Sequence[Any],
+                      subscriptions: Sequence[Any]) -> None:
+    """Destroy a node's lifecycle publishers (each flushed first) and subscriptions."""
+    for publisher in publishers:
+        publisher.wait_for_all_acked(Duration(seconds=FLUSH_SECONDS))
+        node.destroy_lifecycle_publisher(publisher)
+    for subscription in subscriptions:
+        node.destroy_subscription(subscription)
 
 
 class ConfigureFailed(PatchNetVLADError):
