@@ -17,6 +17,7 @@ the node in its constructor, so `ros2 run`, the launch file and localize_graph r
 before; a failed configure then raises its error, and the runner exits with status 2.
 """
 
+from abc import ABCMeta, abstractmethod
 import threading
 from typing import Any, Optional, Sequence
 
@@ -52,7 +53,7 @@ class ConfigureFailed(PatchNetVLADError):
     """A transition of the autostart failed (its reason was logged)."""
 
 
-class ManagedNode(LifecycleNode):
+class ManagedNode(LifecycleNode, metaclass=ABCMeta):
     """A lifecycle node whose subclass implements :meth:`configure` and :meth:`release`.
 
     specs: the node's parameters, :data:`AUTOSTART` among them.
@@ -96,13 +97,13 @@ class ManagedNode(LifecycleNode):
 
     # --- what subclasses implement ---------------------------------------------------
 
+    @abstractmethod
     def configure(self) -> None:
         """Load and create what serving needs; raise PatchNetVLADError for bad input."""
-        raise NotImplementedError
 
+    @abstractmethod
     def release(self) -> None:
         """Destroy and free what :meth:`configure` made (also after a partial configure)."""
-        raise NotImplementedError
 
     # --- transitions -----------------------------------------------------------------
 
