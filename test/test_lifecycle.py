@@ -31,8 +31,8 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from ros_spinner import Spinner
 from std_msgs.msg import Header, UInt64
 
 from patch_netvlad_ros.core.maps.database import Reference
@@ -94,7 +94,7 @@ class NodeProcess:
         return self.popen.returncode
 
 
-class Manager:
+class Manager(Spinner):
     """A lifecycle manager and probe node of the test's own context, spinning in a thread."""
 
     def __init__(self, node: str) -> None:
@@ -105,16 +105,7 @@ class Manager:
         self.change = self.probe.create_client(ChangeState, f'{node}/change_state')
         self.get = self.probe.create_client(GetState, f'{node}/get_state')
         self.set = self.probe.create_client(SetParameters, f'{node}/set_parameters')
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.executor.add_node(self.probe)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not done():
-            time.sleep(0.02)
-        return done()
+        super().__init__(self.context, [self.probe], threads=2)
 
     def call(self, client, request, timeout: float = 120.0):
         assert client.wait_for_service(timeout_sec=60.0), f'no service {client.srv_name}'
@@ -140,9 +131,8 @@ class Manager:
         return self.probe.count_publishers(topic)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(10)
-        self.probe.destroy_node()
+        """Stop spinning, destroy the probe and shut the context down."""
+        super().close()
         self.context.try_shutdown()
 
 

@@ -12,9 +12,8 @@ odometry as the node's buffer interpolates it).
 
 import math
 from pathlib import Path
-import threading
 import time
-from typing import Callable, List
+from typing import List
 
 from fitted_corridor import fitted_map, PLACE_RADIUS
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -23,9 +22,9 @@ import numpy as np
 from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_spinner import Spinner
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -90,7 +89,7 @@ def context():
     ctx.try_shutdown()
 
 
-class Probe:
+class Probe(Spinner):
     """Nodes and a probe (publishers, recorders) spinning in a thread."""
 
     def __init__(self, nodes: List[Node], context) -> None:
@@ -106,25 +105,7 @@ class Probe:
                                                       10)
         self.odom = self.node.create_publisher(Odometry, '/odom', 50)
         self.images = self.node.create_publisher(Image, '/camera/image_raw', 10)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
-        for node in [*nodes, self.node]:
-            self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``done()`` or the timeout; return done()."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not done():
-            time.sleep(0.01)
-        return done()
-
-    def close(self) -> None:
-        """Stop spinning and destroy the nodes."""
-        self.executor.shutdown()
-        self.thread.join(timeout=10)
-        for node in [*self.nodes, self.node]:
-            node.destroy_node()
+        super().__init__(context, [*nodes, self.node], threads=4)
 
 
 def localizer_node(context, map_dir: Path, *params: Parameter) -> LocalizerNode:

@@ -13,18 +13,17 @@ missing, the tests check that asking for them fails configure with the reason.
 import importlib.util
 import math
 from pathlib import Path
-import threading
 import time
-from typing import Callable, List
+from typing import List
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_spinner import Spinner
 from std_msgs.msg import Header
 
 from patch_netvlad_ros.core.localization.localizer import Localizer
@@ -182,7 +181,7 @@ def header_of(k: int) -> Header:
     return h
 
 
-class Probe:
+class Probe(Spinner):
     """localizer_node and a probe node (descriptors out, answers in) spinning in a thread."""
 
     def __init__(self, context, map_dir: Path, *params: Parameter) -> None:
@@ -202,17 +201,7 @@ class Probe:
                                        self.matches.append, 100)
         self.descriptors = self.probe.create_publisher(PlaceDescriptors, '/place_descriptors',
                                                        100)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.probe)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not done():
-            time.sleep(0.02)
-        return done()
+        super().__init__(context, [self.node, self.probe], threads=3)
 
     def send(self, corridor_map, descriptors, frames: List[int]) -> None:
         """Publish the frames' descriptors (float32 patches: as offline), 1 s of stamps apart.
@@ -229,12 +218,6 @@ class Probe:
                 [p[i] for p in patches], 'float32'))
             assert self.wait(lambda: len(self.matches) > k, 60), f'no match for frame {k}'
         time.sleep(0.3)  # anything extra would arrive now
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(timeout=10)
-        self.node.destroy_node()
-        self.probe.destroy_node()
 
 
 def stamp_key(h: Header) -> tuple:

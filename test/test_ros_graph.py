@@ -14,9 +14,8 @@ from pathlib import Path
 import signal
 import subprocess
 import sys
-import threading
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import cv2
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -24,9 +23,9 @@ import numpy as np
 from patch_netvlad_ros_interfaces.msg import PlaceDescriptors, PlaceMatch
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_spinner import Spinner
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 import torch
@@ -102,7 +101,7 @@ def correct(query: int, reference_id: str) -> bool:
     return abs(int(reference_id) - query) <= 2
 
 
-class Graph:
+class Graph(Spinner):
     """Nodes plus a probe node spinning on one MultiThreadedExecutor in a thread."""
 
     def __init__(self, nodes: List[Node], context) -> None:
@@ -119,30 +118,12 @@ class Graph:
         self.compressed_pub = self.probe.create_publisher(
             CompressedImage, '/camera/image_raw/compressed', 10)
         self.diagnostics = DiagnosticsCollector(self.probe)
-        self.executor = MultiThreadedExecutor(num_threads=6, context=context)
-        for node in [*nodes, self.probe]:
-            self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``done()`` or the timeout; return done()."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not done():
-            time.sleep(0.05)
-        return done()
+        super().__init__(context, [*nodes, self.probe], threads=6)
 
     def connected(self, topic: str = '/camera/image_raw') -> bool:
         """Discovery finished: someone subscribes the camera topic, someone publishes match."""
         return (self.probe.count_subscribers(topic) > 0
                 and self.probe.count_publishers('/localizer_node/match') > 0)
-
-    def close(self) -> None:
-        """Stop spinning and destroy the nodes."""
-        self.executor.shutdown()
-        self.thread.join(timeout=10)
-        for node in [*self.nodes, self.probe]:
-            node.destroy_node()
 
 
 @pytest.fixture
