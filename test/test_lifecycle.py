@@ -12,20 +12,16 @@ published before activate or after deactivate; cleanup removes the node's topics
 shutdown finalizes it; SIGINT still ends the process with status 0.
 """
 
-import os
 from pathlib import Path
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 from typing import Callable, List
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from node_process import NodeProcess
 from patch_netvlad_ros_interfaces.msg import ImageBatch, PlaceDescriptors, PlaceMatch
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
@@ -59,39 +55,6 @@ def map_dir(corridor_model, corridor_images, tmp_path_factory) -> Path:
     path = ref_map.save(tmp_path_factory.mktemp('lifecycle') / 'map')
     shutil.copy(corridor_model.checkpoint_path, map_model_path(path))
     return path
-
-
-class NodeProcess:
-    """`python -m patch_netvlad_ros.nodes.<module> --ros-args ...`, output collected."""
-
-    def __init__(self, module: str, *ros_args: str) -> None:
-        env = {**os.environ, 'RCUTILS_LOGGING_BUFFERED_STREAM': '0', 'PYTHONUNBUFFERED': '1'}
-        self.popen = subprocess.Popen(
-            [sys.executable, '-m', f'patch_netvlad_ros.nodes.{module}', '--ros-args',
-             *ros_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: List[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return ''.join(self.lines)
-
-    def stop(self) -> int:
-        """SIGINT (Ctrl-C); the exit status (killed after 60 s)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._reader.join(5)
-        return self.popen.returncode
 
 
 class Manager(Spinner):

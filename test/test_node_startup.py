@@ -16,17 +16,15 @@ no "context is invalid" errors.
 """
 
 import json
-import os
 from pathlib import Path
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from typing import List, Optional
+from typing import List
 
+from node_process import NodeProcess
 import numpy as np
 from patch_netvlad_ros_interfaces.msg import ImageBatch, PlaceDescriptors
 import pytest
@@ -219,70 +217,11 @@ def test_missing_or_foreign_model_and_no_model_are_refused(context, map_without_
 
 # --- executables as processes ----------------------------------------------------------------
 
-class Process:
-    """An executable run as `python -m patch_netvlad_ros.nodes.<module> --ros-args ...`."""
+class Process(NodeProcess):
+    """An executable by its name (`ros2 run`'s), run as its node module."""
 
     def __init__(self, executable: str, *ros_args: str) -> None:
-        self.name = executable
-        env = {**os.environ, 'RCUTILS_LOGGING_BUFFERED_STREAM': '0', 'PYTHONUNBUFFERED': '1'}
-        self.popen = subprocess.Popen(
-            [sys.executable, '-m', f'patch_netvlad_ros.nodes.{EXECUTABLES[executable]}',
-             '--ros-args', *ros_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env)
-        self.lines: List[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._sent: Optional[float] = None
-        self.stop_seconds: Optional[float] = None
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return ''.join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> None:
-        """Wait for a line matching ``pattern``; fail with the output if it never comes."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(re.search(pattern, line) for line in list(self.lines)):
-                return
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        pytest.fail(f'{self.name}: no line matching {pattern!r} (exit {self.popen.returncode})'
-                    f':\n{self.output}')
-
-    def signal(self, signum: int) -> None:
-        self._sent = time.monotonic()
-        self.sent_wall = time.time()
-        self.popen.send_signal(signum)
-
-    def logged_at(self, pattern: str) -> float:
-        """Wall time (from the log line's stamp) of the first line matching ``pattern``."""
-        for line in self.lines:
-            if re.search(pattern, line):
-                return float(re.search(r'\[(\d+\.\d+)\]', line).group(1))
-        raise AssertionError(f'{self.name}: no line matching {pattern!r}:\n{self.output}')
-
-    def wait(self, timeout: float = 60.0) -> int:
-        """Wait for the exit (killed after ``timeout``); stop_seconds: since the signal."""
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        if self._sent is not None:
-            self.stop_seconds = time.monotonic() - self._sent
-        self._reader.join(5)
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
+        super().__init__(EXECUTABLES[executable], *ros_args, name=executable)
 
 
 def _ns(tag: str) -> List[str]:
