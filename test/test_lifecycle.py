@@ -81,7 +81,19 @@ class Manager(Spinner):
             transition=Transition(id=transition_id))).success
 
     def state(self) -> str:
-        return self.call(self.get, GetState.Request()).current_state.label
+        """The node's state label; GetState asked again when an answer is lost.
+
+        A service can be discovered before its response writer has matched this client's
+        reader: the first answer may never arrive (a DDS race, seen once in CI). Asking the
+        state is idempotent, so it is asked again (a transition never is).
+        """
+        assert self.get.wait_for_service(timeout_sec=60.0), f'no service {self.get.srv_name}'
+        for _ in range(8):
+            future = self.get.call_async(GetState.Request())
+            if self.wait(future.done, 15.0):
+                return future.result().current_state.label
+            self.get.remove_pending_request(future)
+        raise AssertionError(f'{self.get.srv_name}: no answer in 8 tries of 15 s')
 
     def set_string(self, name: str, value: str):
         """SetParameters of one string parameter: its SetParametersResult."""
