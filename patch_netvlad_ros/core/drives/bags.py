@@ -236,15 +236,21 @@ def read_images(path: PathLike, topic: str, skip_invalid: bool = True,
     return _iter_images(bag, topic, skip_invalid, on_error, indices)
 
 
+def _selected(bag: Path, reader: AnyReader, topic: str, expected: Optional[Sequence[str]],
+              indices: Optional[Container[int]]) -> Iterator[Tuple[int, Any, int, bytes]]:
+    """Yield (index on the topic, connection, receive time ns, raw) of the wanted messages."""
+    connections = _connections(bag, reader, topic, expected)
+    for index, (connection, receive_ns, raw) in enumerate(_messages(bag, reader, connections)):
+        if indices is None or index in indices:
+            yield index, connection, receive_ns, raw
+
+
 def _iter_images(bag: Path, topic: str, skip_invalid: bool,
                  on_error: Optional[Callable[[int, str], None]],
                  indices: Optional[Container[int]]) -> Iterator[BagImage]:
     with _open(bag) as (_, reader):
-        connections = _connections(bag, reader, topic, IMAGE_TYPES)
-        for index, (connection, receive_ns, raw) in enumerate(
-                _messages(bag, reader, connections)):
-            if indices is not None and index not in indices:
-                continue
+        wanted = _selected(bag, reader, topic, IMAGE_TYPES, indices)
+        for index, connection, receive_ns, raw in wanted:
             try:
                 try:
                     msg = reader.deserialize(raw, connection.msgtype)
@@ -297,11 +303,8 @@ def read_messages(path: PathLike, topic: str,
 def _iter_messages(bag: Path, topic: str, indices: Optional[Container[int]],
                    expected: Optional[Sequence[str]]) -> Iterator[BagMessage]:
     with _open(bag) as (_, reader):
-        connections = _connections(bag, reader, topic, expected)
-        for index, (connection, receive_ns, raw) in enumerate(
-                _messages(bag, reader, connections)):
-            if indices is not None and index not in indices:
-                continue
+        wanted = _selected(bag, reader, topic, expected, indices)
+        for index, connection, receive_ns, raw in wanted:
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
             except Exception as err:
