@@ -81,8 +81,13 @@ def test_packing_keeps_each_candidate_s_matches_in_patch_order():
         batched_ransac.ransac_inlier_counts(src, dst, valid.flip(1), 24.0)
 
 
+DEVICES = ['cpu', pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='no CUDA device on this machine')])]
+
+
+@pytest.mark.parametrize('device', DEVICES)
 def test_inlier_counts_agree_with_opencv_on_real_matches(corridor_map,
-                                                         corridor_query_descriptors):
+                                                         corridor_query_descriptors, device):
     """Tolerance: at most max(3, 10%) below OpenCV's count and 30% above it; at least as
     many inliers for 90% of the candidates.
 
@@ -98,8 +103,9 @@ def test_inlier_counts_agree_with_opencv_on_real_matches(corridor_map,
         cands = np.argsort(-(corridor_map.global_desc @ g[qi].numpy()))[:20]
         match = rerank.match_candidates(patches[0][qi], corridor_map.patches[0], cands)
         src, dst, valid, _ = batched_ransac.pack_matches(
-            match, torch.tensor(grid.centres))
+            match.to(device), torch.tensor(grid.centres, device=device))
         counts, mask = batched_ransac.ransac_inlier_counts(src, dst, valid, threshold)
+        assert counts.device.type == device
         assert (mask.sum(1) == counts).all()
         ours += counts.tolist()
         for row in match.numpy():
