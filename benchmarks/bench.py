@@ -14,8 +14,8 @@ int8- or int16-screened one on AVX2 CPUs without AVX-512),
 ``ours-fp16`` (fp16 backbone, GPU only), ``ours-float32`` (rerank with the plain float32
 matcher) and ``authors``. ``--device cuda`` runs both implementations on the GPU, times
 with CUDA events, keeps the candidates' patches resident on the GPU and reranks with
-the float32 matcher and batched RANSAC (the 'auto' choices there); it has not been run
-on a GPU yet (none was available to this project).
+the float32 matcher and batched RANSAC (the 'auto' choices there); measured once on an
+H200 (docs/benchmarks.md#gpu; `scripts/gpu_check.sh` runs it with the CUDA tests).
 
 Extraction time does not depend on the weights (ImageNet VGG16 + seeded NetVLAD/WPCA).
 Rerank time does, for the screened matchers (how many similarities the bf16 or integer
