@@ -4,13 +4,14 @@
 
 The package only reads bags (:mod:`patch_netvlad_ros.core.drives.bags`); the tests, and
 test/make_corridor_drives.py for the shipped demo drives, write them with
-:func:`write_bag` (images raw or compressed, poses, fixes).
+:func:`write_bag` (images raw or compressed, poses, fixes) and list what a bag holds with
+:func:`bag_topics` and :func:`count_messages` (through the package's reader).
 """
 
 import math
 from pathlib import Path
 import shutil
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -18,8 +19,9 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
 from rosbags.typesys import get_typestore, Stores
 
-from patch_netvlad_ros.core.drives.bags import (_COMPRESSED, _IMAGE, _NAVSATFIX, _ODOMETRY,
-                                                _POSE_COV_STAMPED, _POSE_STAMPED, PathLike,
+from patch_netvlad_ros.core.drives.bags import (_COMPRESSED, _connections, _IMAGE, _NAVSATFIX,
+                                                _ODOMETRY, _open, _POSE_COV_STAMPED,
+                                                _POSE_STAMPED, _topic_types, PathLike,
                                                 POSE_TYPES)
 from patch_netvlad_ros.core.drives.encodings import encode_raw
 from patch_netvlad_ros.core.errors import ImageError, MapError
@@ -237,3 +239,20 @@ def write_bag(path: PathLike, fmt: str,
             raise
         raise MapError(f'cannot write bag {path}: {err}') from err
     return path
+
+
+def bag_topics(path: PathLike) -> Dict[str, Tuple[str, int]]:
+    """Return the topics of a bag: topic -> (message type, message count).
+
+    Types are ROS 2 style ('sensor_msgs/msg/Image') for ROS 1 bags too; a bag that cannot
+    be read raises the package's MapError, as its readers do.
+    """
+    with _open(path) as (_, reader):
+        return _topic_types(reader)
+
+
+def count_messages(path: PathLike, topic: str) -> int:
+    """Return the number of messages on topic (MapError if the bag lacks it)."""
+    with _open(path) as (bag, reader):
+        connections = _connections(bag, reader, topic, None)
+        return sum(int(c.msgcount) for c in connections)

@@ -6,7 +6,7 @@ from pathlib import Path
 import shutil
 from typing import List, Tuple
 
-from bag_writers import write_bag
+from bag_writers import bag_topics, count_messages, write_bag
 import cv2
 import numpy as np
 import pytest
@@ -60,11 +60,11 @@ def test_round_trip_raw_rgb8_poses_and_fixes(tmp_path, rgbs, fmt, pose_type):
     path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), poses=POSES,
                      pose_type=pose_type, fixes=FIXES)
     assert path == bag_path(tmp_path, fmt) and path.exists()
-    assert bags.bag_topics(path) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 5),
-                                     '/odom': (pose_type, 4),
-                                     '/gps/fix': ('sensor_msgs/msg/NavSatFix', 3)}
-    assert bags.count_messages(path, '/camera/image_raw') == 5
-    assert bags.count_messages(path, '/gps/fix') == 3
+    assert bag_topics(path) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 5),
+                                '/odom': (pose_type, 4),
+                                '/gps/fix': ('sensor_msgs/msg/NavSatFix', 3)}
+    assert count_messages(path, '/camera/image_raw') == 5
+    assert count_messages(path, '/gps/fix') == 3
 
     images = list(bags.read_images(path, '/camera/image_raw'))
     assert [image.index for image in images] == list(range(5))
@@ -111,7 +111,7 @@ def test_round_trip_other_encodings(tmp_path, rgbs, fmt, encoding):
 def test_round_trip_compressed_jpeg(tmp_path, rgbs, fmt):
     """Check that CompressedImage JPEG decodes to the written colours within its error."""
     path = write_bag(bag_path(tmp_path, fmt), fmt, image_items(rgbs), compressed=True)
-    assert bags.bag_topics(path)['/camera/image_raw'] == ('sensor_msgs/msg/CompressedImage', 5)
+    assert bag_topics(path)['/camera/image_raw'] == ('sensor_msgs/msg/CompressedImage', 5)
     images = list(bags.read_images(path, '/camera/image_raw'))
     assert len(images) == 5
     for image, (stamp, frame_id, rgb) in zip(images, image_items(rgbs)):
@@ -127,7 +127,7 @@ def test_reads_a_single_ros2_storage_file(tmp_path, rgbs, fmt):
     folder = write_bag(tmp_path / 'single', fmt, image_items(rgbs)[:2])
     storage = folder / f'single.{fmt}'
     assert storage.is_file()
-    assert bags.bag_topics(storage) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 2)}
+    assert bag_topics(storage) == {'/camera/image_raw': ('sensor_msgs/msg/Image', 2)}
     np.testing.assert_array_equal(next(bags.read_images(storage, '/camera/image_raw')).rgb,
                                   rgbs[0])
 
@@ -140,7 +140,7 @@ def real_bag() -> Path:
 
 def test_real_ros1_bag(real_bag):
     """The RealSense T265 bag: mono8 fisheye frames and VIO odometry."""
-    topics = bags.bag_topics(real_bag)
+    topics = bag_topics(real_bag)
     assert topics['/camera/fisheye1/image_raw'] == ('sensor_msgs/msg/Image', 3)
     assert topics['/camera/odom/sample'] == ('nav_msgs/msg/Odometry', 19)
     images = list(bags.read_images(real_bag, '/camera/fisheye1/image_raw'))
@@ -165,18 +165,18 @@ def test_real_ros1_bag(real_bag):
 
 def test_missing_path(tmp_path):
     with pytest.raises(MapError, match='does not exist'):
-        bags.bag_topics(tmp_path / 'nothing.bag')
+        bag_topics(tmp_path / 'nothing.bag')
     with pytest.raises(MapError, match='does not exist'):
         bags.read_images(tmp_path / 'nothing', '/camera/image_raw')
     with pytest.raises(MapError, match='without metadata.yaml'):
-        bags.bag_topics(tmp_path)
+        bag_topics(tmp_path)
 
 
 def test_random_bytes_and_truncated_bag(tmp_path, real_bag):
     random_bag = tmp_path / 'x.bag'
     random_bag.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
     with pytest.raises(MapError, match='not a ROS bag or it is damaged'):
-        bags.bag_topics(random_bag)
+        bag_topics(random_bag)
     truncated = tmp_path / 'truncated.bag'
     with open(real_bag, 'rb') as f:
         truncated.write_bytes(f.read(100_000))
@@ -185,7 +185,7 @@ def test_random_bytes_and_truncated_bag(tmp_path, real_bag):
     for name in ('x.db3', 'x.mcap'):
         shutil.copy(random_bag, tmp_path / name)
         with pytest.raises(MapError, match='not a ROS bag or it is damaged'):
-            bags.count_messages(tmp_path / name, '/odom')
+            count_messages(tmp_path / name, '/odom')
 
 
 def test_unknown_topic_and_wrong_type(real_bag):
@@ -195,7 +195,7 @@ def test_unknown_topic_and_wrong_type(real_bag):
     assert '/camera/fisheye1/image_raw (sensor_msgs/msg/Image, 3 messages)' in message
     assert '/camera/odom/sample (nav_msgs/msg/Odometry, 19 messages)' in message
     with pytest.raises(MapError, match='is not in bag'):
-        bags.count_messages(real_bag, '/nope')
+        count_messages(real_bag, '/nope')
     with pytest.raises(MapError, match='carries nav_msgs/msg/Odometry messages.*'
                                        'sensor_msgs/msg/Image, sensor_msgs/msg/CompressedImage'):
         bags.read_images(real_bag, '/camera/odom/sample')  # raised before iterating

@@ -15,12 +15,12 @@ with the drive's poses as odometry 1.0).
 import json
 from pathlib import Path
 
+from bag_writers import bag_topics
 from demo_drives import demo_map_dir
 import pytest
 
 from patch_netvlad_ros.cli import evaluate
 from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, POSE_TOPIC
-from patch_netvlad_ros.core.drives.bags import bag_topics
 from patch_netvlad_ros.core.maps.database import ReferenceMap
 
 RATE = 4.0

@@ -197,22 +197,6 @@ def _stamp(header: Any, receive_ns: int) -> float:
     return sec + nanosec * 1e-9
 
 
-def bag_topics(path: PathLike) -> Dict[str, Tuple[str, int]]:
-    """Return the topics of a bag: topic -> (message type, message count).
-
-    Types are ROS 2 style ('sensor_msgs/msg/Image') for ROS 1 bags too.
-    """
-    with _open(path) as (_, reader):
-        return _topic_types(reader)
-
-
-def count_messages(path: PathLike, topic: str) -> int:
-    """Return the number of messages on topic (MapError if the bag lacks it)."""
-    with _open(path) as (bag, reader):
-        connections = _connections(bag, reader, topic, None)
-        return sum(int(c.msgcount) for c in connections)
-
-
 def _decode(msgtype: str, msg: Any) -> np.ndarray:
     if msgtype == _IMAGE:
         return decode_raw(msg.encoding, int(msg.height), int(msg.width), int(msg.step),
