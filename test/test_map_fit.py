@@ -121,7 +121,7 @@ def test_fit_map_with_second_visits(corridor_model, corridor_map, corridor_image
     images = {i: corridor_images[0][i] for i in range(0, 111, 10)}         # 12 of 111
     _, alone = fit()
     ref_map, fitted = fit(images=images, model=corridor_model, max_second_visits=6)
-    assert fitted['version'] == map_fit.FIT_VERSION == 2
+    assert fitted['version'] == map_fit.FIT_VERSION == 3
     assert json.loads(json.dumps(fitted)) == fitted
     assert fitted['fusion'] == alone['fusion'] and fitted['levels'] == alone['levels']
     visits = fitted['second_visits']

@@ -8,6 +8,10 @@ r"""pnv-map: check a map folder, put back one an interrupted commit left, remove
     pnv-map clean maps/office       # recover first, then remove folders of dead builds
     pnv-map fit maps/office         # fit fusion and confidence on the map itself (maps
                                     # built with --no-fit or by older versions)
+    pnv-map fit maps/office --bag drive2.mcap --image-topic /cam --pose-topic /odom
+                                    # fit them on a labelled second drive of the mapped
+                                    # places, poses in the map's frame (--images DIR
+                                    # --poses CSV for a folder): better calibrated
 
 A commit interrupted where the file system cannot swap folders atomically leaves no map
 at PATH and the new and old maps beside it (.NAME.tmp-PID, .NAME.old-PID); the new one
@@ -21,8 +25,9 @@ from pathlib import Path
 import sys
 from typing import Optional
 
-from .build_map import add_fit_options, fit_progress
-from .common import end_progress, run_main
+from .build_map import (add_drive_options, add_fit_options, check_drive_args, fit_progress,
+                        map_convention, read_drive)
+from .common import CliParser, end_progress, run_main
 from ..core.errors import MapError
 from ..core.maps.database import recover_map, ReferenceMap, tidy_map_folder
 from ..core.maps.map_building import fit_summary, refit_map
@@ -50,9 +55,22 @@ def check(path: Path, verify: bool, values: bool) -> int:
     return 0
 
 
-def fit(path: Path, place_radius: Optional[float], queries: int) -> int:
-    """Fit the map on itself (fusion, confidence) and commit it in place."""
-    ref_map = refit_map(path, place_radius, queries, log=_say, progress=fit_progress())
+def fit(path: Path, place_radius: Optional[float], queries: int,
+        drive_args: Optional[argparse.Namespace] = None) -> int:
+    """Fit the map on itself, or on the drive drive_args name, and commit it in place."""
+    drive = None
+    if drive_args is not None:
+        from ..core.maps.map_building import map_origin
+        base = ReferenceMap.load(path, verify=False, check_values=False)
+        cfg = base.config
+        drive = read_drive(drive_args, (cfg.image_height, cfg.image_width),
+                           origin=map_origin(base), hold_images=False,
+                           pose_convention=map_convention(base, drive_args.pose_convention,
+                                                          f'the map at {path}'))
+        end_progress()
+        _say(f'{drive.name}: {drive.summary()}: fitting the map on this drive')
+    ref_map = refit_map(path, place_radius, queries, log=_say, progress=fit_progress(),
+                        drive=drive)
     end_progress()
     print(f'{path}: {fit_summary(ref_map.meta)}')
     return 0
@@ -86,9 +104,9 @@ def clean(path: Path) -> int:
 @run_main
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog='\n'.join(__doc__.splitlines()[1:]))
+    parser = CliParser(prog='pnv-map', description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='\n'.join(__doc__.splitlines()[1:]))
     parser.add_argument('command', choices=('check', 'recover', 'clean', 'fit'))
     parser.add_argument('path', type=Path, help='the map folder')
     parser.add_argument('--no-verify', action='store_true',
@@ -96,13 +114,21 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--no-values', action='store_true',
                         help='check: skip reading the descriptor values')
     add_fit_options(parser)
+    add_drive_options(parser, 'fit: a labelled second')
     args = parser.parse_args(argv)
+    on_drive = bool(args.bag or args.images or args.poses)
+    if on_drive:
+        if args.command != 'fit':
+            parser.error(f'--bag, --images and --poses name a drive to fit on: they go with '
+                         f'fit, not {args.command}')
+        check_drive_args(parser, args)
     if args.command == 'check':
         return check(args.path, not args.no_verify, not args.no_values)
     if args.command == 'recover':
         return recover(args.path)
     if args.command == 'fit':
-        return fit(args.path, args.place_radius, args.fit_queries)
+        return fit(args.path, args.place_radius, args.fit_queries,
+                   args if on_drive else None)
     return clean(args.path)
 
 

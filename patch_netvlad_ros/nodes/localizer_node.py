@@ -319,8 +319,9 @@ class LocalizerNode(ManagedNode):
                'global+patches': f"global similarity and patch scores fused (the map's "
                                  f'weights {fusion.global_weight:.3g} and '
                                  f'{fusion.patch_weight:.3g})'}[fusion.method]
-        conf = ('calibrated confidence' if loc.calibration is not None
-                else 'heuristic confidence')
+        conf = ('calibrated confidence (fitted on '
+                f"{loc.calibration.fitted_on.get('description', 'the map')})"
+                if loc.calibration is not None else 'heuristic confidence')
         threshold = self.threshold()
         told = 'set' if p['confidence_threshold'] >= 0 else (
             "the map's" if loc.calibration is not None else 'default for the heuristic')

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .database import check_map_file, MapWriter, Reference, ReferenceMap
+from .drive_fit import fit_drive
 from .extraction import describe_batches
 from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, sample_queries
 from .map_manifest import descriptor_files, MODEL_FILE
@@ -124,7 +125,7 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
             'finds its own training images, so the fusion weights and calibrated confidence '
             'fitted on this map are not trustworthy (confidence near 1.0 for any frame); '
             'use a model trained on other drives, or keep confidence_threshold explicit '
-            'and fusion: patches (fitting on another drive is not available yet)')
+            'and fusion: patches, or fit the map on another drive (pnv-map fit MAP --bag ...)')
 
 
 def fit_summary(meta: Dict[str, Any]) -> str:
@@ -138,12 +139,18 @@ def fit_summary(meta: Dict[str, Any]) -> str:
     text = (f"fitted for place radius {fitted['place_radius']:g} m: fusion "
             f"{fusion['method']} (w_global {fusion['global_weight']:.3g}, w_patches "
             f"{fusion['patch_weight']:.3g}, temperature {fusion['temperature']:.3g})")
-    if 'recall_at_1' in r1:
+    drive = fitted.get('drive')
+    if isinstance(drive, dict):
+        text += (f"; drive {drive.get('name')} R@1 global "
+                 f"{drive.get('recall_at_1_global', float('nan')):.3f}, patches "
+                 f"{drive.get('recall_at_1_patches', float('nan')):.3f}, fused "
+                 f"{drive.get('recall_at_1_fused', float('nan')):.3f}")
+    elif 'recall_at_1' in r1:
         text += (f"; self-query R@1 global {r1['recall_at_1_global']:.3f}, patches "
                  f"{r1['recall_at_1_patches']:.3f}, fused {r1['recall_at_1']:.3f}")
     if cal:
         source = cal.get('fitted_on', {}).get('description', 'self-queries')
-        if 'second visits' not in source:
+        if 'second visits' not in source and not isinstance(drive, dict):
             source += ' only (no images: no simulated second visits)'
         text += (f"; calibrated confidence ({', '.join(cal['features'])}) on {source}, "
                  f"threshold {cal['threshold']:g}")
@@ -300,8 +307,14 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
 
 def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
               fit_queries: int = MAX_QUERIES, log: Log = None,
-              progress: Optional[Callable[[int], None]] = None) -> ReferenceMap:
+              progress: Optional[Callable[[int], None]] = None,
+              drive: Optional[Drive] = None) -> ReferenceMap:
     """Fit (or fit again) a map folder on itself and commit it atomically in place.
+
+    drive: a labelled second drive (read at the map's image size, poses in its frame) to
+    fit on instead (:func:`.drive_fit.fit_drive`, with the map's model; fit_queries is
+    then unused); fitted before anything is written, so a drive that cannot be fitted
+    on leaves the map as it was.
 
     place_radius: metres (default: the radius of the map's current fit, else
     :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
@@ -314,6 +327,9 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         fitted = fitted_parameters(ref_map) or {}
         place_radius = fitted.get('place_radius', DEFAULT_PLACE_RADIUS)
     model_file = map_model_path(map_dir)
+    if drive is not None:
+        fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
+                  float(place_radius), progress=progress)
     with MapWriter(map_dir, ref_map.config, ref_map.model_digest, len(ref_map),
                    log=lambda msg: log(f'warning: {msg}')) as writer:
         writer.append_map(ref_map)
@@ -326,9 +342,13 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         if trained_on is None:
             trained_on = training_overlap(record, ref_map.config, ref_map.meta.get(
                 'drives', [])) if record else 0.0
-        meta, _ = _fit_in_writer(writer, ref_map.references, dict(ref_map.meta),
-                                 float(place_radius), fit_queries, log, progress,
-                                 trained_on=trained_on)
+        if drive is not None:
+            meta = dict(ref_map.meta)
+            log(f'map {fit_summary(meta)}')
+        else:
+            meta, _ = _fit_in_writer(writer, ref_map.references, dict(ref_map.meta),
+                                     float(place_radius), fit_queries, log, progress,
+                                     trained_on=trained_on)
         # the index as it was (a format-1 map keeps its flat one)
         writer.commit(ref_map.references, meta, index_kind_of(ref_map.index), ref_map.index)
     return ReferenceMap.load(map_dir, verify=False, check_values=False)

@@ -26,7 +26,8 @@ second visits) weighs the same in the fit. Measured on the corridor (docs/accura
 the query drive's single-frame ECE 0.151 -> 0.108 at the same ROC AUC (0.945, 0.944).
 
 :func:`fit_map` stores everything in ``ref_map.meta['localization']`` (JSON-able), which
-:class:`~.localizer.Localizer` then uses by default; save the map to keep it.
+:class:`~.localizer.Localizer` then uses by default; save the map to keep it. A labelled
+second drive fits better than the map itself (:mod:`.drive_fit`).
 """
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -38,9 +39,10 @@ import torch
 from .database import ReferenceMap
 from .extraction import describe_batches
 from ..errors import MapError
-from ..localization.calibration import (confidence_features, DEFAULT_FEATURES, DEFAULT_L2,
-                                        fit_calibration)
-from ..localization.fusion import AUTHORS, CandidateTable, fit_fusion, recall_at_1, RETRIEVAL
+from ..localization.calibration import (ALL_FEATURES, confidence_features, DEFAULT_FEATURES,
+                                        DEFAULT_L2, fit_calibration)
+from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion, recall_at_1,
+                                   RETRIEVAL)
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
 from ..model.model import PatchNetVLAD
 from ..training.augment import augment_image
@@ -56,8 +58,10 @@ MAX_SECOND_VISITS = 120
 #: The augmented copy a second visit is (:func:`.training.augment.augment_image`).
 SECOND_VISIT_COPY = 0
 #: Version of what fit_map stores (2: calibration may include simulated second visits,
-#: summarised under 'second_visits'; version 1 fits load and work unchanged).
-FIT_VERSION = 2
+#: summarised under 'second_visits'; 3: a fit may be on a labelled second drive
+#: (:mod:`.drive_fit`), summarised under 'drive' instead of 'levels'; fits of earlier
+#: versions load and work unchanged).
+FIT_VERSION = 3
 
 #: The references' images: in map order, or by map index.
 ReferenceImages = Union[Sequence[np.ndarray], Mapping[int, np.ndarray]]
@@ -158,6 +162,24 @@ def second_visits(localizer: Localizer, model: PatchNetVLAD, images: ReferenceIm
     return tables, positives
 
 
+def calibration_rows(tables: Sequence[CandidateTable], positives: Sequence[np.ndarray],
+                     fusion: Fusion, positions: np.ndarray, place_radius: float
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """Confidence features [M, len(ALL_FEATURES)] and labels [M] of queries' answers.
+
+    An answer (the top candidate under ``fusion``) is right iff it is among the query's
+    positives. positions: [N, 3] the map's reference positions.
+    """
+    rows, labels = [], []
+    for table, pos in zip(tables, positives):
+        fused = fusion.scores(table)
+        rows.append(confidence_features(table, fused, positions, place_radius,
+                                        fusion.temperature))
+        labels.append(bool(np.isin(table.indices[int(np.argmax(fused))], pos)))
+    return (np.array(rows, np.float64).reshape(len(rows), len(ALL_FEATURES)),
+            np.array(labels, bool))
+
+
 def _level_summary(exclusion: float, tables: Sequence[CandidateTable],
                    positives: Sequence[np.ndarray]) -> Dict[str, float]:
     return {'exclusion_m': exclusion, 'queries': len(tables),
@@ -243,14 +265,13 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
             description += f'; {len(picked)} simulated second visits'
     rows, labels, weights = [], [], []
     for _, source_tables, source_positives in sources:
-        for table, pos in zip(source_tables, source_positives):
-            fused = fusion.scores(table)
-            rows.append(confidence_features(table, fused, localizer.positions, place_radius,
-                                            fusion.temperature))
-            labels.append(bool(np.isin(table.indices[int(np.argmax(fused))], pos)))
+        x_s, y_s = calibration_rows(source_tables, source_positives, fusion,
+                                    localizer.positions, place_radius)
+        rows.append(x_s)
+        labels.append(y_s)
         # every source weighs the same, whatever its number of queries (mean weight 1)
         weights += [1.0 / len(source_tables)] * len(source_tables)
-    x, y = np.array(rows), np.array(labels)
+    x, y = np.concatenate(rows), np.concatenate(labels)
     weights = np.array(weights) * len(y) / len(sources)
     summaries = [_level_summary(e, t, p) for e, t, p in levels]
     calibration = fit_calibration(x, y, place_radius, fusion, features, l2, weights, {
