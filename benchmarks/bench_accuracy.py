@@ -25,9 +25,21 @@ Both maps are fitted as pnv-build-map fits them: self-queries plus simulated sec
 visits of their references' images (``--self-queries-only``: without, as ``pnv-map fit``
 does). Prints a table and writes JSON (default out/bench_accuracy/bench_accuracy.json) with
 reliability diagrams beside it.
+
+``--drive-fit``: instead, the fit on a labelled second drive (:mod:`..core.maps.drive_fit`,
+``pnv-map fit MAP --bag``) against the self-fit, honestly: the corridor query drive in two
+contiguous halves (frames 0-55 and 56-110; adjacent frames are near duplicates, so an
+interleaved split would evaluate on the fit's own images), each fitted on one half and
+evaluated on the other, then pooled; the self-fit on the same evaluation frames, and the
+confidence of the places not in the map under each fit. Two drive fits: the shipped one
+(in-map rows plus not-in-map rows) and, for comparison, in-map rows alone. The loop
+revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
+that of the first-lap frame it closes the loop with, the median where several). Writes
+bench_accuracy_drive_fit.json.
 """
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 import platform
@@ -52,9 +64,12 @@ from patch_netvlad_ros.core.localization.calibration import (expected_calibratio
                                                              recall_at_full_precision,
                                                              reliability_diagram)
 from patch_netvlad_ros.core.localization.fusion import CandidateTable
-from patch_netvlad_ros.core.localization.localizer import LocalizationResult, Localizer
+from patch_netvlad_ros.core.localization.localizer import (LocalizationResult, Localizer,
+                                                           META_KEY)
 from patch_netvlad_ros.core.localization.sequence import SequenceLocalizer
 from patch_netvlad_ros.core.maps.database import Reference, ReferenceMap
+from patch_netvlad_ros.core.maps.drive_fit import (drive_rows, fit_drive_rows,
+                                                   NOT_IN_MAP_EXCLUSION, NOT_IN_MAP_WEIGHT)
 from patch_netvlad_ros.core.maps.extraction import describe_batches
 from patch_netvlad_ros.core.maps.map_building import build_map, resolve_map_model
 from patch_netvlad_ros.core.maps.map_fit import fit_map
@@ -255,6 +270,196 @@ def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     return result
 
 
+def halves(n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Return both folds' fit and evaluation frames, contiguous (see the module doc)."""
+    first, second = np.arange((n + 1) // 2), np.arange((n + 1) // 2, n)
+    return [(first, second), (second, first)]
+
+
+#: Drive-fit variants compared: (label, total weight of the not-in-map rows). The shipped
+#: weight was fixed before measuring (drive_fit.NOT_IN_MAP_WEIGHT); 0: in-map rows alone.
+DRIVE_VARIANTS = (('drive fit', NOT_IN_MAP_WEIGHT), ('drive fit, in-map rows only', 0.0))
+
+
+def unfitted_copy(ref_map: ReferenceMap) -> ReferenceMap:
+    """Return the map (same arrays) without its fit."""
+    return dataclasses.replace(ref_map, meta={k: v for k, v in ref_map.meta.items()
+                                              if k != META_KEY})
+
+
+def evaluate_fit(ref_map: ReferenceMap, model: PatchNetVLAD, tables: Sequence[CandidateTable],
+                 positives: Sequence[Set[int]], unknown: Dict[str, np.ndarray]) -> Dict:
+    """Scores of a fitted map on evaluation tables, and its confidence on unknown places."""
+    localizer = Localizer(ref_map, None)
+    results = [localizer.answer(t) for t in tables]
+    out = scores(results, positives)
+    out['above_threshold'] = float(np.mean([r.confidence >= localizer.calibration.threshold
+                                            for r in results]))
+    out['right'] = [bool(r.best_index in p) for r, p in zip(results, positives)]
+    out['confidence'] = [float(r.confidence) for r in results]
+    with_model = Localizer(ref_map, model)
+    out['unknown'] = {k: float(with_model.localize(v).confidence) for k, v in unknown.items()}
+    out['unknown_max'] = max(out['unknown'].values())
+    return out
+
+
+def pooled(folds: Sequence[Dict]) -> Dict:
+    """R@1, ROC AUC, ECE and R@100%P over every fold's evaluation frames together."""
+    right = np.concatenate([f['right'] for f in folds])
+    conf = np.concatenate([f['confidence'] for f in folds])
+    return {'r1': float(right.mean()), 'auc': roc_auc(conf, right),
+            'ece': expected_calibration_error(conf, right),
+            'r100p': recall_at_full_precision(conf, right),
+            'above_threshold': float(np.mean(conf >= 0.5)),
+            'unknown_max': max(f['unknown_max'] for f in folds)}
+
+
+def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: PatchNetVLAD,
+                    descriptors: Sequence, tables: Sequence[CandidateTable],
+                    positives: Sequence[Set[int]], positions: np.ndarray, radius: float,
+                    unknown: Dict[str, np.ndarray], name: str, log,
+                    fit_positives: Optional[Sequence[Set[int]]] = None) -> Dict:
+    """Both folds: each variant's drive fit on one half, evaluated on the other (module doc).
+
+    fit_positives: the labels of the fit rows (default: references within radius of the
+    frames' positions, as drive_fit computes them).
+    """
+    out = {'folds': []}
+    for fit_frames, eval_frames in halves(len(tables)):
+        label = f'{name}[{fit_frames[0]}-{fit_frames[-1]}]'
+        localizer = Localizer(unfitted_copy(ref_map), None, radius, fusion='patches',
+                              calibration='heuristic')
+        rows = drive_rows(localizer, [descriptors[k] for k in fit_frames],
+                          positions[fit_frames])
+        if fit_positives is not None:
+            rows = dataclasses.replace(rows, positives=[
+                np.array(sorted(fit_positives[k]), np.int64) for k in fit_frames])
+        ev_tables = [tables[k] for k in eval_frames]
+        ev_pos = [positives[k] for k in eval_frames]
+        fold = {'fit_frames': [int(fit_frames[0]), int(fit_frames[-1])],
+                'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])],
+                'self fit': evaluate_fit(self_fitted, model, ev_tables, ev_pos, unknown)}
+        for variant, weight in DRIVE_VARIANTS:
+            fitted_map = unfitted_copy(ref_map)
+            fitted = fit_drive_rows(fitted_map, rows, radius, label,
+                                    not_in_map_weight=weight)
+            fold[variant] = evaluate_fit(fitted_map, model, ev_tables, ev_pos, unknown)
+            fold[variant]['fit'] = {k: fitted[k] for k in ('drive', 'fusion', 'calibration')}
+        log(f'{name}: fold fitted on frames {fold["fit_frames"]} done')
+        out['folds'].append(fold)
+    out['pooled'] = {v: pooled([f[v] for f in out['folds']])
+                     for v in ('self fit',) + tuple(v for v, _ in DRIVE_VARIANTS)}
+    return out
+
+
+def corridor_drive_fit(args, log) -> Dict:
+    """Measure the corridor's 2-fold drive fit against its self-fit (module doc)."""
+    config = get_config('speed', image_height=SIZE[0], image_width=SIZE[1])
+    map_dir = args.map or args.output / 'corridor_map'
+    if args.rebuild or not (map_dir / 'manifest.json').is_file():
+        log(f'building {map_dir} from {DRIVES / "reference"} (bootstrapping the model)')
+        build_map(read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE),
+                  map_dir, config, log=log)
+    ref_map = unfitted_copy(ReferenceMap.load(map_dir))
+    model = resolve_map_model(map_dir, ref_map.config)
+    self_fitted = unfitted_copy(ref_map)
+    images = None
+    if not args.self_queries_only:
+        reference = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+        images = [f.rgb for f in reference.frames]
+    start = time.perf_counter()
+    fit_map(self_fitted, place_radius=args.place_radius, images=images,
+            model=model if images else None)
+    log(f'self-fit of {map_dir} in {time.perf_counter() - start:.1f} s')
+    drive = read_bag_drive(DRIVES / 'query', IMAGE_TOPIC, POSE_TOPIC, SIZE)
+    positives = frame_positives(drive, ref_map, FRAME_TOLERANCE)
+    descriptors = describe(model, [f.rgb for f in drive.frames])
+    tables, _ = tables_of(Localizer(ref_map, None, args.place_radius), descriptors)
+    positions = np.array([[f.pose.x, f.pose.y, f.pose.z] for f in drive.frames])
+    result = drive_fit_folds(ref_map, self_fitted, model, descriptors, tables, positives,
+                             positions, args.place_radius, unknown_images(args.unknown),
+                             'query', log)
+    result['self_fit'] = self_fitted.meta[META_KEY]['calibration']['fitted_on']
+    result['map'] = str(map_dir)
+    return result
+
+
+def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
+    """Measure the revisits' 2-fold drive fit against the first lap's self-fit (module doc)."""
+    folder = args.loop
+    if folder is None or not (folder / 'gt_loops.csv').is_file():
+        log(f'no loop data at {folder}: skipping the loop part')
+        return None
+    truth = read_loop_truth(folder / 'gt_loops.csv')
+    paths = sorted((folder / 'images').glob('*.jpg'), key=lambda p: int(p.stem))
+    h, w = model.config.image_height, model.config.image_width
+    images = [resize_rgb(load_image(p), h, w) for p in paths]
+    descriptors = describe(model, images)
+    n = LOOP_MAP_FRAMES
+    refs = [Reference(id=paths[i].name, source=str(paths[i]), stamp=float(i), x=float(i))
+            for i in range(n)]
+    ref_map = ReferenceMap.empty(model.config, model_digest_of(model)).extended(
+        refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
+        [np.stack([d[1][s].numpy() for d in descriptors[:n]])
+         for s in range(len(model.config.patch_sizes))])
+    self_fitted = unfitted_copy(ref_map)
+    fit_map(self_fitted, place_radius=LOOP_RADIUS,
+            images=None if args.self_queries_only else images[:n],
+            model=None if args.self_queries_only else model)
+    queries = [i for i in range(n, len(paths)) if i in truth]
+    positives = [{j for j in truth[i] if j < n} for i in queries]
+    # a revisit's pose: the first-lap frame it closes the loop with (module doc); one
+    # without any is placed far from the map (every answer wrong)
+    positions = np.array([[float(np.median(sorted(p))) if p else 1e6, 0.0, 0.0]
+                          for p in positives])
+    tables, _ = tables_of(Localizer(ref_map, None, LOOP_RADIUS),
+                          [descriptors[i] for i in queries])
+    result = drive_fit_folds(ref_map, self_fitted, model, [descriptors[i] for i in queries],
+                             tables, positives, positions, LOOP_RADIUS,
+                             unknown_images(args.unknown, (h, w)), 'revisits', log,
+                             fit_positives=positives)
+    result['queries'] = len(queries)
+    return result
+
+
+def print_drive_fit(result: Dict) -> None:
+    """Print the drive-fit comparison: per fold and pooled."""
+    head = (f'{"":34s} {"frames":>8s} {"R@1":>6s} {"AUC":>6s} {"ECE":>6s} {"R@100%P":>8s} '
+            f'{">=0.5":>6s} {"unknown":>8s}')
+    for part in ('corridor', 'loop'):
+        res = result.get(part)
+        if not res:
+            continue
+        print(f'\n{part}: fitted on one half, evaluated on the other (contiguous halves)')
+        print(head)
+        rows = [(f'fold {k + 1}: {v}', f['eval_frames'], f[v])
+                for k, f in enumerate(res['folds'])
+                for v in ('self fit',) + tuple(v for v, _ in DRIVE_VARIANTS)]
+        rows += [(f'pooled: {v}', None, r) for v, r in res['pooled'].items()]
+        for label, frames, r in rows:
+            span = f'{frames[0]}-{frames[1]}' if frames else 'all'
+            print(f'{label:34s} {span:>8s} {_f(r["r1"]):>6s} {_f(r.get("auc")):>6s} '
+                  f'{_f(r.get("ece")):>6s} {_f(r.get("r100p")):>8s} '
+                  f'{_f(r["above_threshold"], ".2f"):>6s} {_f(r["unknown_max"]):>8s}')
+
+
+def drive_fit_main(args, log) -> int:
+    """Run the --drive-fit comparison; print it and write its JSON."""
+    result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
+                          'threads': torch.get_num_threads()},
+              'not_in_map': {'exclusion_place_radii': NOT_IN_MAP_EXCLUSION,
+                             'weight': NOT_IN_MAP_WEIGHT}}
+    result['corridor'] = corridor_drive_fit(args, log)
+    map_dir = Path(result['corridor']['map'])
+    model = resolve_map_model(map_dir, ReferenceMap.load(map_dir, verify=False).config)
+    result['loop'] = loop_drive_fit(args, model, log)
+    print_drive_fit(result)
+    path = args.output / 'bench_accuracy_drive_fit.json'
+    path.write_text(json.dumps(result, indent=2, default=float))
+    print(f'\nwrote {path}')
+    return 0
+
+
 def model_digest_of(model: PatchNetVLAD) -> str:
     """Return the model digest that maps record."""
     from patch_netvlad_ros.core.model.checkpoint import model_digest
@@ -326,6 +531,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--self-queries-only', action='store_true',
                         help='fit the calibrations without simulated second visits (as '
                         '`pnv-map fit` does: it has no images)')
+    parser.add_argument('--drive-fit', action='store_true',
+                        help='compare the fit on a labelled second drive with the self-fit '
+                        '(2-fold, contiguous halves of the query drive and of the revisits)')
     parser.add_argument('--output', type=output_dir, default=Path('out/bench_accuracy'))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -334,6 +542,8 @@ def main(argv: Optional[list] = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.drive_fit:
+        return drive_fit_main(args, log)
     result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
                           'threads': torch.get_num_threads()}}
     result['corridor'] = corridor_part(args, log)
