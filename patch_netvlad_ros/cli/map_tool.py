@@ -27,9 +27,10 @@ from typing import Optional
 
 from .build_map import (add_drive_options, add_fit_options, check_drive_args, fit_progress,
                         map_convention, read_drive)
-from .common import CliParser, end_progress, run_main
+from .common import CliParser, end_progress, progress_bar, run_main
 from ..core.errors import MapError
 from ..core.maps.database import recover_map, ReferenceMap, tidy_map_folder
+from ..core.maps.drive_fit import MAX_DRIVE_FRAMES
 from ..core.maps.map_building import fit_summary, refit_map
 from ..core.maps.map_folder import leftovers
 from ..core.maps.map_manifest import read_manifest
@@ -69,8 +70,9 @@ def fit(path: Path, place_radius: Optional[float], queries: int,
                                                           f'the map at {path}'))
         end_progress()
         _say(f'{drive.name}: {drive.summary()}: fitting the map on this drive')
-    ref_map = refit_map(path, place_radius, queries, log=_say, progress=fit_progress(),
-                        drive=drive)
+    progress = fit_progress() if drive is None else progress_bar(
+        min(len(drive.frames), MAX_DRIVE_FRAMES), 'fit (drive frames described)')
+    ref_map = refit_map(path, place_radius, queries, log=_say, progress=progress, drive=drive)
     end_progress()
     print(f'{path}: {fit_summary(ref_map.meta)}')
     return 0
