@@ -80,3 +80,20 @@ def test_build_map_fits_unless_told_not_to(five_frame_bag, corridor_model, tmp_p
                            '2']) == 2
     assert 'error: --place-radius is what the fit uses' in capsys.readouterr().err
     assert not (tmp_path / 'x').exists()
+
+
+def test_fit_queries_belong_to_the_fit_on_the_map_itself(tmp_path, capsys):
+    """--fit-queries with a drive would be ignored: refused before any work, naming why;
+    the CLI's default (kept out of the torch-free argument module) is the core's."""
+    from patch_netvlad_ros.cli.build_map import FIT_QUERIES
+    from patch_netvlad_ros.core.maps.drive_fit import MAX_DRIVE_FRAMES
+    from patch_netvlad_ros.core.maps.map_fit import MAX_QUERIES
+    assert FIT_QUERIES == MAX_QUERIES
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'poses.csv').write_text('image,stamp,x,y\n')
+    argv = ['fit', str(tmp_path / 'map'), '--images', str(tmp_path / 'images'), '--poses',
+            str(tmp_path / 'poses.csv'), '--fit-queries', '20']
+    assert map_tool.main(argv) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith('error:')]
+    assert len(lines) == 1 and 'leave --fit-queries out' in lines[0]
+    assert f'up to {MAX_DRIVE_FRAMES}' in lines[0]

@@ -190,6 +190,9 @@ def make_parser() -> CliParser:
 #: Place radius (m) a map is fitted for unless told: the localizer's default
 #: (core.localizer.DEFAULT_PLACE_RADIUS, not imported: torch loads after the arguments).
 FIT_RADIUS = 5.0
+#: Self-queries per fitting level unless told: core.maps.map_fit.MAX_QUERIES (not
+#: imported, as above; test_fit_cli checks they agree).
+FIT_QUERIES = 300
 
 
 def add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -199,9 +202,10 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
                      help='metres within which two references are the same place: what '
                      'the confidence is the probability of, and what the fit treats as '
                      f"a right answer (default {FIT_RADIUS:g}; pnv-map fit: the map's)")
-    fit.add_argument('--fit-queries', type=positive_int, default=300,
+    fit.add_argument('--fit-queries', type=positive_int, default=None,
                      help='references queried against the rest of the map per fitting '
-                     'level, at most (default 300; a seeded sample of larger maps)')
+                     f'level, at most (default {FIT_QUERIES}; a seeded sample of larger '
+                     'maps; the fit on itself only)')
 
 
 def fit_progress() -> Callable[[int], None]:
@@ -262,7 +266,8 @@ def main(argv: Optional[list] = None) -> int:
                            args.map_frame, args.batch, args.seed, log=say,
                            progress=progress_bar(len(drive.frames), 'describe'),
                            fit=not args.no_fit, place_radius=radius,
-                           fit_queries=args.fit_queries, fit_progress=fit_progress())
+                           fit_queries=args.fit_queries or FIT_QUERIES,
+                           fit_progress=fit_progress())
     end_progress()
     print(f'map {args.output}: {len(ref_map)} references ({len(drive.frames)} added), '
           f'preset {ref_map.config.preset} {ref_map.config.image_width}x'

@@ -26,7 +26,7 @@ import sys
 from typing import Optional
 
 from .build_map import (add_drive_options, add_fit_options, check_drive_args, fit_progress,
-                        map_convention, read_drive)
+                        FIT_QUERIES, map_convention, read_drive)
 from .common import CliParser, end_progress, progress_bar, run_main
 from ..core.errors import MapError
 from ..core.maps.database import recover_map, ReferenceMap, tidy_map_folder
@@ -124,12 +124,16 @@ def main(argv: Optional[list] = None) -> int:
             parser.error(f'--bag, --images and --poses name a drive to fit on: they go with '
                          f'fit, not {args.command}')
         check_drive_args(parser, args)
+        if args.fit_queries is not None:
+            parser.error('--fit-queries sets how many references the fit on the map itself '
+                         f'queries; a fit on a drive uses its frames (up to '
+                         f'{MAX_DRIVE_FRAMES}): leave --fit-queries out')
     if args.command == 'check':
         return check(args.path, not args.no_verify, not args.no_values)
     if args.command == 'recover':
         return recover(args.path)
     if args.command == 'fit':
-        return fit(args.path, args.place_radius, args.fit_queries,
+        return fit(args.path, args.place_radius, args.fit_queries or FIT_QUERIES,
                    args if on_drive else None)
     return clean(args.path)
 
