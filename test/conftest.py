@@ -5,6 +5,7 @@ corridor references (cached like the demo's), its map and the queries' descripto
 
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 from typing import List
@@ -43,6 +44,9 @@ TEST_DATA = Path(__file__).resolve().parent / 'data'
 
 #: The corridor is evaluated at 320x240 (its images are 160x120): the demo's setting.
 CORRIDOR_SIZE = {'image_height': 240, 'image_width': 320}
+#: References in :func:`small_map_dir` (the first corridor references): a map that loads
+#: in seconds, for the tests that start nodes and processes many times.
+SMALL_MAP_REFERENCES = 12
 
 
 def run_without_native(code: str) -> List[str]:
@@ -98,6 +102,38 @@ def corridor_map(corridor_model, corridor_images):
     refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
             for i in range(len(corridor_images[0]))]
     return build_reference_map(corridor_model, corridor_images[0], refs)
+
+
+@pytest.fixture(scope='session')
+def corridor_map_dir(corridor_map, corridor_model, tmp_path_factory) -> Path:
+    """:func:`corridor_map` saved as a map folder, its model linked in (no fit).
+
+    Shared by the modules that run nodes on it; none of them writes into it (a test that
+    needs a changed map copies it first).
+    """
+    from patch_netvlad_ros.core.maps.map_building import map_model_path
+    path = corridor_map.save(tmp_path_factory.mktemp('corridor_map') / 'corridor_map')
+    map_model_path(path).symlink_to(corridor_model.checkpoint_path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def small_map_dir(corridor_model, corridor_images, tmp_path_factory) -> Path:
+    """A map of the first corridor references that keeps a copy of its model (no fit).
+
+    :data:`SMALL_MAP_REFERENCES` references at 320x240: a map that loads in seconds.
+    Read-only, like :func:`corridor_map_dir`.
+    """
+    from patch_netvlad_ros.core.maps.database import Reference
+    from patch_netvlad_ros.core.maps.extraction import build_reference_map
+    from patch_netvlad_ros.core.maps.map_building import map_model_path
+    refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
+            for i in range(SMALL_MAP_REFERENCES)]
+    ref_map = build_reference_map(corridor_model, corridor_images[0][:SMALL_MAP_REFERENCES],
+                                  refs)
+    path = ref_map.save(tmp_path_factory.mktemp('small_map') / 'map')
+    shutil.copy(corridor_model.checkpoint_path, map_model_path(path))
+    return path
 
 
 @pytest.fixture(scope='session')

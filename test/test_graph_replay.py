@@ -44,14 +44,6 @@ STAMP0 = 1_700_000_000.0
 QUERIES = list(range(4, 111, 9))
 
 
-@pytest.fixture(scope='module')
-def map_dir(corridor_map, corridor_model, tmp_path_factory):
-    """The corridor reference map as a map folder that keeps its model."""
-    path = corridor_map.save(tmp_path_factory.mktemp('replay') / 'corridor_map')
-    map_model_path(path).symlink_to(corridor_model.checkpoint_path)
-    return path
-
-
 def _bag(tmp_path, corridor_images, fmt: str, **kwargs):
     queries = corridor_images[1]
     stamps = [STAMP0 + 0.5 * k for k in range(len(QUERIES))]
@@ -113,14 +105,15 @@ def check_places(record, keys, drive, corridor_model, corridor_map) -> None:
 
 
 def test_mono8_bag_as_recorded_three_processes(corridor_images, corridor_model, corridor_map,
-                                               map_dir, tmp_path):
+                                               corridor_map_dir, tmp_path):
     """mono8 Image frames at 160x120, as recorded, into three node processes."""
     bag, stamps = _bag(tmp_path, corridor_images, 'db3', encoding='mono8')
     drive = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE)
     assert len(drive.frames) == len(QUERIES)
     probe = Probe('/t_mono8/camera/image_raw', Image)
     try:
-        record, keys = replay_drive(drive, str(map_dir), str(map_model_path(map_dir)),
+        record, keys = replay_drive(drive, str(corridor_map_dir),
+                                    str(map_model_path(corridor_map_dir)),
                                     'speed', SIZE, rate=1.0, processes='three',
                                     namespace='/t_mono8')
         time.sleep(0.5)
@@ -143,14 +136,15 @@ def test_mono8_bag_as_recorded_three_processes(corridor_images, corridor_model, 
 
 
 def test_compressed_bag_as_recorded_one_process(corridor_images, corridor_model,
-                                                corridor_map, map_dir, tmp_path):
+                                                corridor_map, corridor_map_dir, tmp_path):
     """JPEG CompressedImage frames, as recorded, at 4x the recorded rate, in one process."""
     bag, stamps = _bag(tmp_path, corridor_images, 'mcap', compressed=True)
     drive = read_bag_drive(bag, '/camera/image_raw', '/odom', SIZE)
     recorded = [bytes(m.msg.data) for m in read_messages(bag, '/camera/image_raw')]
     probe = Probe('/t_jpeg/camera/image_raw/compressed', CompressedImage)
     try:
-        record, keys = replay_drive(drive, str(map_dir), str(map_model_path(map_dir)),
+        record, keys = replay_drive(drive, str(corridor_map_dir),
+                                    str(map_model_path(corridor_map_dir)),
                                     'speed', SIZE, rate=4.0, processes='one',
                                     namespace='/t_jpeg')
         time.sleep(0.5)

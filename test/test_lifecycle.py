@@ -12,7 +12,6 @@ published before activate or after deactivate; cleanup removes the node's topics
 shutdown finalizes it; SIGINT still ends the process with status 0.
 """
 
-from pathlib import Path
 import re
 import shutil
 import time
@@ -31,8 +30,6 @@ from rclpy.node import Node
 from ros_spinner import Spinner
 from std_msgs.msg import Header, UInt64
 
-from patch_netvlad_ros.core.maps.database import Reference
-from patch_netvlad_ros.core.maps.extraction import build_reference_map
 from patch_netvlad_ros.core.maps.map_building import map_model_path
 from patch_netvlad_ros.core.model.image import load_image
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg, rgb_to_image
@@ -40,21 +37,8 @@ from patch_netvlad_ros.ros.qos import pipeline_qos
 
 pytestmark = pytest.mark.ros
 
-#: References in the test map: a map in seconds.
-MAP_REFERENCES = 12
 #: Seconds a node has to show that it publishes nothing (it answers within 1 s when active).
 QUIET_S = 2.0
-
-
-@pytest.fixture(scope='module')
-def map_dir(corridor_model, corridor_images, tmp_path_factory) -> Path:
-    """A map of the first corridor references that keeps its model."""
-    refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
-            for i in range(MAP_REFERENCES)]
-    ref_map = build_reference_map(corridor_model, corridor_images[0][:MAP_REFERENCES], refs)
-    path = ref_map.save(tmp_path_factory.mktemp('lifecycle') / 'map')
-    shutil.copy(corridor_model.checkpoint_path, map_model_path(path))
-    return path
 
 
 class Manager(Spinner):
@@ -164,7 +148,7 @@ def drive_lifecycle(manager: Manager, proc: NodeProcess, good_map: str, bad_map:
     assert proc.popen.poll() is None, 'a finalized node stays up until stopped'
 
 
-def test_localizer_node_lifecycle(map_dir, corridor_map, corridor_query_descriptors,
+def test_localizer_node_lifecycle(small_map_dir, corridor_map, corridor_query_descriptors,
                                   tmp_path):
     """localizer_node: a missing map fails configure; the right one serves only when active."""
     ns = '/lc_localizer'
@@ -192,7 +176,7 @@ def test_localizer_node_lifecycle(map_dir, corridor_map, corridor_query_descript
                                            corridor_map.model_digest, g[i],
                                            [p[i] for p in patches]))
 
-        drive_lifecycle(manager, proc, str(map_dir), bad,
+        drive_lifecycle(manager, proc, str(small_map_dir), bad,
                         [f'{ns}/localizer_node/match', f'{ns}/localizer_node/pose'],
                         send, lambda: len(got), per_send=2)   # ~/match and ~/pose
     finally:
@@ -202,11 +186,11 @@ def test_localizer_node_lifecycle(map_dir, corridor_map, corridor_query_descript
     assert 'Traceback' not in proc.output, proc.output
 
 
-def test_descriptor_node_lifecycle(map_dir, corridor_set, tmp_path):
+def test_descriptor_node_lifecycle(small_map_dir, corridor_set, tmp_path):
     """descriptor_node: a map without its model fails configure; with it, serves when active."""
     ns = '/lc_descriptor'
     bad = tmp_path / 'map_without_model'
-    shutil.copytree(map_dir, bad)
+    shutil.copytree(small_map_dir, bad)
     map_model_path(bad).unlink()
     proc = NodeProcess('descriptor_node', '-r', f'__ns:={ns}', '-p', 'autostart:=false',
                        '-p', f'map_path:={bad}')
@@ -228,7 +212,7 @@ def test_descriptor_node_lifecycle(map_dir, corridor_set, tmp_path):
             header.stamp.sec = sequence[0]
             pub.publish(ImageBatch(images=[rgb_to_image(rgb, header)], sequence=sequence[0]))
 
-        drive_lifecycle(manager, proc, str(map_dir), str(bad),
+        drive_lifecycle(manager, proc, str(small_map_dir), str(bad),
                         [f'{ns}/place_descriptors', f'{ns}/image_batch_ack'],
                         send, lambda: len(got), per_send=2)   # descriptors and the ack
     finally:

@@ -29,7 +29,6 @@ from std_msgs.msg import Header
 from patch_netvlad_ros.core.localization.localizer import Localizer
 from patch_netvlad_ros.core.localization.navigation import (base_pose, InitialPoseGate,
                                                             map_to_odom, Transform)
-from patch_netvlad_ros.core.maps.map_building import map_model_path
 from patch_netvlad_ros.nodes.localizer_node import LocalizerNode
 from patch_netvlad_ros.ros.conversions import descriptors_to_msg
 from patch_netvlad_ros.ros.params import ParameterError
@@ -149,14 +148,6 @@ def test_initialpose_gate():
 # --- localizer_node over DDS -----------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def map_dir(corridor_map, corridor_model, tmp_path_factory) -> Path:
-    """The corridor map (references at x = index, facing +x) keeping its model."""
-    path = corridor_map.save(tmp_path_factory.mktemp('nav') / 'corridor_map')
-    map_model_path(path).symlink_to(corridor_model.checkpoint_path)
-    return path
-
-
-@pytest.fixture(scope='module')
 def confidences(corridor_map, corridor_query_descriptors) -> dict:
     """Single-frame confidence of each sent query, from the core offline."""
     localizer = Localizer(corridor_map)
@@ -184,9 +175,10 @@ def header_of(k: int) -> Header:
 class Probe(Spinner):
     """localizer_node and a probe node (descriptors out, answers in) spinning in a thread."""
 
-    def __init__(self, context, map_dir: Path, *params: Parameter) -> None:
+    def __init__(self, context, corridor_map_dir: Path, *params: Parameter) -> None:
         self.node = LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir)), Parameter('verify_map', value=False),
+            Parameter('map_path', value=str(corridor_map_dir)),
+            Parameter('verify_map', value=False),
             Parameter('sequence', value=False), Parameter('publish_initialpose', value=True),
             *params])
         self.probe = Node('nav_probe', context=context)
@@ -225,7 +217,7 @@ def stamp_key(h: Header) -> tuple:
 
 
 @pytest.mark.ros
-def test_initialpose_only_when_confident(context, map_dir, corridor_map,
+def test_initialpose_only_when_confident(context, corridor_map_dir, corridor_map,
                                          corridor_query_descriptors, confidences):
     """/initialpose carries exactly the frames whose confidence reaches the threshold.
 
@@ -240,7 +232,7 @@ def test_initialpose_only_when_confident(context, map_dir, corridor_map,
     expected = {stamp_key(header_of(k)) for k, i in enumerate(FRAMES)
                 if confidences[i] >= threshold}
     assert 3 <= len(expected) <= len(FRAMES) - 3
-    probe = Probe(context, map_dir, Parameter('initialpose_threshold', value=threshold),
+    probe = Probe(context, corridor_map_dir, Parameter('initialpose_threshold', value=threshold),
                   Parameter('initialpose_interval', value=0.0),
                   Parameter('position_stddev', value=2.0),
                   Parameter('orientation_stddev', value=0.25))
@@ -266,7 +258,7 @@ def test_initialpose_only_when_confident(context, map_dir, corridor_map,
 
 
 @pytest.mark.ros
-def test_initialpose_interval_and_static_extrinsic(context, map_dir, corridor_map,
+def test_initialpose_interval_and_static_extrinsic(context, corridor_map_dir, corridor_map,
                                                    corridor_query_descriptors):
     """At most one /initialpose per 2.5 s of image stamps; the base's pose, not the camera's.
 
@@ -275,7 +267,7 @@ def test_initialpose_interval_and_static_extrinsic(context, map_dir, corridor_ma
     (inverse(base_T_camera) = (Rz(-90), (-0.1, 0.3, -1.2))).
     """
     frames = FRAMES[:10]
-    probe = Probe(context, map_dir, Parameter('initialpose_threshold', value=0.0),
+    probe = Probe(context, corridor_map_dir, Parameter('initialpose_threshold', value=0.0),
                   Parameter('initialpose_interval', value=2.5),
                   Parameter('camera_xyz', value=[0.3, 0.1, 1.2]),
                   Parameter('camera_rpy', value=[0.0, 0.0, math.pi / 2]))
@@ -304,18 +296,20 @@ def test_initialpose_interval_and_static_extrinsic(context, map_dir, corridor_ma
     ({'camera_extrinsic': 'tf'}, "'camera_extrinsic' = 'tf' needs tf2_ros"),
     ({'publish_tf': True}, "'publish_tf' = True needs tf2_ros"),
 ])
-def test_tf_paths_say_they_need_tf2_ros(context, map_dir, params, reason):
+def test_tf_paths_say_they_need_tf2_ros(context, corridor_map_dir, params, reason):
     """Without tf2_ros the TF options refuse to configure, naming what is missing."""
     with pytest.raises(ParameterError, match=reason):
         LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir)), Parameter('verify_map', value=False),
+            Parameter('map_path', value=str(corridor_map_dir)),
+            Parameter('verify_map', value=False),
             *(Parameter(k, value=v) for k, v in params.items())])
 
 
 @pytest.mark.ros
-def test_map_odom_needs_odometry(context, map_dir):
+def test_map_odom_needs_odometry(context, corridor_map_dir):
     """publish_map_odom without an odometry source is refused with what to set."""
     with pytest.raises(ParameterError, match='set odom_topic or odom_frame'):
         LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir)), Parameter('verify_map', value=False),
+            Parameter('map_path', value=str(corridor_map_dir)),
+            Parameter('verify_map', value=False),
             Parameter('publish_map_odom', value=True)])

@@ -38,8 +38,6 @@ import torch
 from conftest import CORRIDOR_SIZE
 from patch_netvlad_ros.core.config import get_config
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.maps.database import Reference
-from patch_netvlad_ros.core.maps.extraction import build_reference_map
 from patch_netvlad_ros.core.maps.map_building import map_model_path
 from patch_netvlad_ros.core.maps.models import corridor_checkpoint_path
 from patch_netvlad_ros.core.model.checkpoint import load_model, model_digest, save_checkpoint
@@ -53,8 +51,6 @@ from patch_netvlad_ros.ros.qos import pipeline_qos
 
 pytestmark = pytest.mark.ros
 
-#: References in the test map (the first corridor references): a map in seconds.
-MAP_REFERENCES = 12
 #: Seconds from the signal to the executable's last log line ('stopped': nodes destroyed,
 #: ROS shut down), plus STOP_GRACE_S when a callback is running. Measured on the 2-core VM
 #: shared with other jobs: 0.05-0.5 s.
@@ -78,34 +74,23 @@ READY = {'camera_batcher': r'subscribed to .* at \d+x\d+', 'descriptor_node': r'
 # --- maps and models -----------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def map_dir(corridor_model, corridor_images, tmp_path_factory) -> Path:
-    """A map of the first corridor references at 320x240 that keeps its model."""
-    refs = [Reference(id=f'{i:07d}', stamp=float(i), x=float(i))
-            for i in range(MAP_REFERENCES)]
-    ref_map = build_reference_map(corridor_model, corridor_images[0][:MAP_REFERENCES], refs)
-    path = ref_map.save(tmp_path_factory.mktemp('startup') / 'map')
-    shutil.copy(corridor_model.checkpoint_path, map_model_path(path))
-    return path
-
-
-@pytest.fixture(scope='module')
-def map_without_model(map_dir, tmp_path_factory) -> Path:
+def map_without_model(small_map_dir, tmp_path_factory) -> Path:
     """The same map with its model.pth.tar taken away (a map built elsewhere)."""
     path = tmp_path_factory.mktemp('startup') / 'map_without_model'
-    shutil.copytree(map_dir, path)
+    shutil.copytree(small_map_dir, path)
     map_model_path(path).unlink()
     return path
 
 
 @pytest.fixture(scope='module')
-def slow_map(map_dir, tmp_path_factory) -> Path:
+def slow_map(small_map_dir, tmp_path_factory) -> Path:
     """The map plus a 16 GiB file its manifest lists: verifying it takes seconds.
 
     The file is sparse (no disk used) and its listed checksum is not its own, so a load
     that is not stopped ends in a checksum error (exit 2), never in a running node.
     """
     path = tmp_path_factory.mktemp('startup') / 'slow_map'
-    shutil.copytree(map_dir, path)
+    shutil.copytree(small_map_dir, path)
     with open(path / 'padding.bin', 'wb') as handle:
         handle.truncate(PADDING_BYTES)
     manifest = json.loads((path / 'manifest.json').read_text())
@@ -142,10 +127,11 @@ def _params(**values) -> List[Parameter]:
 
 # --- the model comes from the map ------------------------------------------------------------
 
-def test_descriptor_node_takes_the_maps_model_preset_and_size(context, map_dir,
+def test_descriptor_node_takes_the_maps_model_preset_and_size(context, small_map_dir,
                                                               corridor_model):
     """map_path alone: the map's model (same digest), preset and 320x240, not 640x480."""
-    node = DescriptorNode(context=context, parameter_overrides=_params(map_path=str(map_dir)))
+    node = DescriptorNode(context=context,
+                          parameter_overrides=_params(map_path=str(small_map_dir)))
     try:
         assert node.digest == model_digest(corridor_model)
         assert (node.config.preset, node.config.image_width, node.config.image_height) == \
@@ -156,7 +142,7 @@ def test_descriptor_node_takes_the_maps_model_preset_and_size(context, map_dir,
     # Set to the map's values they are accepted too; the map's checkpoint given explicitly
     # is the same model.
     node = DescriptorNode(context=context, parameter_overrides=_params(
-        map_path=str(map_dir), checkpoint=str(map_model_path(map_dir)), preset='speed',
+        map_path=str(small_map_dir), checkpoint=str(map_model_path(small_map_dir)), preset='speed',
         image_width=320, image_height=240))
     try:
         assert node.digest == model_digest(corridor_model)
@@ -164,9 +150,9 @@ def test_descriptor_node_takes_the_maps_model_preset_and_size(context, map_dir,
         node.destroy_node()
 
 
-def test_camera_batcher_takes_the_maps_size(context, map_dir):
+def test_camera_batcher_takes_the_maps_size(context, small_map_dir):
     """camera_batcher with map_path resizes to the map's 320x240; without, the preset's."""
-    node = CameraBatcher(context=context, parameter_overrides=_params(map_path=str(map_dir)))
+    node = CameraBatcher(context=context, parameter_overrides=_params(map_path=str(small_map_dir)))
     try:
         assert node.size == (CORRIDOR_SIZE['image_height'], CORRIDOR_SIZE['image_width'])
     finally:
@@ -183,19 +169,19 @@ def test_camera_batcher_takes_the_maps_size(context, map_dir):
 @pytest.mark.parametrize('name,value,theirs', [
     ('image_width', 640, '320'), ('image_height', 480, '240'),
     ('preset', 'performance', "'speed'")])
-def test_a_setting_that_disagrees_with_the_map_is_refused(context, map_dir, node_class, name,
+def test_a_setting_that_disagrees_with_the_map_is_refused(context, small_map_dir, node_class, name,
                                                           value, theirs):
     """A preset or size other than the map's: ParameterError naming both values."""
     with pytest.raises(ParameterError) as info:
         node_class(context=context, parameter_overrides=_params(
-            map_path=str(map_dir), **{name: value}))
+            map_path=str(small_map_dir), **{name: value}))
     message = str(info.value)
     assert f"parameter '{name}' = {value!r}" in message
-    assert f'built with {name} {theirs}' in message and str(map_dir) in message
+    assert f'built with {name} {theirs}' in message and str(small_map_dir) in message
 
 
-def test_missing_or_foreign_model_and_no_model_are_refused(context, map_without_model, map_dir,
-                                                           other_checkpoint):
+def test_missing_or_foreign_model_and_no_model_are_refused(context, map_without_model,
+                                                           small_map_dir, other_checkpoint):
     """No model.pth.tar, another model's checkpoint, no model at all, two model sources."""
     with pytest.raises(MapError, match=r'keeps no model \(model.pth.tar\) and no checkpoint'):
         DescriptorNode(context=context, parameter_overrides=_params(
@@ -203,16 +189,16 @@ def test_missing_or_foreign_model_and_no_model_are_refused(context, map_without_
     with pytest.raises(MapError, match=r'other.pth.tar is not the model the map .* was built '
                        r"with \(model digest \w+ vs the map's \w+\): leave the checkpoint"):
         DescriptorNode(context=context, parameter_overrides=_params(
-            map_path=str(map_dir), checkpoint=str(other_checkpoint)))
+            map_path=str(small_map_dir), checkpoint=str(other_checkpoint)))
     with pytest.raises(ParameterError, match=r"no model: set parameter 'map_path'.*"
                        r"'bootstrap_corridor_model': true"):
         DescriptorNode(context=context)
     with pytest.raises(ParameterError, match=r"'bootstrap_corridor_model' = True, and map_path"):
         DescriptorNode(context=context, parameter_overrides=_params(
-            map_path=str(map_dir), bootstrap_corridor_model=True))
+            map_path=str(small_map_dir), bootstrap_corridor_model=True))
     with pytest.raises(MapError, match='no map at .*manifest.json missing'):
         DescriptorNode(context=context, parameter_overrides=_params(
-            map_path=str(map_dir.parent / 'nowhere')))
+            map_path=str(small_map_dir.parent / 'nowhere')))
 
 
 # --- executables as processes ----------------------------------------------------------------
@@ -269,9 +255,9 @@ LOADING_SIGNAL = {'descriptor_node': signal.SIGTERM, 'localizer_node': signal.SI
                   'localize_graph': signal.SIGTERM}
 
 
-def test_stop_while_spinning(processes, map_dir):
+def test_stop_while_spinning(processes, small_map_dir):
     """The four executables with the map, running: exit 0, destroyed and shut down once."""
-    procs = {exe: processes(exe, '-p', f'map_path:={map_dir}', *_ns(f'spin_{exe}'))
+    procs = {exe: processes(exe, '-p', f'map_path:={small_map_dir}', *_ns(f'spin_{exe}'))
              for exe in EXECUTABLES}
     for exe, proc in procs.items():
         for node, ready in READY.items():
@@ -338,7 +324,7 @@ MAX_BATCH = 64
 
 @pytest.mark.parametrize('batch', sorted(BATCH_SECONDS))
 def test_descriptor_node_process_runs_the_maps_model_and_stops_mid_batch(
-        processes, map_dir, corridor_model, corridor_set, batch):
+        processes, small_map_dir, corridor_model, corridor_set, batch):
     """The executable with only map_path, over DDS: the map's digest, size and descriptors.
 
     Then a batch that takes seconds, and SIGTERM while it is being described (status 0, no
@@ -347,7 +333,7 @@ def test_descriptor_node_process_runs_the_maps_model_and_stops_mid_batch(
     exits when the grace period is over, saying so.
     """
     ns = f'/dds_{batch}'
-    proc = processes('descriptor_node', '-p', f'map_path:={map_dir}', '-r', f'__ns:={ns}')
+    proc = processes('descriptor_node', '-p', f'map_path:={small_map_dir}', '-r', f'__ns:={ns}')
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     probe = Node('probe', context=ctx)

@@ -65,18 +65,10 @@ def key(header: Header) -> tuple:
     return header.stamp.sec, header.stamp.nanosec
 
 
-@pytest.fixture(scope='module')
-def map_dir(corridor_map, corridor_model, tmp_path_factory) -> Path:
-    """The corridor reference map saved as a map database folder, keeping its model."""
-    path = corridor_map.save(tmp_path_factory.mktemp('ros') / 'corridor_map')
-    map_model_path(path).symlink_to(corridor_model.checkpoint_path)
-    return path
-
-
-def model_params(map_dir: Path) -> List[Parameter]:
+def model_params(corridor_map_dir: Path) -> List[Parameter]:
     """descriptor_node's model: the map's."""
-    return [Parameter('map_path', value=str(map_dir)),
-            Parameter('checkpoint', value=str(map_model_path(map_dir)))]
+    return [Parameter('map_path', value=str(corridor_map_dir)),
+            Parameter('checkpoint', value=str(map_model_path(corridor_map_dir)))]
 
 
 @pytest.fixture(scope='module')
@@ -135,16 +127,16 @@ def context():
     ctx.try_shutdown()
 
 
-def start_graph(context, map_dir, batcher=(), descriptor=(), localizer=()) -> Graph:
+def start_graph(context, corridor_map_dir, batcher=(), descriptor=(), localizer=()) -> Graph:
     """The three nodes in this process (the one-process runner's arrangement)."""
     return Graph([
         CameraBatcher(context=context, parameter_overrides=[
             *SIZE, Parameter('image_topic', value='/camera/image_raw'),
             Parameter('buffer_capacity', value=64), *batcher]),
         DescriptorNode(context=context, parameter_overrides=[
-            *SIZE, *model_params(map_dir), *descriptor]),
+            *SIZE, *model_params(corridor_map_dir), *descriptor]),
         LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir)), *localizer]),
+            Parameter('map_path', value=str(corridor_map_dir)), *localizer]),
     ], context)
 
 
@@ -183,9 +175,9 @@ def check_answers(graph: Graph, queries: Dict[int, str], sent: List[int],
     assert same >= len(sent) - 3, f'only {same} of {len(sent)} best references as offline'
 
 
-def test_one_process_raw_images(context, map_dir, offline, corridor_set, candidate_bytes):
+def test_one_process_raw_images(context, corridor_map_dir, offline, corridor_set, candidate_bytes):
     """Image messages through the three nodes in one process: poses as the core offline."""
-    graph = start_graph(context, map_dir)
+    graph = start_graph(context, corridor_map_dir)
     try:
         assert graph.wait(graph.connected, 20)
         for i in FRAMES:
@@ -236,7 +228,7 @@ def _interrupt(procs: List[subprocess.Popen]) -> List[str]:
     return outputs
 
 
-def test_separate_processes_compressed(context, map_dir, offline, corridor_set,
+def test_separate_processes_compressed(context, corridor_map_dir, offline, corridor_set,
                                        candidate_bytes):
     """Three node processes (console-script mains), CompressedImage JPEG frames."""
     size = [f'image_width:={CORRIDOR_SIZE["image_width"]}',
@@ -244,9 +236,9 @@ def test_separate_processes_compressed(context, map_dir, offline, corridor_set,
     procs = [
         _node_process('camera_batcher', *size, 'transport:=compressed',
                       'image_topic:=/camera/image_raw', 'buffer_capacity:=64'),
-        _node_process('descriptor_node', *size, f'map_path:={map_dir}',
-                      f'checkpoint:={map_model_path(map_dir)}'),
-        _node_process('localizer_node', f'map_path:={map_dir}'),
+        _node_process('descriptor_node', *size, f'map_path:={corridor_map_dir}',
+                      f'checkpoint:={map_model_path(corridor_map_dir)}'),
+        _node_process('localizer_node', f'map_path:={corridor_map_dir}'),
     ]
     graph = Graph([], context)
     sent = FRAMES[::2]
@@ -299,10 +291,11 @@ def rss_follows_live_memory():
     libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def test_backpressure_drops_oldest(context, map_dir, corridor_set, rss_follows_live_memory):
+def test_backpressure_drops_oldest(context, corridor_map_dir, corridor_set,
+                                   rss_follows_live_memory):
     """A flood far faster than the descriptor node: bounded buffer, counted drops."""
     capacity = 4
-    graph = start_graph(context, map_dir, batcher=[
+    graph = start_graph(context, corridor_map_dir, batcher=[
         Parameter('batch_size', value=2), Parameter('buffer_capacity', value=capacity),
         Parameter('max_batch_age', value=0.05), Parameter('max_in_flight', value=1),
         Parameter('qos_reliability', value='reliable'), Parameter('qos_depth', value=1000)])
@@ -372,11 +365,11 @@ def settled_ledger(graph: Graph, timeout: float, names=NODE_NAMES) -> dict:
     raise AssertionError(f'the graph did not settle within {timeout} s: {ledger}')
 
 
-def test_flood_every_frame_accounted_and_reported(context, map_dir, corridor_set):
+def test_flood_every_frame_accounted_and_reported(context, corridor_map_dir, corridor_set):
     """Frames published far faster than the graph answers, default camera QoS and buffer:
     every frame is answered or counted by reason, the ones DDS's queue overwrote before
     camera_batcher are found from the publisher's sequence numbers, /diagnostics warns."""
-    graph = start_graph(context, map_dir, batcher=[
+    graph = start_graph(context, corridor_map_dir, batcher=[
         Parameter('buffer_capacity', value=8)])   # the default buffer
     images = [load_image(corridor_set.queries[i]) for i in FRAMES]
     published = 0
@@ -428,9 +421,9 @@ def test_flood_every_frame_accounted_and_reported(context, map_dir, corridor_set
     assert batcher['values']['dropped_backpressure'] == ledger['dropped']['backpressure']
 
 
-def test_oversized_frame_dropped_logged_counted(context, map_dir, corridor_set, capfd):
+def test_oversized_frame_dropped_logged_counted(context, corridor_map_dir, corridor_set, capfd):
     """An 8000x8000 frame is refused before conversion, logged with the limit, counted."""
-    graph = start_graph(context, map_dir)
+    graph = start_graph(context, corridor_map_dir)
     try:
         assert graph.wait(graph.connected, 20)
         huge = Image(header=stamp_of(1), height=8000, width=8000, encoding='mono8', step=8000)
@@ -486,10 +479,10 @@ def test_large_best_effort_frame_between_processes_is_not_silent(context, corrid
           f"{c['upstream_lost_dds']}, sequence gap {c['upstream_lost_sequence']}")
 
 
-def test_bad_frames_are_dropped_and_the_graph_keeps_going(context, map_dir, corridor_set,
+def test_bad_frames_are_dropped_and_the_graph_keeps_going(context, corridor_map_dir, corridor_set,
                                                           capfd):
     """Unknown encoding, wrong step, empty data: no pose, counted, next frame answered."""
-    graph = start_graph(context, map_dir)
+    graph = start_graph(context, corridor_map_dir)
     try:
         assert graph.wait(graph.connected, 20)
         good = rgb_to_image(load_image(corridor_set.queries[40]), stamp_of(40))
@@ -513,9 +506,10 @@ def test_bad_frames_are_dropped_and_the_graph_keeps_going(context, map_dir, corr
         graph.close()
 
 
-def test_descriptors_of_another_model_are_refused(context, map_dir, corridor_model, capfd):
+def test_descriptors_of_another_model_are_refused(context, corridor_map_dir, corridor_model,
+                                                  capfd):
     """A PlaceDescriptors from another preset/model: error logged, no pose, still alive."""
-    graph = start_graph(context, map_dir)
+    graph = start_graph(context, corridor_map_dir)
     pub = graph.probe.create_publisher(PlaceDescriptors, '/place_descriptors', 10)
     try:
         assert graph.wait(lambda: pub.get_subscription_count() > 0, 20)
@@ -566,7 +560,7 @@ def test_empty_map_answers_nothing_and_stays_up(context, corridor_model, tmp_pat
         graph.close()
 
 
-def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
+def test_bad_parameters_stop_the_node_with_the_reason(context, corridor_map_dir):
     """A bad value stops the node, naming the parameter and the allowed values."""
     with pytest.raises(ParameterError, match="'transport' = 'mjpeg'.*'raw', 'compressed'"):
         CameraBatcher(context=context,
@@ -577,20 +571,22 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
         LocalizerNode(context=context)
     with pytest.raises(ParameterError, match="'patch_weights'.*the map has 1 patch scales"):
         LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir)),
+            Parameter('map_path', value=str(corridor_map_dir)),
             Parameter('patch_weights', value=[0.5, 0.5])])
     with pytest.raises(MapError, match='missing|does not exist|not found|no map'):
         LocalizerNode(context=context, parameter_overrides=[
-            Parameter('map_path', value=str(map_dir.parent / 'nowhere'))])
+            Parameter('map_path', value=str(corridor_map_dir.parent / 'nowhere'))])
     if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="'device' = 'cuda': no CUDA device"):
             LocalizerNode(context=context, parameter_overrides=[
-                Parameter('map_path', value=str(map_dir)), Parameter('device', value='cuda')])
+                Parameter('map_path', value=str(corridor_map_dir)),
+                Parameter('device', value='cuda')])
     else:
         with pytest.raises(ParameterError, match="'device_cache_mb' = 1: a device cache of 1 "
                            'MiB holds 5 references.*fewer than the top-100'):
             LocalizerNode(context=context, parameter_overrides=[
-                Parameter('map_path', value=str(map_dir)), Parameter('device', value='cuda'),
+                Parameter('map_path', value=str(corridor_map_dir)),
+                Parameter('device', value='cuda'),
                 Parameter('device_cache_mb', value=1)])
     if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="'precision' = 'fp16' needs CUDA"):
@@ -609,14 +605,14 @@ def test_bad_parameters_stop_the_node_with_the_reason(context, map_dir):
     assert "'qos_reliability' = 'sometimes'" in proc.stderr + proc.stdout
 
 
-def test_localize_graph_runner_with_params_file_and_shared_patches(context, map_dir, offline,
-                                                                   corridor_set,
+def test_localize_graph_runner_with_params_file_and_shared_patches(context, corridor_map_dir,
+                                                                   offline, corridor_set,
                                                                    candidate_bytes):
     """The one-process executable with config/localize.yaml and patches kept out of band."""
     params = Path(__file__).resolve().parent.parent / 'config' / 'localize.yaml'
     proc = subprocess.Popen(
         [sys.executable, '-m', 'patch_netvlad_ros.nodes.graph', '--ros-args',
-         '--params-file', str(params), '-p', f'map_path:={map_dir}',
+         '--params-file', str(params), '-p', f'map_path:={corridor_map_dir}',
          '-p', f'image_width:={CORRIDOR_SIZE["image_width"]}',
          '-p', f'image_height:={CORRIDOR_SIZE["image_height"]}',
          '-p', 'image_topic:=/camera/image_raw', '-p', 'patch_transport:=shared'],
