@@ -31,8 +31,10 @@ reliability diagrams beside it.
 contiguous halves (frames 0-55 and 56-110; adjacent frames are near duplicates, so an
 interleaved split would evaluate on the fit's own images), each fitted on one half and
 evaluated on the other, then pooled; the self-fit on the same evaluation frames, and the
-confidence of the places not in the map under each fit. Two drive fits: the shipped one
-(in-map rows plus not-in-map rows) and, for comparison, in-map rows alone. The loop
+confidence of the places not in the map under each fit. The self-fit without and with
+its novelty gate (:class:`..core.localization.calibration.NoveltyGate`, fitted on the map
+alone); three drive fits: in-map plus not-in-map rows (no gate), in-map rows alone (no
+gate), in-map rows alone with the gate. The loop
 revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
 that of the first-lap frame it closes the loop with, the median where several). Writes
 bench_accuracy_drive_fit.json.
@@ -276,9 +278,15 @@ def halves(n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
     return [(first, second), (second, first)]
 
 
-#: Drive-fit variants compared: (label, total weight of the not-in-map rows). The shipped
-#: weight was fixed before measuring (drive_fit.NOT_IN_MAP_WEIGHT); 0: in-map rows alone.
-DRIVE_VARIANTS = (('drive fit', NOT_IN_MAP_WEIGHT), ('drive fit, in-map rows only', 0.0))
+#: Drive-fit variants compared: (label, total weight of the not-in-map rows, novelty gate).
+#: The weight without the gate was fixed before measuring (drive_fit.NOT_IN_MAP_WEIGHT);
+#: with the gate the drive fit uses the in-map rows alone (decided before measuring).
+DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False),
+                  ('drive fit, in-map rows only', 0.0, False),
+                  ('drive fit, in-map rows + gate', 0.0, True))
+#: The self-fit without and with the novelty gate (one fit, the gate applied or not).
+SELF_VARIANTS = (('self fit', False), ('self fit + gate', True))
+VARIANTS = tuple(v for v, _ in SELF_VARIANTS) + tuple(v for v, _, _ in DRIVE_VARIANTS)
 
 
 def unfitted_copy(ref_map: ReferenceMap) -> ReferenceMap:
@@ -287,18 +295,25 @@ def unfitted_copy(ref_map: ReferenceMap) -> ReferenceMap:
                                               if k != META_KEY})
 
 
-def evaluate_fit(ref_map: ReferenceMap, model: PatchNetVLAD, tables: Sequence[CandidateTable],
-                 positives: Sequence[Set[int]], unknown: Dict[str, np.ndarray]) -> Dict:
-    """Scores of a fitted map on evaluation tables, and its confidence on unknown places."""
-    localizer = Localizer(ref_map, None)
+def evaluate_fit(ref_map: ReferenceMap, tables: Sequence[CandidateTable],
+                 positives: Sequence[Set[int]], unknown: Dict[str, Tuple],
+                 gate: bool = False) -> Dict:
+    """Scores of a fitted map on evaluation tables, and its confidence on unknown places.
+
+    unknown: name -> descriptors (global, patches) of images of places not in the map;
+    gate: apply the map's novelty gate (it must hold one).
+    """
+    localizer = Localizer(ref_map, None, novelty_gate=gate)
+    if gate and localizer.novelty_gate is None:
+        raise RuntimeError('the fit holds no novelty gate')
     results = [localizer.answer(t) for t in tables]
     out = scores(results, positives)
     out['above_threshold'] = float(np.mean([r.confidence >= localizer.calibration.threshold
                                             for r in results]))
     out['right'] = [bool(r.best_index in p) for r, p in zip(results, positives)]
     out['confidence'] = [float(r.confidence) for r in results]
-    with_model = Localizer(ref_map, model)
-    out['unknown'] = {k: float(with_model.localize(v).confidence) for k, v in unknown.items()}
+    out['unknown'] = {k: float(localizer.localize_descriptors(*v).confidence)
+                      for k, v in unknown.items()}
     out['unknown_max'] = max(out['unknown'].values())
     return out
 
@@ -325,6 +340,7 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
     frames' positions, as drive_fit computes them).
     """
     out = {'folds': []}
+    unknown = dict(zip(unknown, describe(model, list(unknown.values()))))
     for fit_frames, eval_frames in halves(len(tables)):
         label = f'{name}[{fit_frames[0]}-{fit_frames[-1]}]'
         localizer = Localizer(unfitted_copy(ref_map), None, radius, fusion='patches',
@@ -337,18 +353,20 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
         ev_tables = [tables[k] for k in eval_frames]
         ev_pos = [positives[k] for k in eval_frames]
         fold = {'fit_frames': [int(fit_frames[0]), int(fit_frames[-1])],
-                'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])],
-                'self fit': evaluate_fit(self_fitted, model, ev_tables, ev_pos, unknown)}
-        for variant, weight in DRIVE_VARIANTS:
+                'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])]}
+        for variant, gate in SELF_VARIANTS:
+            fold[variant] = evaluate_fit(self_fitted, ev_tables, ev_pos, unknown, gate)
+        for variant, weight, gate in DRIVE_VARIANTS:
             fitted_map = unfitted_copy(ref_map)
             fitted = fit_drive_rows(fitted_map, rows, radius, label,
-                                    not_in_map_weight=weight)
-            fold[variant] = evaluate_fit(fitted_map, model, ev_tables, ev_pos, unknown)
-            fold[variant]['fit'] = {k: fitted[k] for k in ('drive', 'fusion', 'calibration')}
+                                    not_in_map_weight=weight, novelty_gate=gate)
+            fold[variant] = evaluate_fit(fitted_map, ev_tables, ev_pos, unknown, gate)
+            fold[variant]['fit'] = {k: fitted.get(k) for k in
+                                    ('drive', 'fusion', 'calibration', 'novelty_gate')}
         log(f'{name}: fold fitted on frames {fold["fit_frames"]} done')
         out['folds'].append(fold)
-    out['pooled'] = {v: pooled([f[v] for f in out['folds']])
-                     for v in ('self fit',) + tuple(v for v, _ in DRIVE_VARIANTS)}
+    out['pooled'] = {v: pooled([f[v] for f in out['folds']]) for v in VARIANTS}
+    out['self_fit_novelty_gate'] = self_fitted.meta[META_KEY]['novelty_gate']
     return out
 
 
@@ -369,7 +387,7 @@ def corridor_drive_fit(args, log) -> Dict:
         images = [f.rgb for f in reference.frames]
     start = time.perf_counter()
     fit_map(self_fitted, place_radius=args.place_radius, images=images,
-            model=model if images else None)
+            model=model if images else None, novelty_gate=True)
     log(f'self-fit of {map_dir} in {time.perf_counter() - start:.1f} s')
     drive = read_bag_drive(DRIVES / 'query', IMAGE_TOPIC, POSE_TOPIC, SIZE)
     positives = frame_positives(drive, ref_map, FRAME_TOLERANCE)
@@ -405,7 +423,7 @@ def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     self_fitted = unfitted_copy(ref_map)
     fit_map(self_fitted, place_radius=LOOP_RADIUS,
             images=None if args.self_queries_only else images[:n],
-            model=None if args.self_queries_only else model)
+            model=None if args.self_queries_only else model, novelty_gate=True)
     queries = [i for i in range(n, len(paths)) if i in truth]
     positives = [{j for j in truth[i] if j < n} for i in queries]
     # a revisit's pose: the first-lap frame it closes the loop with (module doc); one
@@ -424,7 +442,7 @@ def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
 
 def print_drive_fit(result: Dict) -> None:
     """Print the drive-fit comparison: per fold and pooled."""
-    head = (f'{"":34s} {"frames":>8s} {"R@1":>6s} {"AUC":>6s} {"ECE":>6s} {"R@100%P":>8s} '
+    head = (f'{"":38s} {"frames":>8s} {"R@1":>6s} {"AUC":>6s} {"ECE":>6s} {"R@100%P":>8s} '
             f'{">=0.5":>6s} {"unknown":>8s}')
     for part in ('corridor', 'loop'):
         res = result.get(part)
@@ -434,11 +452,11 @@ def print_drive_fit(result: Dict) -> None:
         print(head)
         rows = [(f'fold {k + 1}: {v}', f['eval_frames'], f[v])
                 for k, f in enumerate(res['folds'])
-                for v in ('self fit',) + tuple(v for v, _ in DRIVE_VARIANTS)]
+                for v in VARIANTS]
         rows += [(f'pooled: {v}', None, r) for v, r in res['pooled'].items()]
         for label, frames, r in rows:
             span = f'{frames[0]}-{frames[1]}' if frames else 'all'
-            print(f'{label:34s} {span:>8s} {_f(r["r1"]):>6s} {_f(r.get("auc")):>6s} '
+            print(f'{label:38s} {span:>8s} {_f(r["r1"]):>6s} {_f(r.get("auc")):>6s} '
                   f'{_f(r.get("ece")):>6s} {_f(r.get("r100p")):>8s} '
                   f'{_f(r["above_threshold"], ".2f"):>6s} {_f(r["unknown_max"]):>8s}')
 

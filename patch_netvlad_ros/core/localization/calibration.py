@@ -36,6 +36,18 @@ to 0.11, and an isotonic recalibration of the logistic on the same rows did not 
 (docs/accuracy.md). The sequence filter's posterior (:mod:`.sequence`) is calibrated
 (0.01-0.05).
 
+A map's fit may also hold a *novelty gate* (:class:`NoveltyGate`, :func:`fit_novelty_gate`):
+the probability that a frame comes from the mapped environment at all, P(in map | x), from
+the global similarity of its answer. The confidence is then P(in map | x) x P(right | in
+map, x), the calibration giving the second factor. The gate is fitted on the map alone,
+by a rule fixed before any measurement (docs/accuracy.md, "Novelty gate"):
+for each reference r, s_r is its highest global similarity to any reference farther than
+:data:`GATE_EXCLUSION` place radii from it (how similar an image of *another* place of
+this environment still is to the map: a frame from this environment, even at a place not
+mapped, reaches about that); the gate is a logistic in the similarity whose 0.5 point is
+the :data:`GATE_QUANTILE` quantile of {s_r} and which reaches :data:`GATE_HIGH` at their
+median. Nothing is tuned: both constants follow from the map's numbers.
+
 :func:`expected_calibration_error` and :func:`reliability_diagram` measure how well the
 probabilities match the frequencies.
 """
@@ -63,6 +75,16 @@ DEFAULT_L2 = 1.0
 DEFAULT_BINS = 10
 #: Odds clip of the mass feature (softmax masses of exactly 0 or 1).
 _MASS_EPS = 1e-6
+#: Novelty gate (module doc), fixed before measuring: s_r uses the references farther than
+#: this many place radii from r (another place, not r's neighbour) ...
+GATE_EXCLUSION = 2.0
+#: ... the gate is 0.5 at this quantile of {s_r} (a low one: most of this environment's
+#: other places still look at least that similar to the map) ...
+GATE_QUANTILE = 0.05
+#: ... and GATE_HIGH at their median (the slope follows from their spread).
+GATE_HIGH = 0.95
+#: References whose similarities are compared in one block (bounded memory).
+_GATE_BLOCK = 1024
 
 
 def confidence_features(table: CandidateTable, fused: np.ndarray, positions: np.ndarray,
@@ -176,6 +198,89 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as exc:
             raise MapError(f"the map's calibration is malformed ({exc!r}): refit it "
                            '(patch_netvlad_ros.core.maps.map_fit.fit_map)') from exc
+
+
+@dataclass(frozen=True)
+class NoveltyGate:
+    """P(the frame comes from the mapped environment) from its answer's global similarity.
+
+    sigmoid(slope x (similarity - centre)); fitted_on: how centre and slope were derived
+    (:func:`fit_novelty_gate`).
+    """
+
+    centre: float
+    slope: float
+    fitted_on: Dict[str, Any] = field(default_factory=dict)
+
+    def probability(self, similarity: np.ndarray) -> np.ndarray:
+        """Gate values [M] in (0, 1) of global similarities [M]."""
+        s = np.asarray(similarity, np.float64)
+        return _sigmoid(self.slope * (s - self.centre))
+
+    def to_meta(self) -> Dict[str, Any]:
+        """Return a JSON-able dict for :attr:`ReferenceMap.meta`."""
+        return {'centre': float(self.centre), 'slope': float(self.slope),
+                'fitted_on': dict(self.fitted_on)}
+
+    @classmethod
+    def from_meta(cls, meta: Dict[str, Any]) -> 'NoveltyGate':
+        """Inverse of :meth:`to_meta`; a malformed dict raises :class:`MapError`."""
+        try:
+            gate = cls(float(meta['centre']), float(meta['slope']),
+                       dict(meta.get('fitted_on', {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MapError(f"the map's novelty gate is malformed ({exc!r}): refit it "
+                           '(patch_netvlad_ros.core.maps.map_fit.fit_map)') from exc
+        if not (math.isfinite(gate.centre) and math.isfinite(gate.slope) and gate.slope > 0):
+            raise MapError(f"the map's novelty gate has centre {gate.centre} and slope "
+                           f'{gate.slope} (needs finite values, slope > 0): refit the map')
+        return gate
+
+
+def environment_similarity(global_desc: np.ndarray, positions: np.ndarray,
+                           exclusion: float) -> np.ndarray:
+    """s_r [N]: each reference's highest global similarity to a reference beyond exclusion.
+
+    global_desc: [N, Dp] (unit vectors); positions: [N, 3]; similarity = 1 - d / 2 with d
+    the squared L2 distance (the cosine for unit vectors, as :func:`confidence_features`).
+    nan where no reference lies farther than exclusion (metres).
+    """
+    g = np.asarray(global_desc, np.float64)
+    pos = np.asarray(positions, np.float64)
+    norms = (g ** 2).sum(1)
+    out = np.full(len(g), np.nan)
+    for a in range(0, len(g), _GATE_BLOCK):
+        b = min(a + _GATE_BLOCK, len(g))
+        d = norms[a:b, None] + norms[None, :] - 2.0 * g[a:b] @ g.T              # [B, N]
+        far = np.linalg.norm(pos[a:b, None, :] - pos[None, :, :], axis=2) > exclusion
+        sim = np.where(far, 1.0 - 0.5 * d, -np.inf)
+        best = sim.max(1)
+        out[a:b] = np.where(np.isfinite(best), best, np.nan)
+    return out
+
+
+def fit_novelty_gate(global_desc: np.ndarray, positions: np.ndarray,
+                     place_radius: float) -> Optional[NoveltyGate]:
+    """Fit the novelty gate on a map's descriptors [N, Dp] and positions [N, 3] (module doc).
+
+    None when it cannot be fitted: fewer than 2 references with a reference farther than
+    :data:`GATE_EXCLUSION` place radii, or the median of {s_r} not above its low quantile.
+    """
+    s = environment_similarity(global_desc, positions, GATE_EXCLUSION * place_radius)
+    s = s[np.isfinite(s)]
+    if len(s) < 2:
+        return None
+    centre = float(np.quantile(s, GATE_QUANTILE))
+    median = float(np.median(s))
+    if not median > centre:
+        return None
+    slope = math.log(GATE_HIGH / (1.0 - GATE_HIGH)) / (median - centre)
+    return NoveltyGate(centre, slope, {
+        'references': int(len(s)), 'exclusion_m': GATE_EXCLUSION * float(place_radius),
+        'quantile': GATE_QUANTILE, 'high': GATE_HIGH, 'median_similarity': median,
+        'description': f'map alone: 0.5 at the {GATE_QUANTILE:g} quantile of {len(s)} '
+                       f"references' highest similarity to another place "
+                       f'({centre:.3f}), {GATE_HIGH:g} at their median ({median:.3f})'})
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = DEFAULT_L2,

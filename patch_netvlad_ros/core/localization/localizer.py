@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .calibration import Calibration, confidence_features
+from .calibration import ALL_FEATURES, Calibration, confidence_features, NoveltyGate
 from .fusion import AUTHORS, CandidateTable, Fusion, RETRIEVAL
 from ..config import PatchNetVLADConfig
 from ..errors import ImageError, MapError
@@ -135,6 +135,11 @@ class Localizer:
     calibration: 'heuristic' (the module doc's confidence), 'fitted' (the map's calibrated
     confidence), a :class:`~.calibration.Calibration`, or None: the map's when it was
     fitted with this fusion and place radius, else 'heuristic'.
+    novelty_gate: with a calibrated confidence, multiply it by the map's novelty gate
+    (P(the frame comes from the mapped environment), :class:`~.calibration.NoveltyGate`)
+    when the map's fit holds one (None or True), or never (False). The sequence filter
+    then receives the gated confidence: a frame judged not from the environment carries
+    less evidence (docs/accuracy.md).
     device: where the rerank runs (default: the model's device, else the CPU).
     cache_references: references kept on the rerank device (default: none on the CPU,
     which reads the map in place; the whole map elsewhere); at least top_k.
@@ -144,7 +149,8 @@ class Localizer:
                  place_radius: Optional[float] = None,
                  device: Union[str, torch.device, None] = None,
                  cache_references: Optional[int] = None, fusion: FusionArg = None,
-                 calibration: CalibrationArg = None, **matching: object) -> None:
+                 calibration: CalibrationArg = None, novelty_gate: Optional[bool] = None,
+                 **matching: object) -> None:
         if len(ref_map) == 0:
             raise MapError('the map holds no references: build it from at least one image')
         allowed = {'top_k', 'matcher', 'patch_weights'}
@@ -162,6 +168,10 @@ class Localizer:
         self.config: PatchNetVLADConfig = ref_map.config.override(**matching)
         self.fusion = self._resolve_fusion(fusion, fitted)
         self.calibration = self._resolve_calibration(calibration, fitted)
+        self.novelty_gate: Optional[NoveltyGate] = None
+        if (self.calibration is not None and novelty_gate is not False
+                and fitted.get('novelty_gate') is not None):
+            self.novelty_gate = NoveltyGate.from_meta(fitted['novelty_gate'])
         self.model = model
         if model is not None:
             check_identity(ref_map.identity, descriptor_identity(model), 'the map')
@@ -331,6 +341,10 @@ class Localizer:
             x = confidence_features(table, fused, self._positions, self.place_radius,
                                     self.fusion.temperature)
             confidence = float(self.calibration.probability(x[None])[0])
+            if self.novelty_gate is not None:
+                # P(in map | x) x P(right | in map, x) (calibration module doc)
+                similarity = x[ALL_FEATURES.index('similarity')]
+                confidence *= float(self.novelty_gate.probability(similarity))
         best = cands[0]
         return LocalizationResult(best.index, self.map.references[best.index], confidence,
                                   cands, table=table)

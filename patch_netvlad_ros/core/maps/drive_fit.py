@@ -17,6 +17,13 @@ queried against the map without every reference within :data:`NOT_IN_MAP_EXCLUSI
 place radii of the frame's pose, so that every answer is wrong. They are realistic,
 in-domain negatives: the drive's own images, the map's nearest other places.
 
+With the map's novelty gate (``novelty_gate``, default :data:`.map_fit.NOVELTY_GATE`),
+the not-in-map rows are not used by default: the gate (fitted on the map alone) keeps
+images from outside the mapped environment below the threshold, so the calibration is
+fitted on the in-map rows only, P(right | in map, x) (decided before measuring,
+docs/accuracy.md "Novelty gate"). Without the gate the not-in-map rows weigh
+:data:`NOT_IN_MAP_WEIGHT`.
+
 :func:`fit_drive` stores the result in ``ref_map.meta['localization']`` in the layout of
 :func:`.map_fit.fit_map`, with a ``'drive'`` summary (name, frames, rows, recalls) in
 place of the self-query levels.
@@ -30,7 +37,8 @@ import torch
 
 from .database import ReferenceMap
 from .extraction import describe_batches
-from .map_fit import calibration_rows, FIT_VERSION, sample_queries
+from .map_fit import (calibration_rows, FIT_VERSION, NOVELTY_GATE, sample_queries,
+                      store_novelty_gate)
 from ..drives.drives import Drive, positions_of
 from ..errors import MapError
 from ..localization.calibration import DEFAULT_FEATURES, DEFAULT_L2, fit_calibration
@@ -128,12 +136,17 @@ def drive_rows(localizer: Localizer, descriptors: Iterable[FrameDescriptors],
 def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, name: str,
                    features: Sequence[str] = DEFAULT_FEATURES, l2: float = DEFAULT_L2,
                    top_k: Optional[int] = None, seed: int = 0,
-                   not_in_map_weight: float = NOT_IN_MAP_WEIGHT) -> Dict[str, Any]:
+                   not_in_map_weight: Optional[float] = None,
+                   novelty_gate: bool = NOVELTY_GATE) -> Dict[str, Any]:
     """Fit fusion and calibration on a drive's rows (module doc); store and return them.
 
     not_in_map_weight: total weight of the not-in-map rows relative to the in-map rows
-    (0: not used; the benchmark's comparison, not an option to tune).
+    (0: not used; default 0 with the novelty gate, else :data:`NOT_IN_MAP_WEIGHT`; the
+    benchmark's comparison, not an option to tune). novelty_gate: also store the map's
+    novelty gate (module doc).
     """
+    if not_in_map_weight is None:
+        not_in_map_weight = 0.0 if novelty_gate else NOT_IN_MAP_WEIGHT
     positions = ref_map.positions()
     fusion = fit_fusion(rows.in_map, rows.positives, f'drive {name}, {len(rows.in_map)} frames')
     x_in, y_in = calibration_rows(rows.in_map, rows.positives, fusion, positions, place_radius)
@@ -162,6 +175,7 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
               'top_k': int(top_k if top_k is not None else ref_map.config.top_k),
               'queries': len(y_in), 'seed': int(seed), 'drive': summary,
               'fusion': fusion.to_meta(), 'calibration': calibration.to_meta()}
+    store_novelty_gate(ref_map, fitted, place_radius, novelty_gate)
     ref_map.meta[META_KEY] = fitted
     return fitted
 
@@ -170,10 +184,12 @@ def fit_drive_descriptors(ref_map: ReferenceMap, descriptors: Iterable[FrameDesc
                           positions: np.ndarray, name: str,
                           place_radius: float = DEFAULT_PLACE_RADIUS,
                           features: Sequence[str] = DEFAULT_FEATURES, l2: float = DEFAULT_L2,
-                          seed: int = 0, **matching: object) -> Dict[str, Any]:
+                          seed: int = 0, novelty_gate: bool = NOVELTY_GATE,
+                          **matching: object) -> Dict[str, Any]:
     """Fit on a drive given as its frames' descriptors and positions [Q, 3] (module doc).
 
     matching: top_k, matcher, patch_weights as the localizer will use them.
+    novelty_gate: also store the map's novelty gate, and fit on the in-map rows only.
     Returns the dict stored in ``ref_map.meta['localization']``.
     """
     positions = np.asarray(positions, np.float64).reshape(-1, 3)
@@ -182,7 +198,7 @@ def fit_drive_descriptors(ref_map: ReferenceMap, descriptors: Iterable[FrameDesc
                           calibration='heuristic', **matching)
     rows = drive_rows(localizer, descriptors, positions)
     return fit_drive_rows(ref_map, rows, place_radius, name, features, l2,
-                          localizer.config.top_k, seed)
+                          localizer.config.top_k, seed, novelty_gate=novelty_gate)
 
 
 def fit_drive(ref_map: ReferenceMap, drive: Drive, model: PatchNetVLAD,
@@ -190,13 +206,14 @@ def fit_drive(ref_map: ReferenceMap, drive: Drive, model: PatchNetVLAD,
               seed: int = 0, features: Sequence[str] = DEFAULT_FEATURES,
               l2: float = DEFAULT_L2, batch_size: int = 4,
               progress: Optional[Callable[[int], None]] = None,
-              **matching: object) -> Dict[str, Any]:
+              novelty_gate: bool = NOVELTY_GATE, **matching: object) -> Dict[str, Any]:
     """Fit a map on a labelled second drive (module doc); store and return the fit.
 
     drive: read at the map's image size, poses in the map's frame (same origin and
     convention); model: the map's. At most ``max_frames`` frames (a seeded sample) are
     described (``progress`` counts them). A drive none of whose frames lies within
     place_radius of a reference is a :class:`MapError`, raised before describing.
+    novelty_gate: also store the map's novelty gate, and fit on the in-map rows only.
     """
     picked = sample_queries(len(drive.frames), max_frames, seed)
     frames = dataclasses.replace(drive, frames=[drive.frames[int(k)] for k in picked])
@@ -218,4 +235,4 @@ def fit_drive(ref_map: ReferenceMap, drive: Drive, model: PatchNetVLAD,
                        [p[j].detach().cpu() for p in desc.patches])
 
     return fit_drive_descriptors(ref_map, descriptors(), positions, drive.name, place_radius,
-                                 features, l2, seed, **matching)
+                                 features, l2, seed, novelty_gate, **matching)

@@ -25,6 +25,10 @@ against the map without the reference itself. Every source (each exclusion level
 second visits) weighs the same in the fit. Measured on the corridor (docs/accuracy.md):
 the query drive's single-frame ECE 0.151 -> 0.108 at the same ROC AUC (0.945, 0.944).
 
+With ``novelty_gate`` (default :data:`NOVELTY_GATE`), the fit also stores the map's
+novelty gate (:func:`.calibration.fit_novelty_gate`, fitted on the map alone), which the
+localizer multiplies its calibrated confidence by: P(in map | x) x P(right | in map, x).
+
 :func:`fit_map` stores everything in ``ref_map.meta['localization']`` (JSON-able), which
 :class:`~.localizer.Localizer` then uses by default; save the map to keep it. A labelled
 second drive fits better than the map itself (:mod:`.drive_fit`).
@@ -40,7 +44,7 @@ from .database import ReferenceMap
 from .extraction import describe_batches
 from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, confidence_features, DEFAULT_FEATURES,
-                                        DEFAULT_L2, fit_calibration)
+                                        DEFAULT_L2, fit_calibration, fit_novelty_gate)
 from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion, recall_at_1,
                                    RETRIEVAL)
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
@@ -62,6 +66,10 @@ SECOND_VISIT_COPY = 0
 #: (:mod:`.drive_fit`), summarised under 'drive' instead of 'levels'; fits of earlier
 #: versions load and work unchanged).
 FIT_VERSION = 3
+#: Whether a fit stores a novelty gate by default (decided on one pre-registered
+#: measurement, docs/accuracy.md "Novelty gate"). A fit without one (every fit before it)
+#: behaves as before.
+NOVELTY_GATE = True
 
 #: The references' images: in map order, or by map index.
 ReferenceImages = Union[Sequence[np.ndarray], Mapping[int, np.ndarray]]
@@ -202,13 +210,23 @@ def _images_for(images: ReferenceImages, n: int) -> np.ndarray:
     return np.arange(n)
 
 
+def store_novelty_gate(ref_map: ReferenceMap, fitted: Dict[str, Any], place_radius: float,
+                       enabled: bool) -> None:
+    """Add the map's novelty gate to a fit dict ('novelty_gate'; None when not fitted)."""
+    if not enabled:
+        return
+    gate = fit_novelty_gate(np.asarray(ref_map.global_desc), ref_map.positions(),
+                            place_radius)
+    fitted['novelty_gate'] = gate.to_meta() if gate is not None else None
+
+
 def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
             max_queries: int = MAX_QUERIES, seed: int = 0,
             features: Sequence[str] = DEFAULT_FEATURES, l2: float = DEFAULT_L2,
             progress: Optional[Callable[[int], None]] = None,
             images: Optional[ReferenceImages] = None, model: Optional[PatchNetVLAD] = None,
             max_second_visits: int = MAX_SECOND_VISITS,
-            **matching: object) -> Dict[str, Any]:
+            novelty_gate: bool = NOVELTY_GATE, **matching: object) -> Dict[str, Any]:
     """Fit fusion and calibration on self-queries (module doc); store and return them.
 
     matching: top_k, matcher, patch_weights as the localizer will use them.
@@ -218,6 +236,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
     from map index to image, any size) and the map's model: the calibration then also
     learns from simulated second visits of up to ``max_second_visits`` of them (module
     doc); without them it learns from the self-queries alone.
+    novelty_gate: also store the map's novelty gate (module doc).
     Returns the dict stored in ``ref_map.meta['localization']``.
     """
     if len(ref_map) < 3:
@@ -282,5 +301,6 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
               'fusion': fusion.to_meta(), 'calibration': calibration.to_meta()}
     if visits is not None:
         fitted['second_visits'] = visits
+    store_novelty_gate(ref_map, fitted, place_radius, novelty_gate)
     ref_map.meta[META_KEY] = fitted
     return fitted
