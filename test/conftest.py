@@ -3,6 +3,8 @@
 """Shared fixtures: real data shipped in the repository, a bootstrapped model for the
 corridor references (cached like the demo's), its map and the queries' descriptors."""
 
+import contextlib
+import io
 import os
 from pathlib import Path
 import shutil
@@ -143,6 +145,26 @@ def corridor_query_descriptors(corridor_model, corridor_images):
     batches = list(describe_batches(corridor_model, corridor_images[1]))
     return (torch.cat([b.global_desc for b in batches]),
             [torch.cat([b.patches[s] for b in batches]) for s in range(len(batches[0].patches))])
+
+
+@pytest.fixture(scope='session')
+def demo_offline(corridor_model, tmp_path_factory):
+    """The demo run offline once per test run: (exit status, what it printed, its folder).
+
+    Its map is demo_drives.py's (the session's corridor model, fitted), copied where the
+    demo looks for it. The demo's step 2 is pnv-evaluate offline on the shipped query
+    drive, so its folder holds pnv-evaluate's report.json and plots: test_demo checks what
+    the demo prints, test_evaluate compares that report with graph mode (one offline
+    evaluation of the drive per run instead of two).
+    """
+    from demo_drives import demo_map_dir
+    from patch_netvlad_ros.cli import demo
+    out = tmp_path_factory.mktemp('demo_offline')
+    shutil.copytree(demo_map_dir(corridor_model, tmp_path_factory), out / 'corridor_map')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = demo.main(['--mode', 'offline', '--output', str(out)])
+    return status, printed.getvalue(), out
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@
 
 The demo's map is built once per run with the cached corridor model (demo_drives.py; the
 demo itself bootstraps one from the drive, which takes minutes) and copied where the demo
-looks for it, so the demo reuses it. Graph mode is covered by test_evaluate.py.
+looks for it, so the demo reuses it. The demo runs once per test run (conftest's
+demo_offline): its pnv-evaluate report is also test_evaluate.py's offline side, and graph
+mode is covered there.
 """
 
 import json
 import re
-import shutil
-
-from demo_drives import demo_map_dir
-
-from patch_netvlad_ros.cli import demo
 
 ROWS = {'global': 'global (retrieval)', 'patches': "patches (authors')",
         'fused': "fused (map's fit)", 'sequence': 'sequence (odometry)'}
@@ -30,17 +27,14 @@ def table_rows(text: str) -> dict:
     return rows
 
 
-def test_demo_offline_prints_every_stage_side_by_side(corridor_model, tmp_path_factory,
-                                                      tmp_path, capsys):
+def test_demo_offline_prints_every_stage_side_by_side(demo_offline):
     """One table: global, patches, fused (~/match) and sequence (~/pose) on the same frames,
     the numbers of report.json, the sequence best; and what each stage is."""
-    shutil.copytree(demo_map_dir(corridor_model, tmp_path_factory),
-                    tmp_path / 'corridor_map')
-    assert demo.main(['--mode', 'offline', '--output', str(tmp_path)]) == 0
-    text = capsys.readouterr().out
+    status, text, out = demo_offline
+    assert status == 0
     assert '[1/2] reusing' in text and '[2/2] localising' in text
     rows = table_rows(text)
-    report = json.loads((tmp_path / 'report.json').read_text())
+    report = json.loads((out / 'report.json').read_text())
     for key, row in rows.items():
         want = report['side_by_side'][key]
         assert row[:4] == [round(want['recall'][n], 3) for n in ('1', '5', '10', '20')]
@@ -55,4 +49,4 @@ def test_demo_offline_prints_every_stage_side_by_side(corridor_model, tmp_path_f
     legend = text[text.index('the stages:'):]
     assert all(f'\n{word} ' in legend for word in ('global', 'patches', 'fused', 'sequence'))
     for plot in ('trajectory', 'recall_at_n', 'reliability', 'reliability_sequence'):
-        assert (tmp_path / f'{plot}.png').stat().st_size > 1000
+        assert (out / f'{plot}.png').stat().st_size > 1000

@@ -20,7 +20,7 @@ from demo_drives import demo_map_dir
 import pytest
 
 from patch_netvlad_ros.cli import evaluate
-from patch_netvlad_ros.cli.demo import DRIVES, IMAGE_TOPIC, POSE_TOPIC
+from patch_netvlad_ros.cli.demo import DRIVES, FRAME_TOLERANCE, IMAGE_TOPIC, POSE_TOPIC
 from patch_netvlad_ros.core.maps.database import ReferenceMap
 
 RATE = 4.0
@@ -33,9 +33,11 @@ def demo_map(corridor_model, tmp_path_factory) -> Path:
 
 
 def _evaluate(demo_map, out, *extra):
+    """pnv-evaluate of the shipped query drive as the demo's step 2 calls it, plus extra."""
     status = evaluate.main(['--map', str(demo_map), '--bag', str(DRIVES / 'query'),
                             '--image-topic', IMAGE_TOPIC, '--pose-topic', POSE_TOPIC,
-                            '--frame-tolerance', '2', '--output', str(out), *extra])
+                            '--frame-tolerance', str(FRAME_TOLERANCE), '--output', str(out),
+                            *extra])
     assert status == 0
     return json.loads((out / 'report.json').read_text())
 
@@ -50,10 +52,16 @@ def test_shipped_drives_are_small_real_bags():
         assert size < 2_000_000
 
 
-def test_graph_replay_matches_offline(demo_map, tmp_path):
+def test_graph_replay_matches_offline(demo_map, demo_offline, tmp_path):
     """The recorded JPEG frames at 4x the recorded rate into the default graph: every frame
-    accounted for, dropped ones count as misses, answered ones as the core offline."""
-    offline = _evaluate(demo_map, tmp_path / 'offline', '--mode', 'offline')
+    accounted for, dropped ones count as misses, answered ones as the core offline.
+
+    The offline side is the demo's own pnv-evaluate run (conftest's demo_offline: this
+    drive, a copy of this map, this frame tolerance, --mode offline), run once per test run.
+    """
+    status, _, offline_dir = demo_offline
+    assert status == 0
+    offline = json.loads((offline_dir / 'report.json').read_text())
     graph = _evaluate(demo_map, tmp_path / 'graph', '--mode', 'graph', '--rate', str(RATE),
                       '--graph-processes', 'one')
     assert graph['published'] == 111 and graph['graph_processes'] == 'one'
@@ -98,10 +106,10 @@ def test_graph_replay_matches_offline(demo_map, tmp_path):
                                                     'p50': pytest.approx(per_query),
                                                     'max': pytest.approx(per_query)}
         assert report['rerank_mb']['moved']['max'] == 0
-    for mode in ('offline', 'graph'):
+    for folder in (offline_dir, tmp_path / 'graph'):
         for name in ('trajectory', 'recall_at_n', 'confidence_hist', 'precision_recall',
                      'reliability', 'reliability_sequence'):
-            assert (tmp_path / mode / f'{name}.png').stat().st_size > 1000
+            assert (folder / f'{name}.png').stat().st_size > 1000
     check_side_by_side(offline, graph)
 
 
