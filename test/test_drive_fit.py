@@ -15,7 +15,8 @@ from patch_netvlad_ros.cli import map_tool
 from patch_netvlad_ros.core.drives.drives import Drive, DriveFrame
 from patch_netvlad_ros.core.drives.poses import PoseSample
 from patch_netvlad_ros.core.errors import MapError
-from patch_netvlad_ros.core.localization.calibration import ALL_FEATURES, confidence_features
+from patch_netvlad_ros.core.localization.calibration import (ALL_FEATURES, confidence_features,
+                                                             fit_novelty_gate)
 from patch_netvlad_ros.core.localization.localizer import Localizer
 from patch_netvlad_ros.core.maps import drive_fit
 from patch_netvlad_ros.core.maps.database import ReferenceMap
@@ -125,6 +126,29 @@ def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
     z = (x[cols] - np.array(cal['mean'])) / np.array(cal['scale'])
     by_hand = 1.0 / (1.0 + np.exp(-(z @ np.array(cal['coef']) + cal['intercept'])))
     assert result.confidence == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_drive_fit_with_the_novelty_gate_uses_in_map_rows_only(corridor_map,
+                                                               corridor_query_descriptors):
+    """With the gate (an option, off by default) the calibration is fitted on the in-map
+    rows alone, the gate is the map's, and without it the not-in-map rows stay."""
+    frames = list(range(0, 24, 2))
+    args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
+            'corridor-query', RADIUS)
+    assert drive_fit.NOVELTY_GATE is False
+    plain = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args)
+    assert 'novelty_gate' not in plain and plain['drive']['not_in_map_rows'] == 12
+    gated_map = unfitted(corridor_map)
+    gated = drive_fit.fit_drive_descriptors(gated_map, *args, novelty_gate=True)
+    assert gated['drive']['not_in_map_rows'] == 0
+    assert gated['drive']['not_in_map_weight'] == 0.0
+    on = gated['calibration']['fitted_on']
+    assert on['rows'] == 12 and 'not-in-map' not in on['description']
+    assert gated['fusion'] == plain['fusion']
+    expected = fit_novelty_gate(np.asarray(corridor_map.global_desc),
+                                corridor_map.positions(), RADIUS)
+    assert gated['novelty_gate'] == expected.to_meta()
+    assert Localizer(gated_map, None).novelty_gate == expected
 
 
 def test_a_drive_far_from_the_map_is_refused_before_describing(corridor_map):

@@ -154,6 +154,10 @@ def fit_summary(meta: Dict[str, Any]) -> str:
             source += ' only (no images: no simulated second visits)'
         text += (f"; calibrated confidence ({', '.join(cal['features'])}) on {source}, "
                  f"threshold {cal['threshold']:g}")
+        gate = fitted.get('novelty_gate')
+        if isinstance(gate, dict):
+            text += ('; novelty gate from the map (0.5 at global similarity '
+                     f"{gate.get('centre', float('nan')):.3f})")
     warning = training_warning(meta)
     return f'{text}; WARNING: {warning}' if warning else text
 
