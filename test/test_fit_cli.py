@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from patch_netvlad_ros.cli import build_map, map_tool
+from patch_netvlad_ros.core.localization.calibration import fit_novelty_gate
 from patch_netvlad_ros.core.localization.localizer import Localizer
 from patch_netvlad_ros.core.maps.database import ReferenceMap
 from patch_netvlad_ros.core.maps.map_building import map_model_path
@@ -47,10 +48,15 @@ def test_pnv_map_fit_fits_an_old_map_in_place(corridor_map, corridor_model, tmp_
     assert localizer.place_radius == 2.0
     assert map_tool.main(['check', str(path)]) == 0
     assert 'fitted for place radius 2 m' in capsys.readouterr().out
-    # fit again: the radius the map has unless told
-    assert map_tool.main(['fit', str(path), '--fit-queries', '20']) == 0
+    assert 'novelty_gate' not in loaded.meta['localization']       # off unless asked for
+    # fit again: the radius the map has unless told; --novelty-gate stores the map's gate
+    assert map_tool.main(['fit', str(path), '--fit-queries', '20', '--novelty-gate']) == 0
+    assert 'novelty gate' in capsys.readouterr().out
     again = ReferenceMap.load(path).meta['localization']
     assert again['place_radius'] == 2.0 and again['queries'] == 20
+    gate = fit_novelty_gate(small.global_desc, small.positions(), 2.0)
+    assert again['novelty_gate'] == json.loads(json.dumps(gate.to_meta()))
+    assert Localizer(ReferenceMap.load(path)).novelty_gate is not None
 
 
 @pytest.fixture

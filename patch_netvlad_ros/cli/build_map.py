@@ -206,6 +206,10 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
                      help='references queried against the rest of the map per fitting '
                      f'level, at most (default {FIT_QUERIES}; a seeded sample of larger '
                      'maps; the fit on itself only)')
+    fit.add_argument('--novelty-gate', action='store_true',
+                     help="also fit the map's novelty gate: the confidence is multiplied by "
+                     'how likely the image comes from the mapped environment at all, from the '
+                     "answer's global similarity (off by default: docs/accuracy.md)")
 
 
 def fit_progress() -> Callable[[int], None]:
@@ -267,7 +271,7 @@ def main(argv: Optional[list] = None) -> int:
                            progress=progress_bar(len(drive.frames), 'describe'),
                            fit=not args.no_fit, place_radius=radius,
                            fit_queries=args.fit_queries or FIT_QUERIES,
-                           fit_progress=fit_progress())
+                           fit_progress=fit_progress(), novelty_gate=args.novelty_gate)
     end_progress()
     print(f'map {args.output}: {len(ref_map)} references ({len(drive.frames)} added), '
           f'preset {ref_map.config.preset} {ref_map.config.image_width}x'

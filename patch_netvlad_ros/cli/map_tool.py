@@ -57,7 +57,7 @@ def check(path: Path, verify: bool, values: bool) -> int:
 
 
 def fit(path: Path, place_radius: Optional[float], queries: int,
-        drive_args: Optional[argparse.Namespace] = None) -> int:
+        drive_args: Optional[argparse.Namespace] = None, novelty_gate: bool = False) -> int:
     """Fit the map on itself, or on the drive drive_args name, and commit it in place."""
     drive = None
     if drive_args is not None:
@@ -72,7 +72,8 @@ def fit(path: Path, place_radius: Optional[float], queries: int,
         _say(f'{drive.name}: {drive.summary()}: fitting the map on this drive')
     progress = fit_progress() if drive is None else progress_bar(
         min(len(drive.frames), MAX_DRIVE_FRAMES), 'fit (drive frames described)')
-    ref_map = refit_map(path, place_radius, queries, log=_say, progress=progress, drive=drive)
+    ref_map = refit_map(path, place_radius, queries, log=_say, progress=progress, drive=drive,
+                        novelty_gate=novelty_gate)
     end_progress()
     print(f'{path}: {fit_summary(ref_map.meta)}')
     return 0
@@ -134,7 +135,7 @@ def main(argv: Optional[list] = None) -> int:
         return recover(args.path)
     if args.command == 'fit':
         return fit(args.path, args.place_radius, args.fit_queries or FIT_QUERIES,
-                   args if on_drive else None)
+                   args if on_drive else None, args.novelty_gate)
     return clean(args.path)
 
 

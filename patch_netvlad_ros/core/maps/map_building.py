@@ -33,7 +33,7 @@ import torch
 from .database import check_map_file, MapWriter, Reference, ReferenceMap
 from .drive_fit import fit_drive
 from .extraction import describe_batches
-from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, sample_queries
+from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, NOVELTY_GATE, sample_queries
 from .map_manifest import descriptor_files, MODEL_FILE
 from .retrieval import index_kind_of
 from ..config import PatchNetVLADConfig
@@ -179,12 +179,14 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
                    progress: Optional[Callable[[int], None]],
                    images: Optional[Mapping[int, np.ndarray]] = None,
                    model: Optional[PatchNetVLAD] = None,
-                   trained_on: float = 0.0) -> Tuple[Dict[str, Any], Any]:
+                   trained_on: float = 0.0,
+                   novelty_gate: bool = NOVELTY_GATE) -> Tuple[Dict[str, Any], Any]:
     """Fit the written rows on themselves; return the meta to commit and the index built.
 
     images, model: map index -> image of references to simulate second visits of, and
     the map's model (:func:`.map_fit.fit_map`); None: self-queries alone.
     trained_on: the fraction of the references the model was trained on (module doc).
+    novelty_gate: also fit and store the map's novelty gate (:func:`.map_fit.fit_map`).
     A map that cannot be fitted (too few references, none near another) is committed
     without a fit, with a warning: it works as an unfitted map does.
     """
@@ -196,7 +198,8 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
            ', no images: no simulated second visits') + ')')
     try:
         fitted = fit_map(view, place_radius, max_queries=fit_queries, progress=progress,
-                         images=images or None, model=model if images else None)
+                         images=images or None, model=model if images else None,
+                         novelty_gate=novelty_gate)
     except MapError as exc:
         log(f"warning: the map was not fitted ({exc}); it keeps the authors' order and the "
             'heuristic confidence')
@@ -215,8 +218,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
               map_frame: str = 'map', batch_size: int = 4, seed: int = 0, log: Log = None,
               progress: Optional[Callable[[int], None]] = None, fit: bool = True,
               place_radius: float = DEFAULT_PLACE_RADIUS, fit_queries: int = MAX_QUERIES,
-              fit_progress: Optional[Callable[[int], None]] = None
-              ) -> Tuple[ReferenceMap, PatchNetVLAD]:
+              fit_progress: Optional[Callable[[int], None]] = None,
+              novelty_gate: bool = NOVELTY_GATE) -> Tuple[ReferenceMap, PatchNetVLAD]:
     """Describe the drive's keyframes into a new map at ``output`` (or append to ``base``).
 
     config: the preset for a new map (ignored when extending: the base map's is used).
@@ -227,7 +230,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     fit: fit the fusion and confidence on the map itself (module doc) for ``place_radius``
     metres, on at most ``fit_queries`` self-queries (``fit_progress`` counts them); an
     extended map is fitted again (its old fit was for fewer references), or loses its fit
-    with ``fit=False``.
+    with ``fit=False``. novelty_gate: the fit also stores the map's novelty gate
+    (:func:`.map_fit.fit_map`; off by default, docs/accuracy.md says why).
     """
     # what is found beside the map goes to the caller's log, else to the module's logger
     found_log = (lambda msg: log(f'warning: {msg}')) if log else None
@@ -297,7 +301,7 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
                     len(old_refs) + len(refs))
             meta, index = _fit_in_writer(writer, old_refs + refs, meta, place_radius,
                                          fit_queries, log, fit_progress, images, model,
-                                         trained_on)
+                                         trained_on, novelty_gate)
         elif META_KEY in meta:
             del meta[META_KEY]
             log(f'warning: the old fit of {output} was dropped (it was for the map before '
@@ -312,13 +316,15 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
 def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
               fit_queries: int = MAX_QUERIES, log: Log = None,
               progress: Optional[Callable[[int], None]] = None,
-              drive: Optional[Drive] = None) -> ReferenceMap:
+              drive: Optional[Drive] = None,
+              novelty_gate: bool = NOVELTY_GATE) -> ReferenceMap:
     """Fit (or fit again) a map folder on itself and commit it atomically in place.
 
     drive: a labelled second drive (read at the map's image size, poses in its frame) to
     fit on instead (:func:`.drive_fit.fit_drive`, with the map's model; fit_queries is
     then unused); fitted before anything is written, so a drive that cannot be fitted
-    on leaves the map as it was.
+    on leaves the map as it was. novelty_gate: the fit also stores the map's novelty
+    gate (:func:`.map_fit.fit_map`, :func:`.drive_fit.fit_drive`).
 
     place_radius: metres (default: the radius of the map's current fit, else
     :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
@@ -333,7 +339,7 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     model_file = map_model_path(map_dir)
     if drive is not None:
         fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
-                  float(place_radius), progress=progress)
+                  float(place_radius), progress=progress, novelty_gate=novelty_gate)
     with MapWriter(map_dir, ref_map.config, ref_map.model_digest, len(ref_map),
                    log=lambda msg: log(f'warning: {msg}')) as writer:
         writer.append_map(ref_map)
@@ -352,7 +358,7 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         else:
             meta, _ = _fit_in_writer(writer, ref_map.references, dict(ref_map.meta),
                                      float(place_radius), fit_queries, log, progress,
-                                     trained_on=trained_on)
+                                     trained_on=trained_on, novelty_gate=novelty_gate)
         # the index as it was (a format-1 map keeps its flat one)
         writer.commit(ref_map.references, meta, index_kind_of(ref_map.index), ref_map.index)
     return ReferenceMap.load(map_dir, verify=False, check_values=False)
