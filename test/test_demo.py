@@ -31,7 +31,7 @@ def test_demo_offline_prints_every_stage_side_by_side(demo_offline):
     """One table: global, patches, fused (~/match) and sequence (~/pose) on the same frames,
     the numbers of report.json, the sequence best; and what each stage is."""
     status, text, out = demo_offline
-    assert status == 0
+    assert status == 0, text
     assert '[1/2] reusing' in text and '[2/2] localising' in text
     rows = table_rows(text)
     report = json.loads((out / 'report.json').read_text())

@@ -59,8 +59,8 @@ def test_graph_replay_matches_offline(demo_map, demo_offline, tmp_path):
     The offline side is the demo's own pnv-evaluate run (conftest's demo_offline: this
     drive, a copy of this map, this frame tolerance, --mode offline), run once per test run.
     """
-    status, _, offline_dir = demo_offline
-    assert status == 0
+    status, printed, offline_dir = demo_offline
+    assert status == 0, printed
     offline = json.loads((offline_dir / 'report.json').read_text())
     graph = _evaluate(demo_map, tmp_path / 'graph', '--mode', 'graph', '--rate', str(RATE),
                       '--graph-processes', 'one')
