@@ -114,3 +114,26 @@ def test_checkpoint_without_pixel_keys_is_matched_by_its_drive_records(trained, 
     ref_map, _ = build_map(drives[1], tmp_path / 'q', config, older)     # the 'query' drive
     assert ref_map.meta[META_KEY][TRAINED_ON_KEY] == 1.0
     assert 'trained on 100%' in fit_summary(ref_map.meta)
+
+
+def test_fit_on_a_drive_of_training_images_is_flagged(trained, corridor_set, config,
+                                                      tmp_path, capsys):
+    """A map fitted on a drive its model was trained on warns (the drive labels itself too
+    well); a fit on a drive of other frames does not."""
+    checkpoint, _ = trained
+    build_map(drive_of(corridor_set.references[30:54], 'map', first=30), tmp_path / 'm',
+              config, checkpoint)
+    # query frames 0..7 (training images) and 38..53 (not), posed along the map's 30..53
+    mixed = drive_of(corridor_set.queries[:8] + corridor_set.queries[38:54], 'mixed', first=30)
+    fitted = refit_map(tmp_path / 'm', drive=mixed).meta[META_KEY]
+    assert fitted['drive'][TRAINED_ON_KEY] == pytest.approx(8 / 24)
+    assert TRAINED_ON_KEY not in fitted                   # the map's keyframes: none
+    assert map_tool.main(['check', str(tmp_path / 'm')]) == 0
+    out = capsys.readouterr().out
+    says = ("WARNING: the map's model was trained on 33% of the frames of the drive the "
+            'map was fitted on (mixed)')
+    assert says in out
+    clean = drive_of(corridor_set.queries[30:54], 'clean', first=30)
+    fitted = refit_map(tmp_path / 'm', drive=clean).meta[META_KEY]
+    assert TRAINED_ON_KEY not in fitted['drive']
+    assert 'WARNING' not in fit_summary(ReferenceMap.load(tmp_path / 'm').meta)

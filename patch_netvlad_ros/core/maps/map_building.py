@@ -22,6 +22,7 @@ images (pixel keys); the fraction of the map's keyframes among them is stored as
 """
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 import shutil
@@ -80,8 +81,11 @@ def resolve_map_model(map_dir: PathLike, config: PatchNetVLADConfig,
 FIT_HINT = 'fit it with `pnv-map fit MAP` (or rebuild it with pnv-build-map)'
 
 
-#: meta[META_KEY] entry: the fraction of the map's keyframes its model was trained on.
+#: meta[META_KEY] entry: the fraction of the map's keyframes its model was trained on
+#: (and, in a drive fit's 'drive' summary, of the first frames of that drive).
 TRAINED_ON_KEY = 'fitted_on_training_images'
+#: Frames of a fit drive checked against the model's training images (pixel keys).
+TRAINING_CHECK_FRAMES = 50
 
 
 def training_record(checkpoint: PathLike) -> Optional[Dict[str, Any]]:
@@ -119,6 +123,13 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
     """Return the warning for a map fitted on its model's training images, else None."""
     fitted = meta.get(META_KEY)
     share = fitted.get(TRAINED_ON_KEY, 0.0) if isinstance(fitted, dict) else 0.0
+    drive = fitted.get('drive') if isinstance(fitted, dict) else None
+    if isinstance(drive, dict) and drive.get(TRAINED_ON_KEY):
+        return (f"the map's model was trained on {100 * drive[TRAINED_ON_KEY]:.0f}% of the "
+                f"frames of the drive the map was fitted on ({drive.get('name', '?')}): the "
+                'fit learned from images the model knows, so the calibrated confidence is '
+                'too high on new frames; fit on a drive not used in training (pnv-map fit '
+                'MAP --bag ...)')
     if not share:
         return None
     return (f"the map's model was trained on {100 * share:.0f}% of the map's keyframes: it "
@@ -340,6 +351,12 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     if drive is not None:
         fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
                   float(place_radius), progress=progress, novelty_gate=novelty_gate)
+        record = training_record(model_file) if model_file.is_file() else None
+        if record:  # a drive the model was trained on labels itself too well
+            share = training_overlap(record, ref_map.config, [], dict(
+                enumerate(itertools.islice(drive.frame_images(), TRAINING_CHECK_FRAMES))))
+            if share:
+                ref_map.meta[META_KEY]['drive'][TRAINED_ON_KEY] = share
     with MapWriter(map_dir, ref_map.config, ref_map.model_digest, len(ref_map),
                    log=lambda msg: log(f'warning: {msg}')) as writer:
         writer.append_map(ref_map)
