@@ -241,8 +241,11 @@ def corridor_part(args, log) -> Dict:
     return result
 
 
-def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
-    """Measure on the RTAB-Map loop (module doc); None when its folder is missing."""
+def load_loop(args, model: PatchNetVLAD, log):
+    """The loop's truth, image paths, images, descriptors and the map of its first lap.
+
+    None (said in the log) when args.loop holds no loop data.
+    """
     folder = args.loop
     if folder is None or not (folder / 'gt_loops.csv').is_file():
         log(f'no loop data at {folder}: skipping the loop part')
@@ -259,6 +262,16 @@ def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
         refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
         [np.stack([d[1][s].numpy() for d in descriptors[:n]])
          for s in range(len(model.config.patch_sizes))])
+    return truth, paths, images, descriptors, ref_map
+
+
+def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
+    """Measure on the RTAB-Map loop (module doc); None when its folder is missing."""
+    loaded = load_loop(args, model, log)
+    if loaded is None:
+        return None
+    truth, paths, images, descriptors, ref_map = loaded
+    n = LOOP_MAP_FRAMES
     visits = None if args.self_queries_only else images[:n]
     fitted = fit_map(ref_map, place_radius=LOOP_RADIUS, images=visits,
                      model=model if visits else None)
@@ -404,22 +417,11 @@ def corridor_drive_fit(args, log) -> Dict:
 
 def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     """Measure the revisits' 2-fold drive fit against the first lap's self-fit (module doc)."""
-    folder = args.loop
-    if folder is None or not (folder / 'gt_loops.csv').is_file():
-        log(f'no loop data at {folder}: skipping the loop part')
+    loaded = load_loop(args, model, log)
+    if loaded is None:
         return None
-    truth = read_loop_truth(folder / 'gt_loops.csv')
-    paths = sorted((folder / 'images').glob('*.jpg'), key=lambda p: int(p.stem))
-    h, w = model.config.image_height, model.config.image_width
-    images = [resize_rgb(load_image(p), h, w) for p in paths]
-    descriptors = describe(model, images)
+    truth, paths, images, descriptors, ref_map = loaded
     n = LOOP_MAP_FRAMES
-    refs = [Reference(id=paths[i].name, source=str(paths[i]), stamp=float(i), x=float(i))
-            for i in range(n)]
-    ref_map = ReferenceMap.empty(model.config, model_digest_of(model)).extended(
-        refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
-        [np.stack([d[1][s].numpy() for d in descriptors[:n]])
-         for s in range(len(model.config.patch_sizes))])
     self_fitted = unfitted_copy(ref_map)
     fit_map(self_fitted, place_radius=LOOP_RADIUS,
             images=None if args.self_queries_only else images[:n],
@@ -432,9 +434,10 @@ def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
                           for p in positives])
     tables, _ = tables_of(Localizer(ref_map, None, LOOP_RADIUS),
                           [descriptors[i] for i in queries])
+    size = (model.config.image_height, model.config.image_width)
     result = drive_fit_folds(ref_map, self_fitted, model, [descriptors[i] for i in queries],
                              tables, positives, positions, LOOP_RADIUS,
-                             unknown_images(args.unknown, (h, w)), 'revisits', log,
+                             unknown_images(args.unknown, size), 'revisits', log,
                              fit_positives=positives)
     result['queries'] = len(queries)
     return result
