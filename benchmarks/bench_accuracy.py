@@ -242,7 +242,7 @@ def corridor_part(args, log) -> Dict:
 
 
 def load_loop(args, model: PatchNetVLAD, log):
-    """The loop's truth, image paths, images, descriptors and the map of its first lap.
+    """Return the loop's truth, image paths, images, descriptors and its first lap's map.
 
     None (said in the log) when args.loop holds no loop data.
     """

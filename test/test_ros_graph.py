@@ -102,10 +102,11 @@ class Graph(Spinner):
         self.probe = Node('probe', context=context)
         self.poses: List[PoseWithCovarianceStamped] = []
         self.matches: List[PlaceMatch] = []
-        self.probe.create_subscription(PoseWithCovarianceStamped, '/localizer_node/pose',
-                                       self.poses.append, 100)
-        self.probe.create_subscription(PlaceMatch, '/localizer_node/match',
-                                       self.matches.append, 100)
+        self.answers = [
+            self.probe.create_subscription(PoseWithCovarianceStamped, '/localizer_node/pose',
+                                           self.poses.append, 100),
+            self.probe.create_subscription(PlaceMatch, '/localizer_node/match',
+                                           self.matches.append, 100)]
         self.image_pub = self.probe.create_publisher(Image, '/camera/image_raw', 10)
         self.compressed_pub = self.probe.create_publisher(
             CompressedImage, '/camera/image_raw/compressed', 10)
@@ -113,9 +114,14 @@ class Graph(Spinner):
         super().__init__(context, [*nodes, self.probe], threads=6)
 
     def connected(self, topic: str = '/camera/image_raw') -> bool:
-        """Discovery finished: someone subscribes the camera topic, someone publishes match."""
+        """Discovery finished and matched: the probe's camera publisher has a subscription,
+        its match and pose subscriptions a publisher (graph discovery alone can come before
+        the writer matches the reader, and a frame published then is lost)."""
+        pub = {'/camera/image_raw': self.image_pub,
+               '/camera/image_raw/compressed': self.compressed_pub}.get(topic)
         return (self.probe.count_subscribers(topic) > 0
-                and self.probe.count_publishers('/localizer_node/match') > 0)
+                and (pub is None or pub.get_subscription_count() > 0)
+                and all(sub.get_publisher_count() > 0 for sub in self.answers))
 
 
 @pytest.fixture
@@ -619,6 +625,7 @@ def test_localize_graph_runner_with_params_file_and_shared_patches(context, corr
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     graph = Graph([], context)
     sent = FRAMES[1::4]
+    failure = None
     try:
         assert graph.wait(graph.connected, 120), 'localize_graph did not come up'
         time.sleep(0.5)
@@ -627,9 +634,12 @@ def test_localize_graph_runner_with_params_file_and_shared_patches(context, corr
                                                  stamp_of(i)))
             time.sleep(0.05)
         check_answers(graph, offline, sent, candidate_bytes)
+    except AssertionError as exc:   # shown with what the graph said about its frames
+        failure = exc
     finally:
         graph.close()
         output, = _interrupt([proc])
+    assert failure is None, f'{failure}\n--- localize_graph ---\n{output}'
     assert proc.returncode == 0, output
     # Patches stayed in the process (only their key went over DDS), and none went missing.
     assert 'patches shared in process' in output and 'out of band' not in output, output
