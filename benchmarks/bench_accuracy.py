@@ -199,14 +199,23 @@ def unknown_images(folder: Optional[Path], size=SIZE) -> Dict[str, np.ndarray]:
     return images
 
 
-def corridor_part(args, log) -> Dict:
-    """Measure on the demo's drives (module doc)."""
-    config = get_config('speed', image_height=SIZE[0], image_width=SIZE[1])
+def corridor_map(args, log) -> Path:
+    """Return the corridor map's folder: args.map, else one in OUTPUT, built if missing.
+
+    Built as the demo builds it: the reference bag, speed preset at SIZE, model bootstrapped.
+    """
     map_dir = args.map or args.output / 'corridor_map'
     if args.rebuild or not (map_dir / 'manifest.json').is_file():
         log(f'building {map_dir} from {DRIVES / "reference"} (bootstrapping the model)')
-        drive = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
-        build_map(drive, map_dir, config, log=log)
+        build_map(read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE),
+                  map_dir, get_config('speed', image_height=SIZE[0], image_width=SIZE[1]),
+                  log=log)
+    return map_dir
+
+
+def corridor_part(args, log) -> Dict:
+    """Measure on the demo's drives (module doc)."""
+    map_dir = corridor_map(args, log)
     ref_map = ReferenceMap.load(map_dir)
     model = resolve_map_model(map_dir, ref_map.config)
     images = None
@@ -385,12 +394,7 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
 
 def corridor_drive_fit(args, log) -> Dict:
     """Measure the corridor's 2-fold drive fit against its self-fit (module doc)."""
-    config = get_config('speed', image_height=SIZE[0], image_width=SIZE[1])
-    map_dir = args.map or args.output / 'corridor_map'
-    if args.rebuild or not (map_dir / 'manifest.json').is_file():
-        log(f'building {map_dir} from {DRIVES / "reference"} (bootstrapping the model)')
-        build_map(read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE),
-                  map_dir, config, log=log)
+    map_dir = corridor_map(args, log)
     ref_map = unfitted_copy(ReferenceMap.load(map_dir))
     model = resolve_map_model(map_dir, ref_map.config)
     self_fitted = unfitted_copy(ref_map)
