@@ -185,12 +185,13 @@ class Probe(Spinner):
         self.initialposes: List[PoseWithCovarianceStamped] = []
         self.poses: List[PoseWithCovarianceStamped] = []
         self.matches: List[PlaceMatch] = []
-        self.probe.create_subscription(PoseWithCovarianceStamped, '/initialpose',
-                                       self.initialposes.append, 100)
-        self.probe.create_subscription(PoseWithCovarianceStamped, '/localizer_node/pose',
-                                       self.poses.append, 100)
-        self.probe.create_subscription(PlaceMatch, '/localizer_node/match',
-                                       self.matches.append, 100)
+        self.answers = [
+            self.probe.create_subscription(PoseWithCovarianceStamped, '/initialpose',
+                                           self.initialposes.append, 100),
+            self.probe.create_subscription(PoseWithCovarianceStamped, '/localizer_node/pose',
+                                           self.poses.append, 100),
+            self.probe.create_subscription(PlaceMatch, '/localizer_node/match',
+                                           self.matches.append, 100)]
         self.descriptors = self.probe.create_publisher(PlaceDescriptors, '/place_descriptors',
                                                        100)
         super().__init__(context, [self.node, self.probe], threads=3)
@@ -201,8 +202,9 @@ class Probe(Spinner):
         One at a time, each after the previous one's answer: the node's queue (keep last
         16) never overflows on a busy machine.
         """
-        assert self.wait(lambda: self.probe.count_subscribers('/place_descriptors') > 0
-                         and self.probe.count_publishers('/initialpose') > 0, 20)
+        # matched, not only discovered: a message sent before the writer matches is lost
+        assert self.wait(lambda: self.descriptors.get_subscription_count() > 0
+                         and all(s.get_publisher_count() > 0 for s in self.answers), 20)
         g, patches = descriptors
         for k, i in enumerate(frames):
             self.descriptors.publish(descriptors_to_msg(
