@@ -48,7 +48,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -468,19 +468,31 @@ def print_drive_fit(result: Dict) -> None:
                   f'{_f(r["above_threshold"], ".2f"):>6s} {_f(r["unknown_max"]):>8s}')
 
 
-def drive_fit_main(args, log) -> int:
-    """Run the --drive-fit comparison; print it and write its JSON."""
+def measure(args, log, corridor: Callable, loop: Callable, show: Callable[[Dict], None],
+            name: str, **extra: object) -> Path:
+    """Measure the corridor, then the loop with the corridor map's model; print, write JSON.
+
+    corridor(args, log) -> its result, holding 'map'; loop(args, model, log) -> its result
+    or None. Returns the JSON file written (OUTPUT/name).
+    """
     result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
-                          'threads': torch.get_num_threads()},
-              'not_in_map': {'exclusion_place_radii': NOT_IN_MAP_EXCLUSION,
-                             'weight': NOT_IN_MAP_WEIGHT}}
-    result['corridor'] = corridor_drive_fit(args, log)
+                          'threads': torch.get_num_threads()}, **extra}
+    result['corridor'] = corridor(args, log)
     map_dir = Path(result['corridor']['map'])
     model = resolve_map_model(map_dir, ReferenceMap.load(map_dir, verify=False).config)
-    result['loop'] = loop_drive_fit(args, model, log)
-    print_drive_fit(result)
-    path = args.output / 'bench_accuracy_drive_fit.json'
+    result['loop'] = loop(args, model, log)
+    show(result)
+    path = args.output / name
     path.write_text(json.dumps(result, indent=2, default=float))
+    return path
+
+
+def drive_fit_main(args, log) -> int:
+    """Run the --drive-fit comparison; print it and write its JSON."""
+    path = measure(args, log, corridor_drive_fit, loop_drive_fit, print_drive_fit,
+                   'bench_accuracy_drive_fit.json',
+                   not_in_map={'exclusion_place_radii': NOT_IN_MAP_EXCLUSION,
+                               'weight': NOT_IN_MAP_WEIGHT})
     print(f'\nwrote {path}')
     return 0
 
@@ -569,15 +581,7 @@ def main(argv: Optional[list] = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.drive_fit:
         return drive_fit_main(args, log)
-    result = {'machine': {'platform': platform.platform(), 'cpu': cpu_model(),
-                          'threads': torch.get_num_threads()}}
-    result['corridor'] = corridor_part(args, log)
-    map_dir = Path(result['corridor']['map'])
-    model = resolve_map_model(map_dir, ReferenceMap.load(map_dir, verify=False).config)
-    result['loop'] = loop_part(args, model, log)
-    print_table(result)
-    path = args.output / 'bench_accuracy.json'
-    path.write_text(json.dumps(result, indent=2, default=float))
+    path = measure(args, log, corridor_part, loop_part, print_table, 'bench_accuracy.json')
     print(f'\nwrote {path} and reliability diagrams in {args.output}')
     return 0
 
