@@ -348,10 +348,10 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         fitted = fitted_parameters(ref_map) or {}
         place_radius = fitted.get('place_radius', DEFAULT_PLACE_RADIUS)
     model_file = map_model_path(map_dir)
+    record = training_record(model_file) if model_file.is_file() else None
     if drive is not None:
         fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
                   float(place_radius), progress=progress, novelty_gate=novelty_gate)
-        record = training_record(model_file) if model_file.is_file() else None
         if record:  # a drive the model was trained on labels itself too well
             share = training_overlap(record, ref_map.config, [], dict(
                 enumerate(itertools.islice(drive.frame_images(), TRAINING_CHECK_FRAMES))))
@@ -365,7 +365,6 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
         # the same model and references: what it was trained on is as it was measured
         # (a map fitted before that was measured: from its model's training record)
         trained_on = (fitted_parameters(ref_map) or {}).get(TRAINED_ON_KEY)
-        record = training_record(model_file) if model_file.is_file() else None
         if trained_on is None:
             trained_on = training_overlap(record, ref_map.config, ref_map.meta.get(
                 'drives', [])) if record else 0.0
