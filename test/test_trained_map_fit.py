@@ -18,7 +18,8 @@ from patch_netvlad_ros.core.drives.drives import Drive, DriveFrame
 from patch_netvlad_ros.core.localization.localizer import META_KEY
 from patch_netvlad_ros.core.maps.database import ReferenceMap
 from patch_netvlad_ros.core.maps.map_building import (build_map, fit_summary, map_model_path,
-                                                      refit_map, TRAINED_ON_KEY, training_record)
+                                                      refit_map, TRAINED_ON_KEY, training_record,
+                                                      training_warning)
 from patch_netvlad_ros.core.maps.map_fit import MAX_SECOND_VISITS
 from patch_netvlad_ros.core.model.checkpoint import load_model, save_checkpoint
 from patch_netvlad_ros.core.model.image import load_image, resize_rgb
@@ -79,7 +80,7 @@ def test_map_of_training_images_is_flagged_and_others_are_not(trained, corridor_
     assert share == pytest.approx(8 / 24)
     warnings = [m for m in lines if m.startswith("warning: the map's model was trained on")]
     assert len(warnings) == 1 and '33%' in warnings[0] and 'not trustworthy' in warnings[0]
-    assert 'fusion: patches' in warnings[0]
+    assert 'pnv-map fit MAP --novelty-gate' in warnings[0]
     # kept through a reload, the map's own model copy, pnv-map check and pnv-map fit
     assert 'WARNING' in fit_summary(ReferenceMap.load(tmp_path / 'a').meta)
     assert training_record(map_model_path(tmp_path / 'a'))['image_keys'] == \
@@ -88,6 +89,11 @@ def test_map_of_training_images_is_flagged_and_others_are_not(trained, corridor_
     assert "WARNING: the map's model was trained on 33%" in capsys.readouterr().out
     refit = refit_map(tmp_path / 'a')
     assert refit.meta[META_KEY][TRAINED_ON_KEY] == pytest.approx(8 / 24)
+    # with a novelty gate the warning says what the gate does and does not mend
+    gated = refit_map(tmp_path / 'a', novelty_gate=True)
+    assert gated.meta[META_KEY]['novelty_gate']
+    assert 'novelty gate keeps places outside' in training_warning(gated.meta)
+    assert 'confidence near 1.0' not in training_warning(gated.meta)
 
     # reference frames 30..53: none was a training image
     other = drive_of(corridor_set.references[30:54], 'drive_b', first=30)

@@ -132,11 +132,19 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
                 'MAP --bag ...)')
     if not share:
         return None
-    return (f"the map's model was trained on {100 * share:.0f}% of the map's keyframes: it "
+    text = (f"the map's model was trained on {100 * share:.0f}% of the map's keyframes: it "
             'finds its own training images, so the fusion weights and calibrated confidence '
-            'fitted on this map are not trustworthy (confidence near 1.0 for any frame); '
-            'use a model trained on other drives, or keep confidence_threshold explicit '
-            'and fusion: patches, or fit the map on another drive (pnv-map fit MAP --bag ...)')
+            'fitted on this map are not trustworthy')
+    if fitted.get('novelty_gate'):
+        # Measured (docs/accuracy.md, trained model): the gate keeps places not in the
+        # environment low, but right and wrong answers still score alike (ROC AUC 0.80).
+        return (text + ' (the novelty gate keeps places outside the environment low, but '
+                'right and wrong answers score alike); for a confidence that tells them '
+                'apart fit on another drive (pnv-map fit MAP --bag ... --novelty-gate)')
+    return (text + ' (confidence near 1.0 for any frame, places not in the map too); refit '
+            'with the novelty gate (pnv-map fit MAP --novelty-gate, or --novelty-gate at the '
+            'build), or on another drive (pnv-map fit MAP --bag ... --novelty-gate), or use a '
+            'model trained on other drives')
 
 
 def fit_summary(meta: Dict[str, Any]) -> str:
