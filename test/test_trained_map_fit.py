@@ -80,7 +80,12 @@ def test_map_of_training_images_is_flagged_and_others_are_not(trained, corridor_
     assert share == pytest.approx(8 / 24)
     warnings = [m for m in lines if m.startswith("warning: the map's model was trained on")]
     assert len(warnings) == 1 and '33%' in warnings[0] and 'not trustworthy' in warnings[0]
-    assert 'pnv-map fit MAP --novelty-gate' in warnings[0]
+    # fitted on training images: the novelty gate is fitted without being asked for, and
+    # the warning says what it does and does not mend
+    assert ref_map.meta[META_KEY]['novelty_gate']
+    assert any('fitting the novelty gate too' in m for m in lines)
+    assert 'novelty gate keeps places outside' in warnings[0]
+    assert 'confidence near 1.0' not in warnings[0]
     # kept through a reload, the map's own model copy, pnv-map check and pnv-map fit
     assert 'WARNING' in fit_summary(ReferenceMap.load(tmp_path / 'a').meta)
     assert training_record(map_model_path(tmp_path / 'a'))['image_keys'] == \
@@ -89,17 +94,21 @@ def test_map_of_training_images_is_flagged_and_others_are_not(trained, corridor_
     assert "WARNING: the map's model was trained on 33%" in capsys.readouterr().out
     refit = refit_map(tmp_path / 'a')
     assert refit.meta[META_KEY][TRAINED_ON_KEY] == pytest.approx(8 / 24)
-    # with a novelty gate the warning says what the gate does and does not mend
-    gated = refit_map(tmp_path / 'a', novelty_gate=True)
-    assert gated.meta[META_KEY]['novelty_gate']
-    assert 'novelty gate keeps places outside' in training_warning(gated.meta)
-    assert 'confidence near 1.0' not in training_warning(gated.meta)
+    assert refit.meta[META_KEY]['novelty_gate'] == ref_map.meta[META_KEY]['novelty_gate']
+    # told not to (pnv-map fit --no-novelty-gate): no gate, and the warning names the ways
+    # to get one
+    assert map_tool.main(['fit', str(tmp_path / 'a'), '--no-novelty-gate']) == 0
+    ungated = ReferenceMap.load(tmp_path / 'a')
+    assert 'novelty_gate' not in ungated.meta[META_KEY]
+    assert 'confidence near 1.0' in training_warning(ungated.meta)
+    assert 'pnv-map fit MAP --novelty-gate' in training_warning(ungated.meta)
 
     # reference frames 30..53: none was a training image
     other = drive_of(corridor_set.references[30:54], 'drive_b', first=30)
     lines = []
     other_map, _ = build_map(other, tmp_path / 'b', config, checkpoint, log=lines.append)
     assert TRAINED_ON_KEY not in other_map.meta[META_KEY]
+    assert 'novelty_gate' not in other_map.meta[META_KEY]          # off by default
     assert 'WARNING' not in fit_summary(other_map.meta)
     assert not [m for m in lines if 'trained on' in m]
 

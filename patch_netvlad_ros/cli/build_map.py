@@ -206,10 +206,11 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
                      help='references queried against the rest of the map per fitting '
                      f'level, at most (default {FIT_QUERIES}; a seeded sample of larger '
                      'maps; the fit on itself only)')
-    fit.add_argument('--novelty-gate', action='store_true',
+    fit.add_argument('--novelty-gate', action=argparse.BooleanOptionalAction, default=None,
                      help="also fit the map's novelty gate: the confidence is multiplied by "
                      'how likely the image comes from the mapped environment at all, from the '
-                     "answer's global similarity (off by default: docs/accuracy.md)")
+                     "answer's global similarity (default: only for a fit on the map itself "
+                     "whose model was trained on the map's keyframes; docs/accuracy.md)")
 
 
 def fit_progress() -> Callable[[int], None]:

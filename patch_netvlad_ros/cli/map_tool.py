@@ -57,8 +57,12 @@ def check(path: Path, verify: bool, values: bool) -> int:
 
 
 def fit(path: Path, place_radius: Optional[float], queries: int,
-        drive_args: Optional[argparse.Namespace] = None, novelty_gate: bool = False) -> int:
-    """Fit the map on itself, or on the drive drive_args name, and commit it in place."""
+        drive_args: Optional[argparse.Namespace] = None,
+        novelty_gate: Optional[bool] = None) -> int:
+    """Fit the map on itself, or on the drive drive_args name, and commit it in place.
+
+    novelty_gate: store the map's novelty gate; None: as :func:`.map_building.gate_for`.
+    """
     drive = None
     if drive_args is not None:
         from ..core.maps.map_building import map_origin

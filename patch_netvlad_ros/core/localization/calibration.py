@@ -49,7 +49,9 @@ the :data:`GATE_QUANTILE` quantile of {s_r} and which reaches :data:`GATE_HIGH` 
 median. Nothing is tuned: both constants follow from the map's numbers. Measured once
 (docs/accuracy.md): it sends the loop's unknown images to 0 but lowers the corridor's only
 by 0.4-0.8x (their similarity lies inside the corridor's own range) and made the corridor
-self-fit's ECE worse, so fits store it only when asked (:data:`.map_fit.NOVELTY_GATE`).
+self-fit's ECE worse, so fits store it only when asked (:data:`.map_fit.NOVELTY_GATE`)
+or when a self-fit's keyframes are its model's training images
+(:func:`..maps.map_building.gate_for`: there it is what keeps unknown places below 0.5).
 
 :func:`expected_calibration_error` and :func:`reliability_diagram` measure how well the
 probabilities match the frequencies.

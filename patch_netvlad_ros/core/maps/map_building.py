@@ -18,7 +18,10 @@ A model trained (pnv-train) on the images the map is built from finds every one 
 (self-query R@1 1.0), so a self-fit puts all weight on global similarity and gives every
 frame confidence 1.0 (docs/training.md). The checkpoint's training record names its
 images (pixel keys); the fraction of the map's keyframes among them is stored as
-``meta['localization']['fitted_on_training_images']``, and the fit summary warns.
+``meta['localization']['fitted_on_training_images']``, and the fit summary warns. Such a
+self-fit also stores the novelty gate unless told not to (:func:`gate_for`): without it
+places not in the map get confidence 1.0 too, and a pose (docs/accuracy.md, "the trained
+model").
 """
 
 import dataclasses
@@ -147,6 +150,17 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
             'model trained on other drives')
 
 
+def gate_for(novelty_gate: Optional[bool], trained_on: float) -> bool:
+    """Return whether a self-fit stores the novelty gate.
+
+    As asked, else (None) when it fits on its model's training images (module doc), else
+    :data:`.map_fit.NOVELTY_GATE`.
+    """
+    if novelty_gate is not None:
+        return novelty_gate
+    return NOVELTY_GATE or trained_on > 0
+
+
 def fit_summary(meta: Dict[str, Any]) -> str:
     """One line on what a map's meta holds: its fitted fusion and confidence, or none."""
     fitted = meta.get(META_KEY)
@@ -199,18 +213,24 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
                    images: Optional[Mapping[int, np.ndarray]] = None,
                    model: Optional[PatchNetVLAD] = None,
                    trained_on: float = 0.0,
-                   novelty_gate: bool = NOVELTY_GATE) -> Tuple[Dict[str, Any], Any]:
+                   novelty_gate: Optional[bool] = None) -> Tuple[Dict[str, Any], Any]:
     """Fit the written rows on themselves; return the meta to commit and the index built.
 
     images, model: map index -> image of references to simulate second visits of, and
     the map's model (:func:`.map_fit.fit_map`); None: self-queries alone.
     trained_on: the fraction of the references the model was trained on (module doc).
-    novelty_gate: also fit and store the map's novelty gate (:func:`.map_fit.fit_map`).
-    A map that cannot be fitted (too few references, none near another) is committed
-    without a fit, with a warning: it works as an unfitted map does.
+    novelty_gate: also fit and store the map's novelty gate (:func:`.map_fit.fit_map`);
+    None: :func:`gate_for` decides. A map that cannot be fitted (too few references, none
+    near another) is committed without a fit, with a warning: it works as an unfitted map
+    does.
     """
     meta = {k: v for k, v in meta.items() if k != META_KEY}
     view = _written_map(writer, references, meta)
+    gate = gate_for(novelty_gate, trained_on)
+    if gate and novelty_gate is None and not NOVELTY_GATE:
+        log(f"the map's model was trained on {100 * trained_on:.0f}% of these keyframes: "
+            'fitting the novelty gate too, so that places not in the map stay below the '
+            'threshold (--no-novelty-gate: without)')
     log(f'fitting the fusion and confidence on the map itself (self-queries of up to '
         f'{min(fit_queries, len(references))} references, place radius {place_radius:g} m'
         + (f', and simulated second visits of {len(images)}' if images else
@@ -218,7 +238,7 @@ def _fit_in_writer(writer: MapWriter, references: Sequence[Reference], meta: Dic
     try:
         fitted = fit_map(view, place_radius, max_queries=fit_queries, progress=progress,
                          images=images or None, model=model if images else None,
-                         novelty_gate=novelty_gate)
+                         novelty_gate=gate)
     except MapError as exc:
         log(f"warning: the map was not fitted ({exc}); it keeps the authors' order and the "
             'heuristic confidence')
@@ -238,7 +258,7 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
               progress: Optional[Callable[[int], None]] = None, fit: bool = True,
               place_radius: float = DEFAULT_PLACE_RADIUS, fit_queries: int = MAX_QUERIES,
               fit_progress: Optional[Callable[[int], None]] = None,
-              novelty_gate: bool = NOVELTY_GATE) -> Tuple[ReferenceMap, PatchNetVLAD]:
+              novelty_gate: Optional[bool] = None) -> Tuple[ReferenceMap, PatchNetVLAD]:
     """Describe the drive's keyframes into a new map at ``output`` (or append to ``base``).
 
     config: the preset for a new map (ignored when extending: the base map's is used).
@@ -250,7 +270,8 @@ def build_map(drive: Drive, output: PathLike, config: Optional[PatchNetVLADConfi
     metres, on at most ``fit_queries`` self-queries (``fit_progress`` counts them); an
     extended map is fitted again (its old fit was for fewer references), or loses its fit
     with ``fit=False``. novelty_gate: the fit also stores the map's novelty gate
-    (:func:`.map_fit.fit_map`; off by default, docs/accuracy.md says why).
+    (:func:`.map_fit.fit_map`); None: only when the model was trained on the map's
+    keyframes (:func:`gate_for`; off otherwise, docs/accuracy.md says why).
     """
     # what is found beside the map goes to the caller's log, else to the module's logger
     found_log = (lambda msg: log(f'warning: {msg}')) if log else None
@@ -336,14 +357,15 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
               fit_queries: int = MAX_QUERIES, log: Log = None,
               progress: Optional[Callable[[int], None]] = None,
               drive: Optional[Drive] = None,
-              novelty_gate: bool = NOVELTY_GATE) -> ReferenceMap:
+              novelty_gate: Optional[bool] = None) -> ReferenceMap:
     """Fit (or fit again) a map folder on itself and commit it atomically in place.
 
     drive: a labelled second drive (read at the map's image size, poses in its frame) to
     fit on instead (:func:`.drive_fit.fit_drive`, with the map's model; fit_queries is
     then unused); fitted before anything is written, so a drive that cannot be fitted
     on leaves the map as it was. novelty_gate: the fit also stores the map's novelty
-    gate (:func:`.map_fit.fit_map`, :func:`.drive_fit.fit_drive`).
+    gate (:func:`.map_fit.fit_map`, :func:`.drive_fit.fit_drive`); None: a fit on the
+    map itself as :func:`gate_for` decides, a drive fit :data:`.map_fit.NOVELTY_GATE`.
 
     place_radius: metres (default: the radius of the map's current fit, else
     :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
@@ -359,7 +381,8 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     record = training_record(model_file) if model_file.is_file() else None
     if drive is not None:
         fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
-                  float(place_radius), progress=progress, novelty_gate=novelty_gate)
+                  float(place_radius), progress=progress,
+                  novelty_gate=NOVELTY_GATE if novelty_gate is None else novelty_gate)
         if record:  # a drive the model was trained on labels itself too well
             share = training_overlap(record, ref_map.config, [], dict(
                 enumerate(itertools.islice(drive.frame_images(), TRAINING_CHECK_FRAMES))))
