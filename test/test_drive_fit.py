@@ -151,6 +151,44 @@ def test_drive_fit_with_the_novelty_gate_uses_in_map_rows_only(corridor_map,
     assert Localizer(gated_map, None).novelty_gate == expected
 
 
+def test_drive_gate_is_the_gate_rule_on_the_not_in_map_answers(corridor_map,
+                                                               corridor_query_descriptors):
+    """gate_from='drive': centre = 5th percentile and 0.95 at the median of the global
+    similarity of each not-in-map answer (best fused candidate without the references
+    within 2 radii), computed by hand; the calibration as with the map's gate."""
+    frames = list(range(0, 24, 2))
+    args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
+            'corridor-query', RADIUS)
+    by_map = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args, novelty_gate=True)
+    gated_map = unfitted(corridor_map)
+    localizer = Localizer(gated_map, None, RADIUS, fusion='patches', calibration='heuristic')
+    rows = drive_fit.drive_rows(localizer, args[0], args[1])
+    fitted = drive_fit.fit_drive_rows(gated_map, rows, RADIUS, 'corridor-query',
+                                      novelty_gate=True, gate_from='drive')
+    assert fitted['calibration'] == by_map['calibration']
+    assert fitted['fusion'] == by_map['fusion']
+    w_g, w_p = fitted['fusion']['global_weight'], fitted['fusion']['patch_weight']
+    sims = []
+    for table in rows.not_in_map:
+        # fused = w_g z(-distance) + w_p patch score, by hand (the outer z-score of the
+        # fusion module keeps the argmax)
+        g = -np.asarray(table.global_distance, np.float64)
+        fused = w_g * (g - g.mean()) / g.std() + w_p * np.asarray(table.patch_fused)
+        sims.append(1.0 - 0.5 * float(table.global_distance[int(np.argmax(fused))]))
+    centre, median = np.quantile(sims, 0.05), np.median(sims)
+    gate = fitted['novelty_gate']
+    assert len(sims) == 12 and gate['fitted_on']['not_in_map_rows'] == 12
+    assert gate['centre'] == pytest.approx(centre, abs=1e-12)
+    assert gate['slope'] == pytest.approx(np.log(19.0) / (median - centre), rel=1e-9)
+    assert gate['fitted_on']['drive'] == 'corridor-query'
+    # the localizer applies it; the summary names its source
+    assert Localizer(gated_map, None).novelty_gate.centre == gate['centre']
+    assert 'novelty gate from drive corridor-query' in fit_summary(gated_map.meta)
+    with pytest.raises(MapError, match='gate_from'):
+        drive_fit.fit_drive_rows(gated_map, rows, RADIUS, 'x', novelty_gate=True,
+                                 gate_from='elsewhere')
+
+
 def test_a_drive_far_from_the_map_is_refused_before_describing(corridor_map):
     """No frame within place_radius of a reference: an error naming what to do (the model
     is None: describing would fail otherwise)."""

@@ -273,6 +273,24 @@ def fit_novelty_gate(global_desc: np.ndarray, positions: np.ndarray,
     """
     s = environment_similarity(global_desc, positions, GATE_EXCLUSION * place_radius)
     s = s[np.isfinite(s)]
+    return gate_from_similarities(s, {'references': int(len(s)),
+                                      'exclusion_m': GATE_EXCLUSION * float(place_radius)},
+                                  'map alone: 0.5 at the {quantile:g} quantile of {n} '
+                                  "references' highest similarity to another place "
+                                  '({centre:.3f}), {high:g} at their median ({median:.3f})')
+
+
+def gate_from_similarities(similarities: np.ndarray, fitted_on: Dict[str, Any],
+                           description: str) -> Optional[NoveltyGate]:
+    """Return the novelty gate of in-environment similarities [S] (module doc's rule).
+
+    0.5 at their :data:`GATE_QUANTILE` quantile, :data:`GATE_HIGH` at their median. None
+    when fewer than 2 are finite or the median is not above the quantile. fitted_on: what
+    they are, stored with the gate; description: formatted with quantile, n, centre, high
+    and median.
+    """
+    s = np.asarray(similarities, np.float64)
+    s = s[np.isfinite(s)]
     if len(s) < 2:
         return None
     centre = float(np.quantile(s, GATE_QUANTILE))
@@ -281,11 +299,9 @@ def fit_novelty_gate(global_desc: np.ndarray, positions: np.ndarray,
         return None
     slope = math.log(GATE_HIGH / (1.0 - GATE_HIGH)) / (median - centre)
     return NoveltyGate(centre, slope, {
-        'references': int(len(s)), 'exclusion_m': GATE_EXCLUSION * float(place_radius),
-        'quantile': GATE_QUANTILE, 'high': GATE_HIGH, 'median_similarity': median,
-        'description': f'map alone: 0.5 at the {GATE_QUANTILE:g} quantile of {len(s)} '
-                       f"references' highest similarity to another place "
-                       f'({centre:.3f}), {GATE_HIGH:g} at their median ({median:.3f})'})
+        **fitted_on, 'quantile': GATE_QUANTILE, 'high': GATE_HIGH, 'median_similarity': median,
+        'description': description.format(quantile=GATE_QUANTILE, n=len(s), centre=centre,
+                                          high=GATE_HIGH, median=median)})
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = DEFAULT_L2,

@@ -22,7 +22,10 @@ the not-in-map rows are not used by default: the gate (fitted on the map alone) 
 images from outside the mapped environment below the threshold, so the calibration is
 fitted on the in-map rows only, P(right | in map, x) (decided before measuring,
 docs/accuracy.md "Novelty gate"). Without the gate the not-in-map rows weigh
-:data:`NOT_IN_MAP_WEIGHT`.
+:data:`NOT_IN_MAP_WEIGHT`. ``gate_from='drive'`` fits the gate by the same rule on the
+drive's not-in-map rows instead of the map alone: their answers' global similarity is
+what a frame of this environment at a place not in the map reaches (docs/accuracy.md,
+"The novelty gate from a second drive").
 
 :func:`fit_drive` stores the result in ``ref_map.meta['localization']`` in the layout of
 :func:`.map_fit.fit_map`, with a ``'drive'`` summary (name, frames, rows, recalls) in
@@ -41,7 +44,8 @@ from .map_fit import (calibration_rows, FIT_VERSION, NOVELTY_GATE, sample_querie
                       store_novelty_gate)
 from ..drives.drives import Drive, positions_of
 from ..errors import MapError
-from ..localization.calibration import DEFAULT_FEATURES, DEFAULT_L2, fit_calibration
+from ..localization.calibration import (ALL_FEATURES, DEFAULT_FEATURES, DEFAULT_L2,
+                                        fit_calibration, gate_from_similarities)
 from ..localization.fusion import AUTHORS, CandidateTable, fit_fusion, recall_at_1, RETRIEVAL
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
 from ..model.model import PatchNetVLAD
@@ -57,6 +61,8 @@ NOT_IN_MAP_EXCLUSION = 2.0
 #: than wrong without knowing whether the robot is on the map. It costs confidence where
 #: right and wrong in-map answers overlap; chosen before any measurement, not tuned.
 NOT_IN_MAP_WEIGHT = 1.0
+#: Where a drive fit's novelty gate comes from (module doc).
+GATE_SOURCES = ('map', 'drive')
 #: Drive frames used at most (a seeded sample of longer drives; two queries each).
 MAX_DRIVE_FRAMES = 600
 
@@ -137,14 +143,17 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
                    features: Sequence[str] = DEFAULT_FEATURES, l2: float = DEFAULT_L2,
                    top_k: Optional[int] = None, seed: int = 0,
                    not_in_map_weight: Optional[float] = None,
-                   novelty_gate: bool = NOVELTY_GATE) -> Dict[str, Any]:
+                   novelty_gate: bool = NOVELTY_GATE,
+                   gate_from: str = 'map') -> Dict[str, Any]:
     """Fit fusion and calibration on a drive's rows (module doc); store and return them.
 
     not_in_map_weight: total weight of the not-in-map rows relative to the in-map rows
     (0: not used; default 0 with the novelty gate, else :data:`NOT_IN_MAP_WEIGHT`; the
-    benchmark's comparison, not an option to tune). novelty_gate: also store the map's
-    novelty gate (module doc).
+    benchmark's comparison, not an option to tune). novelty_gate: also store a novelty
+    gate, fitted on the map alone or (gate_from 'drive') on the not-in-map rows.
     """
+    if gate_from not in GATE_SOURCES:
+        raise MapError(f'gate_from {gate_from!r}: one of {GATE_SOURCES}')
     if not_in_map_weight is None:
         not_in_map_weight = 0.0 if novelty_gate else NOT_IN_MAP_WEIGHT
     positions = ref_map.positions()
@@ -175,7 +184,19 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
               'top_k': int(top_k if top_k is not None else ref_map.config.top_k),
               'queries': len(y_in), 'seed': int(seed), 'drive': summary,
               'fusion': fusion.to_meta(), 'calibration': calibration.to_meta()}
-    store_novelty_gate(ref_map, fitted, place_radius, novelty_gate)
+    if novelty_gate and gate_from == 'drive':
+        x_gate = x_out if len(y_out) else calibration_rows(
+            rows.not_in_map, [np.zeros(0, np.int64)] * len(rows.not_in_map), fusion,
+            positions, place_radius)[0]
+        gate = gate_from_similarities(
+            x_gate[:, ALL_FEATURES.index('similarity')],
+            {'drive': name, 'not_in_map_rows': len(x_gate), 'exclusion_m': rows.exclusion},
+            f'drive {name}: 0.5 at the {{quantile:g}} quantile of the answer similarity of '
+            f'{{n}} of its frames with the map within {rows.exclusion:g} m removed '
+            '({centre:.3f}), {high:g} at their median ({median:.3f})')
+        fitted['novelty_gate'] = gate.to_meta() if gate is not None else None
+    else:
+        store_novelty_gate(ref_map, fitted, place_radius, novelty_gate)
     ref_map.meta[META_KEY] = fitted
     return fitted
 

@@ -189,8 +189,9 @@ def fit_summary(meta: Dict[str, Any]) -> str:
                  f"threshold {cal['threshold']:g}")
         gate = fitted.get('novelty_gate')
         if isinstance(gate, dict):
-            text += ('; novelty gate from the map (0.5 at global similarity '
-                     f"{gate.get('centre', float('nan')):.3f})")
+            source = (gate.get('fitted_on') or {}).get('drive')
+            text += (f"; novelty gate from {f'drive {source}' if source else 'the map'} (0.5 "
+                     f"at global similarity {gate.get('centre', float('nan')):.3f})")
     warning = training_warning(meta)
     return f'{text}; WARNING: {warning}' if warning else text
 
