@@ -90,8 +90,9 @@ def test_drive_rows_against_brute_force(corridor_map, corridor_query_descriptors
 def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
                                                          corridor_query_descriptors,
                                                          tmp_path):
-    """The fit on 24 frames stores a JSON-able drive summary, survives a saved map folder,
-    and the loaded map's localizer answers with that fusion and calibration."""
+    """The fit on 24 frames (the default: in-map rows and the drive's novelty gate) stores a
+    JSON-able drive summary, survives a saved map folder, and the loaded map's localizer
+    answers with that fusion, calibration and gate."""
     frames = list(range(24))
     ref_map = unfitted(corridor_map)
     fitted = drive_fit.fit_drive_descriptors(
@@ -100,10 +101,11 @@ def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
     assert ref_map.meta['localization'] is fitted
     drive = fitted['drive']
     assert drive['name'] == 'corridor-query' and drive['frames'] == 24
-    assert drive['with_positive'] == 24 and drive['not_in_map_rows'] == 24
+    # the not-in-map rows fit the gate, not the calibration
+    assert drive['with_positive'] == 24 and drive['not_in_map_rows'] == 0
+    assert fitted['novelty_gate']['fitted_on']['not_in_map_rows'] == 24
     on = fitted['calibration']['fitted_on']
-    assert on['rows'] == 48 and 'drive corridor-query (24 frames)' in on['description']
-    # every not-in-map row is wrong: the right ones are the in-map rows' right answers
+    assert on['rows'] == 24 and 'drive corridor-query (24 frames)' in on['description']
     assert on['right'] == round(24 * drive['recall_at_1_fused'])
     assert drive['recall_at_1_fused'] >= max(drive['recall_at_1_global'],
                                              drive['recall_at_1_patches'])
@@ -125,21 +127,26 @@ def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
     cols = [ALL_FEATURES.index(f) for f in cal['features']]
     z = (x[cols] - np.array(cal['mean'])) / np.array(cal['scale'])
     by_hand = 1.0 / (1.0 + np.exp(-(z @ np.array(cal['coef']) + cal['intercept'])))
+    gate = fitted['novelty_gate']
+    by_hand /= 1.0 + np.exp(-gate['slope'] * (x[ALL_FEATURES.index('similarity')]
+                                              - gate['centre']))
     assert result.confidence == pytest.approx(by_hand, rel=1e-9)
 
 
 def test_drive_fit_with_the_novelty_gate_uses_in_map_rows_only(corridor_map,
                                                                corridor_query_descriptors):
-    """With the gate (an option, off by default) the calibration is fitted on the in-map
-    rows alone, the gate is the map's, and without it the not-in-map rows stay."""
+    """With a gate (the default) the calibration is fitted on the in-map rows alone;
+    gate_from='map' takes the map's gate; without a gate the not-in-map rows join the
+    calibration at weight NOT_IN_MAP_WEIGHT."""
     frames = list(range(0, 24, 2))
     args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
             'corridor-query', RADIUS)
-    assert drive_fit.NOVELTY_GATE is False
-    plain = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args)
+    assert drive_fit.DRIVE_NOVELTY_GATE is True and drive_fit.DRIVE_GATE_FROM == 'drive'
+    plain = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args, novelty_gate=False)
     assert 'novelty_gate' not in plain and plain['drive']['not_in_map_rows'] == 12
+    assert plain['drive']['not_in_map_weight'] == drive_fit.NOT_IN_MAP_WEIGHT
     gated_map = unfitted(corridor_map)
-    gated = drive_fit.fit_drive_descriptors(gated_map, *args, novelty_gate=True)
+    gated = drive_fit.fit_drive_descriptors(gated_map, *args, gate_from='map')
     assert gated['drive']['not_in_map_rows'] == 0
     assert gated['drive']['not_in_map_weight'] == 0.0
     on = gated['calibration']['fitted_on']
@@ -159,14 +166,13 @@ def test_drive_gate_is_the_gate_rule_on_the_not_in_map_answers(corridor_map,
     frames = list(range(0, 24, 2))
     args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
             'corridor-query', RADIUS)
-    by_map = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args, novelty_gate=True)
+    by_default = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args)
     gated_map = unfitted(corridor_map)
     localizer = Localizer(gated_map, None, RADIUS, fusion='patches', calibration='heuristic')
     rows = drive_fit.drive_rows(localizer, args[0], args[1])
     fitted = drive_fit.fit_drive_rows(gated_map, rows, RADIUS, 'corridor-query',
                                       novelty_gate=True, gate_from='drive')
-    assert fitted['calibration'] == by_map['calibration']
-    assert fitted['fusion'] == by_map['fusion']
+    assert fitted == by_default                          # the drive gate is the default
     w_g, w_p = fitted['fusion']['global_weight'], fitted['fusion']['patch_weight']
     sims = []
     for table in rows.not_in_map:
@@ -236,8 +242,14 @@ def test_pnv_map_fit_on_a_drive_folder(small_map, corridor_set, tmp_path, capsys
     assert Localizer(ReferenceMap.load(small_map)).calibration.to_meta() == \
         fitted['calibration']
     assert map_tool.main(['check', str(small_map)]) == 0
-    assert f'calibrated confidence (agreement, similarity) on drive {folder.name}' in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f'calibrated confidence (agreement, similarity) on drive {folder.name}' in out
+    assert f'novelty gate from drive {folder.name}' in out
+    # --no-novelty-gate: the not-in-map rows join the calibration instead
+    assert map_tool.main(['fit', str(small_map), '--images', str(folder), '--poses',
+                          str(folder / 'poses.csv'), '--no-novelty-gate']) == 0
+    fitted = ReferenceMap.load(small_map).meta['localization']
+    assert 'novelty_gate' not in fitted and fitted['drive']['not_in_map_rows'] == 12
 
 
 def test_pnv_map_fit_refuses_bad_drives_and_arguments(small_map, corridor_set, tmp_path,

@@ -11,7 +11,8 @@ r"""pnv-map: check a map folder, put back one an interrupted commit left, remove
     pnv-map fit maps/office --bag drive2.mcap --image-topic /cam --pose-topic /odom
                                     # fit them on a labelled second drive of the mapped
                                     # places, poses in the map's frame (--images DIR
-                                    # --poses CSV for a folder): better calibrated
+                                    # --poses CSV for a folder): better calibrated, and
+                                    # places not in the map stay low (docs/accuracy.md)
 
 A commit interrupted where the file system cannot swap folders atomically leaves no map
 at PATH and the new and old maps beside it (.NAME.tmp-PID, .NAME.old-PID); the new one

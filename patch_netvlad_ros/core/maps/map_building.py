@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .database import check_map_file, MapWriter, Reference, ReferenceMap
-from .drive_fit import fit_drive
+from .drive_fit import DRIVE_NOVELTY_GATE, fit_drive
 from .extraction import describe_batches
 from .map_fit import fit_map, MAX_QUERIES, MAX_SECOND_VISITS, NOVELTY_GATE, sample_queries
 from .map_manifest import descriptor_files, MODEL_FILE
@@ -143,11 +143,11 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
         # environment low, but right and wrong answers still score alike (ROC AUC 0.80).
         return (text + ' (the novelty gate keeps places outside the environment low, but '
                 'right and wrong answers score alike); for a confidence that tells them '
-                'apart fit on another drive (pnv-map fit MAP --bag ... --novelty-gate)')
+                'apart fit on another drive (pnv-map fit MAP --bag ...)')
     return (text + ' (confidence near 1.0 for any frame, places not in the map too); refit '
             'with the novelty gate (pnv-map fit MAP --novelty-gate, or --novelty-gate at the '
-            'build), or on another drive (pnv-map fit MAP --bag ... --novelty-gate), or use a '
-            'model trained on other drives')
+            'build), or on another drive (pnv-map fit MAP --bag ...), or use a model trained '
+            'on other drives')
 
 
 def gate_for(novelty_gate: Optional[bool], trained_on: float) -> bool:
@@ -366,7 +366,8 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     then unused); fitted before anything is written, so a drive that cannot be fitted
     on leaves the map as it was. novelty_gate: the fit also stores the map's novelty
     gate (:func:`.map_fit.fit_map`, :func:`.drive_fit.fit_drive`); None: a fit on the
-    map itself as :func:`gate_for` decides, a drive fit :data:`.map_fit.NOVELTY_GATE`.
+    map itself as :func:`gate_for` decides, a drive fit with the drive's gate
+    (:data:`.drive_fit.DRIVE_NOVELTY_GATE`).
 
     place_radius: metres (default: the radius of the map's current fit, else
     :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
@@ -383,7 +384,7 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     if drive is not None:
         fit_drive(ref_map, drive, resolve_map_model(map_dir, ref_map.config),
                   float(place_radius), progress=progress,
-                  novelty_gate=NOVELTY_GATE if novelty_gate is None else novelty_gate)
+                  novelty_gate=DRIVE_NOVELTY_GATE if novelty_gate is None else novelty_gate)
         if record:  # a drive the model was trained on labels itself too well
             share = training_overlap(record, ref_map.config, [], dict(
                 enumerate(itertools.islice(drive.frame_images(), TRAINING_CHECK_FRAMES))))
