@@ -34,8 +34,9 @@ evaluated on the other, then pooled; the self-fit on the same evaluation frames,
 confidence of the places not in the map under each fit. The self-fit without and with
 its novelty gate (:class:`..core.localization.calibration.NoveltyGate`, fitted on the map
 alone); four drive fits: in-map plus not-in-map rows (no gate: ``--no-novelty-gate``),
-in-map rows alone (no gate), in-map rows alone with the map's gate, in-map rows alone
-with the gate fitted on the not-in-map rows (the default of ``pnv-map fit --bag``). The
+in-map rows alone (no gate), in-map rows alone with the map's gate, with the gate
+fitted on the not-in-map rows, and with the stricter of the two (the default of
+``pnv-map fit --bag``). The
 loop revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
 that of the first-lap frame it closes the loop with, the median where several). Writes
 bench_accuracy_drive_fit.json.
@@ -308,7 +309,8 @@ def halves(n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
 DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map'),
                   ('drive fit, in-map rows only', 0.0, False, 'map'),
                   ('drive fit, in-map rows + gate', 0.0, True, 'map'),
-                  ('drive fit, in-map rows + drive gate', 0.0, True, 'drive'))
+                  ('drive fit, in-map rows + drive gate', 0.0, True, 'drive'),
+                  ('drive fit, in-map rows + stricter gate', 0.0, True, 'stricter'))
 #: The self-fit without and with the novelty gate (one fit, the gate applied or not).
 SELF_VARIANTS = (('self fit', False), ('self fit + gate', True))
 VARIANTS = tuple(v for v, _ in SELF_VARIANTS) + tuple(v[0] for v in DRIVE_VARIANTS)

@@ -101,9 +101,9 @@ def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
     assert ref_map.meta['localization'] is fitted
     drive = fitted['drive']
     assert drive['name'] == 'corridor-query' and drive['frames'] == 24
-    # the not-in-map rows fit the gate, not the calibration
+    # the not-in-map rows fit a gate, not the calibration
     assert drive['with_positive'] == 24 and drive['not_in_map_rows'] == 0
-    assert fitted['novelty_gate']['fitted_on']['not_in_map_rows'] == 24
+    assert set(fitted['novelty_gate']['fitted_on']['stricter_of']) == {'map', 'drive'}
     on = fitted['calibration']['fitted_on']
     assert on['rows'] == 24 and 'drive corridor-query (24 frames)' in on['description']
     assert on['right'] == round(24 * drive['recall_at_1_fused'])
@@ -141,7 +141,7 @@ def test_drive_fit_with_the_novelty_gate_uses_in_map_rows_only(corridor_map,
     frames = list(range(0, 24, 2))
     args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
             'corridor-query', RADIUS)
-    assert drive_fit.DRIVE_NOVELTY_GATE is True and drive_fit.DRIVE_GATE_FROM == 'drive'
+    assert drive_fit.DRIVE_NOVELTY_GATE is True and drive_fit.DRIVE_GATE_FROM == 'stricter'
     plain = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args, novelty_gate=False)
     assert 'novelty_gate' not in plain and plain['drive']['not_in_map_rows'] == 12
     assert plain['drive']['not_in_map_weight'] == drive_fit.NOT_IN_MAP_WEIGHT
@@ -162,17 +162,20 @@ def test_drive_gate_is_the_gate_rule_on_the_not_in_map_answers(corridor_map,
                                                                corridor_query_descriptors):
     """gate_from='drive': centre = 5th percentile and 0.95 at the median of the global
     similarity of each not-in-map answer (best fused candidate without the references
-    within 2 radii), computed by hand; the calibration as with the map's gate."""
+    within 2 radii), computed by hand; the calibration as with the map's gate; the
+    default takes the stricter of the drive's and the map's gate."""
     frames = list(range(0, 24, 2))
     args = (descriptors_of(corridor_query_descriptors, frames), positions_at(frames),
             'corridor-query', RADIUS)
+    by_map = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args, gate_from='map')
     by_default = drive_fit.fit_drive_descriptors(unfitted(corridor_map), *args)
     gated_map = unfitted(corridor_map)
     localizer = Localizer(gated_map, None, RADIUS, fusion='patches', calibration='heuristic')
     rows = drive_fit.drive_rows(localizer, args[0], args[1])
     fitted = drive_fit.fit_drive_rows(gated_map, rows, RADIUS, 'corridor-query',
                                       novelty_gate=True, gate_from='drive')
-    assert fitted == by_default                          # the drive gate is the default
+    assert fitted['calibration'] == by_map['calibration'] == by_default['calibration']
+    assert fitted['fusion'] == by_default['fusion']
     w_g, w_p = fitted['fusion']['global_weight'], fitted['fusion']['patch_weight']
     sims = []
     for table in rows.not_in_map:
@@ -190,6 +193,12 @@ def test_drive_gate_is_the_gate_rule_on_the_not_in_map_answers(corridor_map,
     # the localizer applies it; the summary names its source
     assert Localizer(gated_map, None).novelty_gate.centre == gate['centre']
     assert 'novelty gate from drive corridor-query' in fit_summary(gated_map.meta)
+    # the default: the stricter of the drive's and the map's gate (higher 0.5 point)
+    stricter = max(gate, by_map['novelty_gate'], key=lambda g: g['centre'])
+    assert by_default['novelty_gate']['centre'] == stricter['centre']
+    assert by_default['novelty_gate']['slope'] == stricter['slope']
+    assert by_default['novelty_gate']['fitted_on']['stricter_of'] == {
+        'drive': gate['centre'], 'map': by_map['novelty_gate']['centre']}
     with pytest.raises(MapError, match='gate_from'):
         drive_fit.fit_drive_rows(gated_map, rows, RADIUS, 'x', novelty_gate=True,
                                  gate_from='elsewhere')
@@ -244,7 +253,9 @@ def test_pnv_map_fit_on_a_drive_folder(small_map, corridor_set, tmp_path, capsys
     assert map_tool.main(['check', str(small_map)]) == 0
     out = capsys.readouterr().out
     assert f'calibrated confidence (agreement, similarity) on drive {folder.name}' in out
-    assert f'novelty gate from drive {folder.name}' in out
+    gate = fitted['novelty_gate']['fitted_on']
+    source = f'drive {folder.name}' if 'drive' in gate else 'the map'
+    assert f'novelty gate from {source}' in out and set(gate['stricter_of']) == {'map', 'drive'}
     # --no-novelty-gate: the not-in-map rows join the calibration instead
     assert map_tool.main(['fit', str(small_map), '--images', str(folder), '--poses',
                           str(folder / 'poses.csv'), '--no-novelty-gate']) == 0
