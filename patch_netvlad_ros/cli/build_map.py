@@ -209,10 +209,10 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     fit.add_argument('--novelty-gate', action=argparse.BooleanOptionalAction, default=None,
                      help="also fit the map's novelty gate: the confidence is multiplied by "
                      'how likely the image comes from the mapped environment at all, from the '
-                     "answer's global similarity (default: on for a fit on a drive, fitted "
-                     "on the drive's frames with the map's nearby references removed; on the "
-                     "map itself only when its model was trained on the map's keyframes; "
-                     'docs/accuracy.md)')
+                     "answer's global similarity (default: on for a fit on a drive: the "
+                     "stricter of the map's gate and one fitted on the drive's frames with "
+                     "the map's nearby references removed; on the map itself only when its "
+                     "model was trained on the map's keyframes; docs/accuracy.md)")
 
 
 def fit_progress() -> Callable[[int], None]:
