@@ -64,7 +64,8 @@ from patch_netvlad_ros.core.drives.drives import read_bag_drive
 from patch_netvlad_ros.core.drives.poses import PoseSample
 from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
 from patch_netvlad_ros.core.evaluation.report import roc_auc
-from patch_netvlad_ros.core.localization.calibration import (expected_calibration_error,
+from patch_netvlad_ros.core.localization.calibration import (ALL_FEATURES, DEFAULT_FEATURES,
+                                                             expected_calibration_error,
                                                              recall_at_full_precision,
                                                              reliability_diagram)
 from patch_netvlad_ros.core.localization.fusion import CandidateTable
@@ -303,14 +304,19 @@ def halves(n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
 
 
 #: Drive-fit variants compared: (label, total weight of the not-in-map rows, novelty gate,
-#: where the gate is fitted). The weight without the gate was fixed before measuring
-#: (drive_fit.NOT_IN_MAP_WEIGHT); with a gate the drive fit uses the in-map rows alone
-#: (decided before measuring); the drive gate: docs/accuracy.md, pre-registered.
-DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map'),
-                  ('drive fit, in-map rows only', 0.0, False, 'map'),
-                  ('drive fit, in-map rows + gate', 0.0, True, 'map'),
-                  ('drive fit, in-map rows + drive gate', 0.0, True, 'drive'),
-                  ('drive fit, in-map rows + stricter gate', 0.0, True, 'stricter'))
+#: where the gate is fitted, calibration features). The weight without the gate was fixed
+#: before measuring (drive_fit.NOT_IN_MAP_WEIGHT); with a gate the drive fit uses the
+#: in-map rows alone (decided before measuring); the drive gate and the eight features:
+#: docs/accuracy.md, pre-registered.
+DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map',
+                   DEFAULT_FEATURES),
+                  ('drive fit, in-map rows only', 0.0, False, 'map', DEFAULT_FEATURES),
+                  ('drive fit, in-map rows + gate', 0.0, True, 'map', DEFAULT_FEATURES),
+                  ('drive fit, in-map rows + drive gate', 0.0, True, 'drive', DEFAULT_FEATURES),
+                  ('drive fit, in-map rows + stricter gate', 0.0, True, 'stricter',
+                   DEFAULT_FEATURES),
+                  ('drive fit, 8 features + stricter gate', 0.0, True, 'stricter',
+                   ALL_FEATURES))
 #: The self-fit without and with the novelty gate (one fit, the gate applied or not).
 SELF_VARIANTS = (('self fit', False), ('self fit + gate', True))
 VARIANTS = tuple(v for v, _ in SELF_VARIANTS) + tuple(v[0] for v in DRIVE_VARIANTS)
@@ -383,10 +389,11 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
                 'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])]}
         for variant, gate in SELF_VARIANTS:
             fold[variant] = evaluate_fit(self_fitted, ev_tables, ev_pos, unknown, gate)
-        for variant, weight, gate, source in DRIVE_VARIANTS:
+        for variant, weight, gate, source, features in DRIVE_VARIANTS:
             fitted_map = unfitted_copy(ref_map)
-            fitted = fit_drive_rows(fitted_map, rows, radius, label, not_in_map_weight=weight,
-                                    novelty_gate=gate, gate_from=source)
+            fitted = fit_drive_rows(fitted_map, rows, radius, label, features=features,
+                                    not_in_map_weight=weight, novelty_gate=gate,
+                                    gate_from=source)
             fold[variant] = evaluate_fit(fitted_map, ev_tables, ev_pos, unknown, gate)
             fold[variant]['fit'] = {k: fitted.get(k) for k in
                                     ('drive', 'fusion', 'calibration', 'novelty_gate')}
