@@ -62,7 +62,8 @@ def fit(path: Path, place_radius: Optional[float], queries: int,
         novelty_gate: Optional[bool] = None) -> int:
     """Fit the map on itself, or on the drive drive_args name, and commit it in place.
 
-    novelty_gate: store the map's novelty gate; None: as :func:`.map_building.gate_for`.
+    novelty_gate: store a novelty gate or not; None: :func:`.map_building.refit_map`'s
+    default (a drive fit: yes; a fit on the map itself: :func:`.map_building.gate_for`).
     """
     drive = None
     if drive_args is not None:
