@@ -140,10 +140,11 @@ def training_warning(meta: Mapping[str, Any]) -> Optional[str]:
             'fitted on this map are not trustworthy')
     if fitted.get('novelty_gate'):
         # Measured (docs/accuracy.md, trained model): the gate keeps places not in the
-        # environment low, but right and wrong answers still score alike (ROC AUC 0.80).
+        # environment low, but the confidence orders right and wrong answers poorly
+        # (ROC AUC 0.76-0.80).
         return (text + ' (the novelty gate keeps places outside the environment low, but '
-                'right and wrong answers score alike); for a confidence that tells them '
-                'apart fit on another drive (pnv-map fit MAP --bag ...)')
+                'the confidence tells right from wrong answers poorly); for a better one fit '
+                'on another drive (pnv-map fit MAP --bag ...)')
     return (text + ' (confidence near 1.0 for any frame, places not in the map too); refit '
             'with the novelty gate (pnv-map fit MAP --novelty-gate, or --novelty-gate at the '
             'build), or on another drive (pnv-map fit MAP --bag ...), or use a model trained '
@@ -366,8 +367,8 @@ def refit_map(map_dir: PathLike, place_radius: Optional[float] = None,
     then unused); fitted before anything is written, so a drive that cannot be fitted
     on leaves the map as it was. novelty_gate: the fit also stores the map's novelty
     gate (:func:`.map_fit.fit_map`, :func:`.drive_fit.fit_drive`); None: a fit on the
-    map itself as :func:`gate_for` decides, a drive fit with the drive's gate
-    (:data:`.drive_fit.DRIVE_NOVELTY_GATE`).
+    map itself as :func:`gate_for` decides, a drive fit with one
+    (:data:`.drive_fit.DRIVE_NOVELTY_GATE`, :data:`.drive_fit.DRIVE_GATE_FROM`).
 
     place_radius: metres (default: the radius of the map's current fit, else
     :data:`~.localizer.DEFAULT_PLACE_RADIUS`). The descriptors, references, index and
