@@ -33,10 +33,10 @@ interleaved split would evaluate on the fit's own images), each fitted on one ha
 evaluated on the other, then pooled; the self-fit on the same evaluation frames, and the
 confidence of the places not in the map under each fit. The self-fit without and with
 its novelty gate (:class:`..core.localization.calibration.NoveltyGate`, fitted on the map
-alone); four drive fits: in-map plus not-in-map rows (no gate: ``--no-novelty-gate``),
-in-map rows alone (no gate), in-map rows alone with the map's gate, with the gate
-fitted on the not-in-map rows, and with the stricter of the two (the default of
-``pnv-map fit --bag``). The
+alone); the drive fits of :data:`DRIVE_VARIANTS`: in-map plus not-in-map rows (no gate:
+``--no-novelty-gate``), in-map rows alone (no gate), in-map rows alone with the map's
+gate, with the gate fitted on the not-in-map rows, with the stricter of the two (the
+default of ``pnv-map fit --bag``), and that with all eight calibration features. The
 loop revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
 that of the first-lap frame it closes the loop with, the median where several). Writes
 bench_accuracy_drive_fit.json.

@@ -90,7 +90,7 @@ def test_drive_rows_against_brute_force(corridor_map, corridor_query_descriptors
 def test_drive_fit_round_trips_and_the_localizer_uses_it(corridor_map,
                                                          corridor_query_descriptors,
                                                          tmp_path):
-    """The fit on 24 frames (the default: in-map rows and the drive's novelty gate) stores a
+    """The fit on 24 frames (the default: in-map rows and the stricter novelty gate) stores a
     JSON-able drive summary, survives a saved map folder, and the loaded map's localizer
     answers with that fusion, calibration and gate."""
     frames = list(range(24))

@@ -70,7 +70,7 @@ NOT_IN_MAP_EXCLUSION = 2.0
 NOT_IN_MAP_WEIGHT = 1.0
 #: Where a drive fit's novelty gate comes from (module doc).
 GATE_SOURCES = ('map', 'drive', 'stricter')
-#: A drive fit's defaults (module doc): the gate, from the drive's not-in-map rows.
+#: A drive fit's defaults (module doc): a gate, the stricter of the drive's and the map's.
 DRIVE_NOVELTY_GATE = True
 DRIVE_GATE_FROM = 'stricter'
 #: Drive frames used at most (a seeded sample of longer drives; two queries each).
