@@ -36,7 +36,8 @@ its novelty gate (:class:`..core.localization.calibration.NoveltyGate`, fitted o
 alone); the drive fits of :data:`DRIVE_VARIANTS`: in-map plus not-in-map rows (no gate:
 ``--no-novelty-gate``), in-map rows alone (no gate), in-map rows alone with the map's
 gate, with the gate fitted on the not-in-map rows, with the stricter of the two (the
-default of ``pnv-map fit --bag``), and that with all eight calibration features. The
+default of ``pnv-map fit --bag``), that with eight calibration features, and that with
+``distinct`` in place of ``similarity`` (so also the self-fit: :data:`SELF_VARIANTS`). The
 loop revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
 that of the first-lap frame it closes the loop with, the median where several). Writes
 bench_accuracy_drive_fit.json.
@@ -64,7 +65,7 @@ from patch_netvlad_ros.core.drives.drives import read_bag_drive
 from patch_netvlad_ros.core.drives.poses import PoseSample
 from patch_netvlad_ros.core.evaluation.evaluation import recall_at_n
 from patch_netvlad_ros.core.evaluation.report import roc_auc
-from patch_netvlad_ros.core.localization.calibration import (ALL_FEATURES, DEFAULT_FEATURES,
+from patch_netvlad_ros.core.localization.calibration import (DEFAULT_FEATURES,
                                                              expected_calibration_error,
                                                              recall_at_full_precision,
                                                              reliability_diagram)
@@ -303,11 +304,16 @@ def halves(n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
     return [(first, second), (second, first)]
 
 
+#: The eight features of the pre-registered eight-feature row (all but ``distinct``).
+EIGHT_FEATURES = ('margin', 'mass', 'agreement', 'quality', 'generic', 'similarity',
+                  'global_margin', 'global_z')
+#: The hub-corrected pair (docs/accuracy.md, pre-registered): ``distinct`` for ``similarity``.
+DISTINCT_FEATURES = ('agreement', 'distinct')
 #: Drive-fit variants compared: (label, total weight of the not-in-map rows, novelty gate,
 #: where the gate is fitted, calibration features). The weight without the gate was fixed
 #: before measuring (drive_fit.NOT_IN_MAP_WEIGHT); with a gate the drive fit uses the
-#: in-map rows alone (decided before measuring); the drive gate and the eight features:
-#: docs/accuracy.md, pre-registered.
+#: in-map rows alone (decided before measuring); the drive gate, the eight features and
+#: ``distinct``: docs/accuracy.md, pre-registered.
 DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map',
                    DEFAULT_FEATURES),
                   ('drive fit, in-map rows only', 0.0, False, 'map', DEFAULT_FEATURES),
@@ -316,10 +322,16 @@ DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map'
                   ('drive fit, in-map rows + stricter gate', 0.0, True, 'stricter',
                    DEFAULT_FEATURES),
                   ('drive fit, 8 features + stricter gate', 0.0, True, 'stricter',
-                   ALL_FEATURES))
-#: The self-fit without and with the novelty gate (one fit, the gate applied or not).
-SELF_VARIANTS = (('self fit', False), ('self fit + gate', True))
-VARIANTS = tuple(v for v, _ in SELF_VARIANTS) + tuple(v[0] for v in DRIVE_VARIANTS)
+                   EIGHT_FEATURES),
+                  ('drive fit, distinct + stricter gate', 0.0, True, 'stricter',
+                   DISTINCT_FEATURES))
+#: Self-fits: (label, novelty gate applied, calibration features); one fit per feature
+#: set, its gate applied or not.
+SELF_VARIANTS = (('self fit', False, DEFAULT_FEATURES),
+                 ('self fit + gate', True, DEFAULT_FEATURES),
+                 ('self fit, distinct', False, DISTINCT_FEATURES),
+                 ('self fit, distinct + gate', True, DISTINCT_FEATURES))
+VARIANTS = tuple(v[0] for v in SELF_VARIANTS) + tuple(v[0] for v in DRIVE_VARIANTS)
 
 
 def unfitted_copy(ref_map: ReferenceMap) -> ReferenceMap:
@@ -362,7 +374,25 @@ def pooled(folds: Sequence[Dict]) -> Dict:
             'unknown_max': max(f['unknown_max'] for f in folds)}
 
 
-def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: PatchNetVLAD,
+def self_fits(ref_map: ReferenceMap, place_radius: float, images, model: PatchNetVLAD,
+              log) -> Dict[Tuple[str, ...], ReferenceMap]:
+    """Return the map fitted on itself per feature set of :data:`SELF_VARIANTS`.
+
+    As pnv-build-map fits (gate stored); images None: self-queries alone.
+    """
+    fits = {}
+    for features in dict.fromkeys(f for _, _, f in SELF_VARIANTS):
+        fitted = unfitted_copy(ref_map)
+        start = time.perf_counter()
+        fit_map(fitted, place_radius=place_radius, features=features, images=images,
+                model=model if images is not None else None, novelty_gate=True)
+        log(f'self-fit {features} in {time.perf_counter() - start:.1f} s')
+        fits[features] = fitted
+    return fits
+
+
+def drive_fit_folds(ref_map: ReferenceMap, fits: Dict[Tuple[str, ...], ReferenceMap],
+                    model: PatchNetVLAD,
                     descriptors: Sequence, tables: Sequence[CandidateTable],
                     positives: Sequence[Set[int]], positions: np.ndarray, radius: float,
                     unknown: Dict[str, np.ndarray], name: str, log,
@@ -387,8 +417,8 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
         ev_pos = [positives[k] for k in eval_frames]
         fold = {'fit_frames': [int(fit_frames[0]), int(fit_frames[-1])],
                 'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])]}
-        for variant, gate in SELF_VARIANTS:
-            fold[variant] = evaluate_fit(self_fitted, ev_tables, ev_pos, unknown, gate)
+        for variant, gate, features in SELF_VARIANTS:
+            fold[variant] = evaluate_fit(fits[features], ev_tables, ev_pos, unknown, gate)
         for variant, weight, gate, source, features in DRIVE_VARIANTS:
             fitted_map = unfitted_copy(ref_map)
             fitted = fit_drive_rows(fitted_map, rows, radius, label, features=features,
@@ -400,7 +430,7 @@ def drive_fit_folds(ref_map: ReferenceMap, self_fitted: ReferenceMap, model: Pat
         log(f'{name}: fold fitted on frames {fold["fit_frames"]} done')
         out['folds'].append(fold)
     out['pooled'] = {v: pooled([f[v] for f in out['folds']]) for v in VARIANTS}
-    out['self_fit_novelty_gate'] = self_fitted.meta[META_KEY]['novelty_gate']
+    out['self_fit_novelty_gate'] = fits[DEFAULT_FEATURES].meta[META_KEY]['novelty_gate']
     return out
 
 
@@ -409,24 +439,20 @@ def corridor_drive_fit(args, log) -> Dict:
     map_dir = corridor_map(args, log)
     ref_map = unfitted_copy(ReferenceMap.load(map_dir))
     model = resolve_map_model(map_dir, ref_map.config)
-    self_fitted = unfitted_copy(ref_map)
     images = None
     if not args.self_queries_only:
         reference = read_bag_drive(DRIVES / 'reference', IMAGE_TOPIC, POSE_TOPIC, SIZE)
         images = [f.rgb for f in reference.frames]
-    start = time.perf_counter()
-    fit_map(self_fitted, place_radius=args.place_radius, images=images,
-            model=model if images else None, novelty_gate=True)
-    log(f'self-fit of {map_dir} in {time.perf_counter() - start:.1f} s')
+    fits = self_fits(ref_map, args.place_radius, images, model, log)
     drive = read_bag_drive(DRIVES / 'query', IMAGE_TOPIC, POSE_TOPIC, SIZE)
     positives = frame_positives(drive, ref_map, FRAME_TOLERANCE)
     descriptors = describe(model, [f.rgb for f in drive.frames])
     tables, _ = tables_of(Localizer(ref_map, None, args.place_radius), descriptors)
     positions = np.array([[f.pose.x, f.pose.y, f.pose.z] for f in drive.frames])
-    result = drive_fit_folds(ref_map, self_fitted, model, descriptors, tables, positives,
+    result = drive_fit_folds(ref_map, fits, model, descriptors, tables, positives,
                              positions, args.place_radius, unknown_images(args.unknown),
                              'query', log)
-    result['self_fit'] = self_fitted.meta[META_KEY]['calibration']['fitted_on']
+    result['self_fit'] = fits[DEFAULT_FEATURES].meta[META_KEY]['calibration']['fitted_on']
     result['map'] = str(map_dir)
     return result
 
@@ -438,10 +464,8 @@ def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
         return None
     truth, paths, images, descriptors, ref_map = loaded
     n = LOOP_MAP_FRAMES
-    self_fitted = unfitted_copy(ref_map)
-    fit_map(self_fitted, place_radius=LOOP_RADIUS,
-            images=None if args.self_queries_only else images[:n],
-            model=None if args.self_queries_only else model, novelty_gate=True)
+    fits = self_fits(ref_map, LOOP_RADIUS, None if args.self_queries_only else images[:n],
+                     model, log)
     queries = [i for i in range(n, len(paths)) if i in truth]
     positives = [{j for j in truth[i] if j < n} for i in queries]
     # a revisit's pose: the first-lap frame it closes the loop with (module doc); one
@@ -451,7 +475,7 @@ def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     tables, _ = tables_of(Localizer(ref_map, None, LOOP_RADIUS),
                           [descriptors[i] for i in queries])
     size = (model.config.image_height, model.config.image_width)
-    result = drive_fit_folds(ref_map, self_fitted, model, [descriptors[i] for i in queries],
+    result = drive_fit_folds(ref_map, fits, model, [descriptors[i] for i in queries],
                              tables, positives, positions, LOOP_RADIUS,
                              unknown_images(args.unknown, size), 'revisits', log,
                              fit_positives=positives)

@@ -158,3 +158,41 @@ def test_an_old_fit_without_a_gate_behaves_as_before(fitted_corridor, corridor_q
             plain.localize_descriptors(*frame).confidence
     # the heuristic confidence is never gated
     assert Localizer(ref_map, None, calibration='heuristic').novelty_gate is None
+
+
+def test_distinct_feature_against_a_brute_force(corridor_map, corridor_query_descriptors):
+    """``distinct`` = the answer's similarity - s_r of the answer (loops over pairs, 0 where
+    no reference lies beyond 2 radii); a fit on it is applied by the localizer as by hand."""
+    from fitted_corridor import query_tables
+    g = np.asarray(corridor_map.global_desc, np.float64)
+    positions = corridor_map.positions()
+    near_all = positions.copy()
+    near_all[:5] = positions[0]                        # 5 references with no far neighbour
+    for pos, far_ones in ((positions, N_BRUTE), (near_all[:5], 0)):
+        hubs = calibration.hub_similarity(g[:len(pos)], pos, RADIUS)
+        for r in range(len(pos)):
+            far = [1.0 - float(np.sum((g[r] - g[q]) ** 2)) / 2.0 for q in range(len(pos))
+                   if np.linalg.norm(pos[r] - pos[q]) > GATE_EXCLUSION * RADIUS]
+            assert hubs[r] == pytest.approx(max(far) if far else 0.0, abs=1e-9)
+        assert int(np.count_nonzero(hubs)) == far_ones
+    hubs = calibration.hub_similarity(g, positions, RADIUS)
+    fitted = dataclasses.replace(corridor_map, meta={})
+    map_fit.fit_map(fitted, place_radius=RADIUS, features=('agreement', 'distinct'))
+    localizer = Localizer(fitted, None)
+    cal = localizer.calibration
+    assert cal.features == ('agreement', 'distinct')
+    col = calibration.ALL_FEATURES.index('distinct')
+    for table in query_tables(corridor_map, corridor_query_descriptors)[::10]:
+        answer = localizer.answer(table)
+        x = calibration.confidence_features(table, localizer.fusion.scores(table), positions,
+                                            RADIUS, localizer.fusion.temperature, hubs)
+        sim = 1.0 - table.global_distance[list(table.indices).index(answer.best_index)] / 2.0
+        assert x[col] == pytest.approx(sim - hubs[answer.best_index], abs=1e-9)
+        agree = float(np.linalg.norm(positions[table.indices[np.argmin(table.global_distance)]]
+                                     - positions[answer.best_index]) <= RADIUS)
+        z = (np.array([agree, x[col]]) - cal.mean) / cal.scale
+        assert answer.confidence == pytest.approx(
+            1.0 / (1.0 + math.exp(-(z @ cal.coef + cal.intercept))), abs=1e-9)
+    # without the map's s_r the feature is undefined, not silently 0
+    assert math.isnan(calibration.confidence_features(
+        table, localizer.fusion.scores(table), positions, RADIUS, 1.0)[col])

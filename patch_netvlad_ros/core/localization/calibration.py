@@ -15,6 +15,10 @@ fused candidate, far = candidates farther than place_radius from it):
     similarity      global cosine similarity of the best (1 - d / 2 for unit vectors)
     global_margin   similarity(best) - max similarity(far)
     global_z        z-score of similarity(best) among the candidates
+    distinct        similarity(best) - s_r(best): how much more similar the frame is to
+                    that reference than the reference is to any other place of the map
+                    (s_r below, :func:`hub_similarity`; a hub - a reference like many
+                    places - needs a higher similarity to mean the same)
 A logistic regression on standardised features (:func:`fit_calibration`, L2-penalised,
 Newton's method, deterministic) turns them into a probability. It is fitted on data the
 map already has (:func:`.map_fit.fit_map`: self-queries of the references), so it needs
@@ -69,7 +73,7 @@ from ..errors import MapError
 
 #: Every feature :func:`confidence_features` computes, in order.
 ALL_FEATURES = ('margin', 'mass', 'agreement', 'quality', 'generic', 'similarity',
-                'global_margin', 'global_z')
+                'global_margin', 'global_z', 'distinct')
 #: The features a fit uses by default (module doc: why not the patch quality).
 DEFAULT_FEATURES = ('agreement', 'similarity')
 #: Default confidence threshold: publish answers more likely right than wrong.
@@ -93,11 +97,13 @@ _GATE_BLOCK = 1024
 
 
 def confidence_features(table: CandidateTable, fused: np.ndarray, positions: np.ndarray,
-                        place_radius: float, temperature: float) -> np.ndarray:
+                        place_radius: float, temperature: float,
+                        hubs: Optional[np.ndarray] = None) -> np.ndarray:
     """Features [F] (:data:`ALL_FEATURES`, module doc) of a query's candidates.
 
     table: the query's candidates (C); fused: [C] their fused scores; positions: [N, 3]
-    reference positions; temperature: the softmax temperature of the fusion.
+    reference positions; temperature: the softmax temperature of the fusion; hubs: [N]
+    :func:`hub_similarity` of the map (without it ``distinct`` is nan).
     """
     fused = np.asarray(fused, np.float64)
     b = int(np.argmax(fused))
@@ -117,8 +123,9 @@ def confidence_features(table: CandidateTable, fused: np.ndarray, positions: np.
     similarity = float(sim[b])
     global_margin = similarity - (sim[far].max() if far.any() else sim.min())
     global_z = (similarity - sim.mean()) / max(sim.std(), 1e-12)
+    distinct = similarity - hubs[table.indices[b]] if hubs is not None else math.nan
     return np.array([margin, math.log(mass / (1.0 - mass)), agreement, quality, generic,
-                     similarity, global_margin, global_z])
+                     similarity, global_margin, global_z, distinct])
 
 
 #: The fusion fields a calibration depends on.
@@ -262,6 +269,18 @@ def environment_similarity(global_desc: np.ndarray, positions: np.ndarray,
         best = sim.max(1)
         out[a:b] = np.where(np.isfinite(best), best, np.nan)
     return out
+
+
+def hub_similarity(global_desc: np.ndarray, positions: np.ndarray,
+                   place_radius: float) -> np.ndarray:
+    """Return s_r [N] of the ``distinct`` feature (0 where a reference has none).
+
+    :func:`environment_similarity` beyond the novelty gate's exclusion
+    (:data:`GATE_EXCLUSION` place radii). global_desc: [N, Dp] unit vectors; positions:
+    [N, 3].
+    """
+    s = environment_similarity(global_desc, positions, GATE_EXCLUSION * place_radius)
+    return np.where(np.isfinite(s), s, 0.0)
 
 
 def fit_novelty_gate(global_desc: np.ndarray, positions: np.ndarray,

@@ -39,7 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .calibration import ALL_FEATURES, Calibration, confidence_features, NoveltyGate
+from .calibration import (ALL_FEATURES, Calibration, confidence_features, hub_similarity,
+                          NoveltyGate)
 from .fusion import AUTHORS, CandidateTable, Fusion, RETRIEVAL
 from ..config import PatchNetVLADConfig
 from ..errors import ImageError, MapError
@@ -168,6 +169,11 @@ class Localizer:
         self.config: PatchNetVLADConfig = ref_map.config.override(**matching)
         self.fusion = self._resolve_fusion(fusion, fitted)
         self.calibration = self._resolve_calibration(calibration, fitted)
+        # s_r of the 'distinct' feature, once per map (calibration module doc)
+        self._hubs: Optional[np.ndarray] = None
+        if self.calibration is not None and 'distinct' in self.calibration.features:
+            self._hubs = hub_similarity(np.asarray(ref_map.global_desc), self._positions,
+                                        self.place_radius)
         self.novelty_gate: Optional[NoveltyGate] = None
         if (self.calibration is not None and novelty_gate is not False
                 and fitted.get('novelty_gate') is not None):
@@ -339,7 +345,7 @@ class Localizer:
             confidence = self.confidence(cands, int(table.indices[0]))
         else:
             x = confidence_features(table, fused, self._positions, self.place_radius,
-                                    self.fusion.temperature)
+                                    self.fusion.temperature, self._hubs)
             confidence = float(self.calibration.probability(x[None])[0])
             if self.novelty_gate is not None:
                 # P(in map | x) x P(right | in map, x) (calibration module doc)

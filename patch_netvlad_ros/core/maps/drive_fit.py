@@ -47,7 +47,7 @@ import torch
 
 from .database import ReferenceMap
 from .extraction import describe_batches
-from .map_fit import calibration_rows, FIT_VERSION, sample_queries
+from .map_fit import calibration_rows, FIT_VERSION, hubs_for, sample_queries
 from ..drives.drives import Drive, positions_of
 from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, DEFAULT_FEATURES, DEFAULT_L2,
@@ -170,10 +170,12 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
         not_in_map_weight = 0.0 if novelty_gate else NOT_IN_MAP_WEIGHT
     positions = ref_map.positions()
     fusion = fit_fusion(rows.in_map, rows.positives, f'drive {name}, {len(rows.in_map)} frames')
-    x_in, y_in = calibration_rows(rows.in_map, rows.positives, fusion, positions, place_radius)
+    hubs = hubs_for(ref_map, features, place_radius)
+    x_in, y_in = calibration_rows(rows.in_map, rows.positives, fusion, positions, place_radius,
+                                  hubs)
     negatives = rows.not_in_map if not_in_map_weight > 0 else []
     none = [np.zeros(0, np.int64)] * len(negatives)
-    x_out, y_out = calibration_rows(negatives, none, fusion, positions, place_radius)
+    x_out, y_out = calibration_rows(negatives, none, fusion, positions, place_radius, hubs)
     # in-map rows weigh 1 each; the not-in-map rows together not_in_map_weight times as much
     w_out = not_in_map_weight * len(y_in) / max(len(y_out), 1)
     x = np.concatenate([x_in, x_out])

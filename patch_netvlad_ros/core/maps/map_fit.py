@@ -44,7 +44,8 @@ from .database import ReferenceMap
 from .extraction import describe_batches
 from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, confidence_features, DEFAULT_FEATURES,
-                                        DEFAULT_L2, fit_calibration, fit_novelty_gate)
+                                        DEFAULT_L2, fit_calibration, fit_novelty_gate,
+                                        hub_similarity)
 from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion, recall_at_1,
                                    RETRIEVAL)
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
@@ -172,19 +173,28 @@ def second_visits(localizer: Localizer, model: PatchNetVLAD, images: ReferenceIm
     return tables, positives
 
 
+def hubs_for(ref_map: ReferenceMap, features: Sequence[str],
+             place_radius: float) -> Optional[np.ndarray]:
+    """Return the map's :func:`.calibration.hub_similarity` [N] if features use it, else None."""
+    if 'distinct' not in features:
+        return None
+    return hub_similarity(np.asarray(ref_map.global_desc), ref_map.positions(), place_radius)
+
+
 def calibration_rows(tables: Sequence[CandidateTable], positives: Sequence[np.ndarray],
-                     fusion: Fusion, positions: np.ndarray, place_radius: float
-                     ) -> Tuple[np.ndarray, np.ndarray]:
+                     fusion: Fusion, positions: np.ndarray, place_radius: float,
+                     hubs: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Confidence features [M, len(ALL_FEATURES)] and labels [M] of queries' answers.
 
     An answer (the top candidate under ``fusion``) is right iff it is among the query's
-    positives. positions: [N, 3] the map's reference positions.
+    positives. positions: [N, 3] the map's reference positions; hubs: [N] as
+    :func:`.calibration.confidence_features` takes them.
     """
     rows, labels = [], []
     for table, pos in zip(tables, positives):
         fused = fusion.scores(table)
         rows.append(confidence_features(table, fused, positions, place_radius,
-                                        fusion.temperature))
+                                        fusion.temperature, hubs))
         labels.append(bool(np.isin(table.indices[int(np.argmax(fused))], pos)))
     return (np.array(rows, np.float64).reshape(len(rows), len(ALL_FEATURES)),
             np.array(labels, bool))
@@ -285,9 +295,10 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
                       'recall_at_1_fused': recall_at_1(v_tables, v_positives, fusion)}
             description += f'; {len(picked)} simulated second visits'
     rows, labels, weights = [], [], []
+    hubs = hubs_for(ref_map, features, place_radius)
     for _, source_tables, source_positives in sources:
         x_s, y_s = calibration_rows(source_tables, source_positives, fusion,
-                                    localizer.positions, place_radius)
+                                    localizer.positions, place_radius, hubs)
         rows.append(x_s)
         labels.append(y_s)
         # every source weighs the same, whatever its number of queries (mean weight 1)
