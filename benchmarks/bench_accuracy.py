@@ -37,8 +37,7 @@ alone); the drive fits of :data:`DRIVE_VARIANTS`: in-map plus not-in-map rows (n
 ``--no-novelty-gate``), in-map rows alone (no gate), in-map rows alone with the map's
 gate, with the gate fitted on the not-in-map rows, with the stricter of the two (the
 default of ``pnv-map fit --bag``), that with eight calibration features, and that with
-``distinct`` in place of ``similarity``, and that answering with the place answer (both
-also in the self-fit: :data:`SELF_VARIANTS`). The
+``distinct`` in place of ``similarity`` (so also the self-fit: :data:`SELF_VARIANTS`). The
 loop revisits are split the same way (their poses: frame i at x = i m; a revisit's pose is
 that of the first-lap frame it closes the loop with, the median where several). Writes
 bench_accuracy_drive_fit.json.
@@ -313,9 +312,8 @@ DISTINCT_FEATURES = ('agreement', 'distinct')
 #: Drive-fit variants compared: (label, total weight of the not-in-map rows, novelty gate,
 #: where the gate is fitted, calibration features). The weight without the gate was fixed
 #: before measuring (drive_fit.NOT_IN_MAP_WEIGHT); with a gate the drive fit uses the
-#: in-map rows alone (decided before measuring); the drive gate, the eight features,
-#: ``distinct`` and the place answer: docs/accuracy.md, pre-registered. Answer: 'top'
-#: unless a sixth element says otherwise.
+#: in-map rows alone (decided before measuring); the drive gate, the eight features and
+#: ``distinct``: docs/accuracy.md, pre-registered.
 DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map',
                    DEFAULT_FEATURES),
                   ('drive fit, in-map rows only', 0.0, False, 'map', DEFAULT_FEATURES),
@@ -326,17 +324,13 @@ DRIVE_VARIANTS = (('drive fit, not-in-map rows', NOT_IN_MAP_WEIGHT, False, 'map'
                   ('drive fit, 8 features + stricter gate', 0.0, True, 'stricter',
                    EIGHT_FEATURES),
                   ('drive fit, distinct + stricter gate', 0.0, True, 'stricter',
-                   DISTINCT_FEATURES),
-                  ('drive fit, place answer + stricter gate', 0.0, True, 'stricter',
-                   DEFAULT_FEATURES, 'place'))
-#: Self-fits: (label, novelty gate applied, (calibration features, answer)); one fit per
-#: feature set and answer, its gate applied or not.
-SHIPPED = (DEFAULT_FEATURES, 'top')
-SELF_VARIANTS = (('self fit', False, SHIPPED), ('self fit + gate', True, SHIPPED),
-                 ('self fit, distinct', False, (DISTINCT_FEATURES, 'top')),
-                 ('self fit, distinct + gate', True, (DISTINCT_FEATURES, 'top')),
-                 ('self fit, place answer', False, (DEFAULT_FEATURES, 'place')),
-                 ('self fit, place answer + gate', True, (DEFAULT_FEATURES, 'place')))
+                   DISTINCT_FEATURES))
+#: Self-fits: (label, novelty gate applied, calibration features); one fit per feature
+#: set, its gate applied or not.
+SELF_VARIANTS = (('self fit', False, DEFAULT_FEATURES),
+                 ('self fit + gate', True, DEFAULT_FEATURES),
+                 ('self fit, distinct', False, DISTINCT_FEATURES),
+                 ('self fit, distinct + gate', True, DISTINCT_FEATURES))
 VARIANTS = tuple(v[0] for v in SELF_VARIANTS) + tuple(v[0] for v in DRIVE_VARIANTS)
 
 
@@ -381,24 +375,23 @@ def pooled(folds: Sequence[Dict]) -> Dict:
 
 
 def self_fits(ref_map: ReferenceMap, place_radius: float, images, model: PatchNetVLAD,
-              log) -> Dict[Tuple, ReferenceMap]:
+              log) -> Dict[Tuple[str, ...], ReferenceMap]:
     """Return the map fitted on itself per feature set of :data:`SELF_VARIANTS`.
 
     As pnv-build-map fits (gate stored); images None: self-queries alone.
     """
     fits = {}
-    for key in dict.fromkeys(k for _, _, k in SELF_VARIANTS):
+    for features in dict.fromkeys(f for _, _, f in SELF_VARIANTS):
         fitted = unfitted_copy(ref_map)
         start = time.perf_counter()
-        fit_map(fitted, place_radius=place_radius, features=key[0], images=images,
-                model=model if images is not None else None, novelty_gate=True,
-                answer=key[1])
-        log(f'self-fit {key} in {time.perf_counter() - start:.1f} s')
-        fits[key] = fitted
+        fit_map(fitted, place_radius=place_radius, features=features, images=images,
+                model=model if images is not None else None, novelty_gate=True)
+        log(f'self-fit {features} in {time.perf_counter() - start:.1f} s')
+        fits[features] = fitted
     return fits
 
 
-def drive_fit_folds(ref_map: ReferenceMap, fits: Dict[Tuple, ReferenceMap],
+def drive_fit_folds(ref_map: ReferenceMap, fits: Dict[Tuple[str, ...], ReferenceMap],
                     model: PatchNetVLAD,
                     descriptors: Sequence, tables: Sequence[CandidateTable],
                     positives: Sequence[Set[int]], positions: np.ndarray, radius: float,
@@ -424,20 +417,20 @@ def drive_fit_folds(ref_map: ReferenceMap, fits: Dict[Tuple, ReferenceMap],
         ev_pos = [positives[k] for k in eval_frames]
         fold = {'fit_frames': [int(fit_frames[0]), int(fit_frames[-1])],
                 'eval_frames': [int(eval_frames[0]), int(eval_frames[-1])]}
-        for variant, gate, key in SELF_VARIANTS:
-            fold[variant] = evaluate_fit(fits[key], ev_tables, ev_pos, unknown, gate)
-        for variant, weight, gate, source, features, *answer in DRIVE_VARIANTS:
+        for variant, gate, features in SELF_VARIANTS:
+            fold[variant] = evaluate_fit(fits[features], ev_tables, ev_pos, unknown, gate)
+        for variant, weight, gate, source, features in DRIVE_VARIANTS:
             fitted_map = unfitted_copy(ref_map)
             fitted = fit_drive_rows(fitted_map, rows, radius, label, features=features,
                                     not_in_map_weight=weight, novelty_gate=gate,
-                                    gate_from=source, answer=(answer or ['top'])[0])
+                                    gate_from=source)
             fold[variant] = evaluate_fit(fitted_map, ev_tables, ev_pos, unknown, gate)
             fold[variant]['fit'] = {k: fitted.get(k) for k in
                                     ('drive', 'fusion', 'calibration', 'novelty_gate')}
         log(f'{name}: fold fitted on frames {fold["fit_frames"]} done')
         out['folds'].append(fold)
     out['pooled'] = {v: pooled([f[v] for f in out['folds']]) for v in VARIANTS}
-    out['self_fit_novelty_gate'] = fits[SHIPPED].meta[META_KEY]['novelty_gate']
+    out['self_fit_novelty_gate'] = fits[DEFAULT_FEATURES].meta[META_KEY]['novelty_gate']
     return out
 
 
@@ -459,7 +452,7 @@ def corridor_drive_fit(args, log) -> Dict:
     result = drive_fit_folds(ref_map, fits, model, descriptors, tables, positives,
                              positions, args.place_radius, unknown_images(args.unknown),
                              'query', log)
-    result['self_fit'] = fits[SHIPPED].meta[META_KEY]['calibration']['fitted_on']
+    result['self_fit'] = fits[DEFAULT_FEATURES].meta[META_KEY]['calibration']['fitted_on']
     result['map'] = str(map_dir)
     return result
 

@@ -76,9 +76,6 @@ ALL_FEATURES = ('margin', 'mass', 'agreement', 'quality', 'generic', 'similarity
                 'global_margin', 'global_z', 'distinct')
 #: The features a fit uses by default (module doc: why not the patch quality).
 DEFAULT_FEATURES = ('agreement', 'similarity')
-#: What a calibration's answer is: the top fused candidate, or
-#: :func:`.fusion.place_answer` (the most fused probability within place_radius).
-ANSWERS = ('top', 'place')
 #: Default confidence threshold: publish answers more likely right than wrong.
 DEFAULT_THRESHOLD = 0.5
 #: Default L2 penalty of the logistic regression (on standardised features).
@@ -101,17 +98,15 @@ _GATE_BLOCK = 1024
 
 def confidence_features(table: CandidateTable, fused: np.ndarray, positions: np.ndarray,
                         place_radius: float, temperature: float,
-                        hubs: Optional[np.ndarray] = None,
-                        best: Optional[int] = None) -> np.ndarray:
+                        hubs: Optional[np.ndarray] = None) -> np.ndarray:
     """Features [F] (:data:`ALL_FEATURES`, module doc) of a query's candidates.
 
     table: the query's candidates (C); fused: [C] their fused scores; positions: [N, 3]
     reference positions; temperature: the softmax temperature of the fusion; hubs: [N]
-    :func:`hub_similarity` of the map (without it ``distinct`` is nan); best: the answer,
-    an index into the candidates (default: the top fused one).
+    :func:`hub_similarity` of the map (without it ``distinct`` is nan).
     """
     fused = np.asarray(fused, np.float64)
-    b = int(np.argmax(fused)) if best is None else int(best)
+    b = int(np.argmax(fused))
     here = positions[table.indices[b]]
     dist = np.linalg.norm(positions[table.indices] - here, axis=1)           # [C]
     near = dist <= place_radius
@@ -154,8 +149,7 @@ class Calibration:
     features: names (a subset of :data:`ALL_FEATURES`); mean, scale, coef: [F] each
     (standardisation and weights); intercept; place_radius and fusion: what the features
     were computed with (a localizer with others cannot use it); threshold: default
-    confidence below which no pose is published; fitted_on: free-form summary; answer:
-    which candidate it calibrates (:data:`ANSWERS`), so the one a localizer answers with.
+    confidence below which no pose is published; fitted_on: free-form summary.
     """
 
     features: Tuple[str, ...]
@@ -167,11 +161,8 @@ class Calibration:
     fusion: Dict[str, Any]
     threshold: float = DEFAULT_THRESHOLD
     fitted_on: Dict[str, Any] = field(default_factory=dict)
-    answer: str = 'top'
 
     def __post_init__(self) -> None:
-        if self.answer not in ANSWERS:
-            raise MapError(f'unknown calibration answer {self.answer!r}; known: {ANSWERS}')
         unknown = set(self.features) - set(ALL_FEATURES)
         if unknown:
             raise MapError(f'unknown calibration features {sorted(unknown)}; known: '
@@ -205,8 +196,7 @@ class Calibration:
                 'scale': [float(v) for v in self.scale],
                 'coef': [float(v) for v in self.coef], 'intercept': float(self.intercept),
                 'place_radius': float(self.place_radius), 'fusion': dict(self.fusion),
-                'threshold': float(self.threshold), 'fitted_on': dict(self.fitted_on),
-                'answer': self.answer}
+                'threshold': float(self.threshold), 'fitted_on': dict(self.fitted_on)}
 
     @classmethod
     def from_meta(cls, meta: Dict[str, Any]) -> 'Calibration':
@@ -216,7 +206,7 @@ class Calibration:
                        tuple(map(float, meta['scale'])), tuple(map(float, meta['coef'])),
                        float(meta['intercept']), float(meta['place_radius']),
                        dict(meta['fusion']), float(meta.get('threshold', DEFAULT_THRESHOLD)),
-                       dict(meta.get('fitted_on', {})), str(meta.get('answer', 'top')))
+                       dict(meta.get('fitted_on', {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise MapError(f"the map's calibration is malformed ({exc!r}): refit it "
                            '(patch_netvlad_ros.core.maps.map_fit.fit_map)') from exc
@@ -364,12 +354,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = DEFAULT_L2,
 def fit_calibration(x: np.ndarray, right: np.ndarray, place_radius: float, fusion: Fusion,
                     features: Sequence[str] = DEFAULT_FEATURES, l2: float = DEFAULT_L2,
                     weights: Optional[np.ndarray] = None,
-                    fitted_on: Optional[Dict[str, Any]] = None,
-                    answer: str = 'top') -> Calibration:
-    """Fit a :class:`Calibration` on features [M, len(ALL_FEATURES)] and labels [M].
-
-    answer: the rule the rows' answers were chosen by (:data:`ANSWERS`).
-    """
+                    fitted_on: Optional[Dict[str, Any]] = None) -> Calibration:
+    """Fit a :class:`Calibration` on features [M, len(ALL_FEATURES)] and labels [M]."""
     x = np.atleast_2d(np.asarray(x, np.float64))
     right = np.asarray(right, bool)
     if len(x) != len(right) or len(x) == 0:
@@ -385,7 +371,7 @@ def fit_calibration(x: np.ndarray, right: np.ndarray, place_radius: float, fusio
     coef, intercept = fit_logistic((sub - mean) / scale, right, l2, weights)
     return Calibration(tuple(features), tuple(mean), tuple(scale), tuple(coef), intercept,
                        float(place_radius), fusion_identity(fusion),
-                       fitted_on=dict(fitted_on or {}), answer=answer)
+                       fitted_on=dict(fitted_on or {}))
 
 
 def reliability_bins(probability: Sequence[float], right: Sequence[bool],

@@ -134,24 +134,6 @@ AUTHORS = Fusion('patches')
 RETRIEVAL = Fusion('global')
 
 
-def place_answer(fused: np.ndarray, positions: np.ndarray, place_radius: float,
-                 temperature: float) -> int:
-    """Return the candidate with the most softmax mass within place_radius of it.
-
-    Ties go to the higher fused score; an index into the candidates (docs/accuracy.md,
-    place answer). fused: [C] fused scores; positions: [C, 3] the candidates' reference positions;
-    temperature: the softmax's (:meth:`Fusion.probabilities`).
-    """
-    fused = np.asarray(fused, np.float64)
-    z = temperature * fused
-    p = np.exp(z - z.max())
-    pos = np.asarray(positions, np.float64)
-    near = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2) <= place_radius  # [C, C]
-    # rows with the same neighbours sum the same terms in the same order: exact ties
-    mass = near.astype(np.float64) @ p
-    return int(np.lexsort((fused, mass))[-1])
-
-
 def recall_at_1(tables: Sequence[CandidateTable], positives: Sequence[np.ndarray],
                 fusion: Fusion) -> float:
     """Fraction of queries whose best fused candidate is one of their positives."""

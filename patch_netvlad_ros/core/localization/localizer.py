@@ -41,7 +41,7 @@ import torch
 
 from .calibration import (ALL_FEATURES, Calibration, confidence_features, hub_similarity,
                           NoveltyGate)
-from .fusion import AUTHORS, CandidateTable, Fusion, place_answer, RETRIEVAL
+from .fusion import AUTHORS, CandidateTable, Fusion, RETRIEVAL
 from ..config import PatchNetVLADConfig
 from ..errors import ImageError, MapError
 from ..maps.database import check_identity, map_identity, Reference, ReferenceMap
@@ -337,10 +337,6 @@ class Localizer:
         """Rank a query's candidates by the localizer's fusion; the best with its confidence."""
         fused = self.fusion.scores(table)
         order = np.argsort(-fused, kind='stable')
-        if self.calibration is not None and self.calibration.answer == 'place':
-            b = place_answer(fused, self._positions[table.indices], self.place_radius,
-                             self.fusion.temperature)
-            order = np.concatenate([[b], order[order != b]])
         cands = [Candidate(int(table.indices[j]), self.map.references[table.indices[j]].id,
                            float(fused[j]), float(table.quality[j]),
                            float(table.global_distance[j]), float(table.patch_fused[j]))
@@ -349,7 +345,7 @@ class Localizer:
             confidence = self.confidence(cands, int(table.indices[0]))
         else:
             x = confidence_features(table, fused, self._positions, self.place_radius,
-                                    self.fusion.temperature, self._hubs, int(order[0]))
+                                    self.fusion.temperature, self._hubs)
             confidence = float(self.calibration.probability(x[None])[0])
             if self.novelty_gate is not None:
                 # P(in map | x) x P(right | in map, x) (calibration module doc)

@@ -154,7 +154,7 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
                    top_k: Optional[int] = None, seed: int = 0,
                    not_in_map_weight: Optional[float] = None,
                    novelty_gate: bool = DRIVE_NOVELTY_GATE,
-                   gate_from: str = DRIVE_GATE_FROM, answer: str = 'top') -> Dict[str, Any]:
+                   gate_from: str = DRIVE_GATE_FROM) -> Dict[str, Any]:
     """Fit fusion and calibration on a drive's rows (module doc); store and return them.
 
     not_in_map_weight: total weight of the not-in-map rows relative to the in-map rows
@@ -162,7 +162,7 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
     benchmark's comparison, not an option to tune). novelty_gate: also store a novelty
     gate, fitted on the not-in-map rows (gate_from 'drive'), on the map alone ('map'), or
     the stricter of the two ('stricter': the higher 0.5 point); both default to the module
-    doc's choice. answer: as :func:`.map_fit.fit_map` takes it.
+    doc's choice.
     """
     if gate_from not in GATE_SOURCES:
         raise MapError(f'gate_from {gate_from!r}: one of {GATE_SOURCES}')
@@ -172,11 +172,10 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
     fusion = fit_fusion(rows.in_map, rows.positives, f'drive {name}, {len(rows.in_map)} frames')
     hubs = hubs_for(ref_map, features, place_radius)
     x_in, y_in = calibration_rows(rows.in_map, rows.positives, fusion, positions, place_radius,
-                                  hubs, answer)
+                                  hubs)
     negatives = rows.not_in_map if not_in_map_weight > 0 else []
     none = [np.zeros(0, np.int64)] * len(negatives)
-    x_out, y_out = calibration_rows(negatives, none, fusion, positions, place_radius, hubs,
-                                    answer)
+    x_out, y_out = calibration_rows(negatives, none, fusion, positions, place_radius, hubs)
     # in-map rows weigh 1 each; the not-in-map rows together not_in_map_weight times as much
     w_out = not_in_map_weight * len(y_in) / max(len(y_out), 1)
     x = np.concatenate([x_in, x_out])
@@ -187,7 +186,7 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
         description += (f' and {len(y_out)} of its frames with the map within '
                         f'{rows.exclusion:g} m removed (not-in-map)')
     calibration = fit_calibration(x, y, place_radius, fusion, features, l2, weights, {
-        'description': description, 'rows': int(len(y)), 'right': int(y.sum())}, answer)
+        'description': description, 'rows': int(len(y)), 'right': int(y.sum())})
     summary = {'name': name, 'frames': len(y_in),
                'with_positive': int(sum(len(p) > 0 for p in rows.positives)),
                'not_in_map_rows': len(y_out), 'not_in_map_exclusion_m': rows.exclusion,

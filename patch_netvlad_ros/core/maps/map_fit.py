@@ -46,8 +46,8 @@ from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, confidence_features, DEFAULT_FEATURES,
                                         DEFAULT_L2, fit_calibration, fit_novelty_gate,
                                         hub_similarity)
-from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion,
-                                   place_answer, recall_at_1, RETRIEVAL)
+from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion, recall_at_1,
+                                   RETRIEVAL)
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
 from ..model.model import PatchNetVLAD
 from ..training.augment import augment_image
@@ -183,23 +183,19 @@ def hubs_for(ref_map: ReferenceMap, features: Sequence[str],
 
 def calibration_rows(tables: Sequence[CandidateTable], positives: Sequence[np.ndarray],
                      fusion: Fusion, positions: np.ndarray, place_radius: float,
-                     hubs: Optional[np.ndarray] = None,
-                     answer: str = 'top') -> Tuple[np.ndarray, np.ndarray]:
+                     hubs: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Confidence features [M, len(ALL_FEATURES)] and labels [M] of queries' answers.
 
-    An answer (the top candidate under ``fusion``, or with answer 'place' its
-    :func:`.fusion.place_answer`) is right iff it is among the query's positives.
-    positions: [N, 3] the map's reference positions; hubs: [N] as
+    An answer (the top candidate under ``fusion``) is right iff it is among the query's
+    positives. positions: [N, 3] the map's reference positions; hubs: [N] as
     :func:`.calibration.confidence_features` takes them.
     """
     rows, labels = [], []
     for table, pos in zip(tables, positives):
         fused = fusion.scores(table)
-        best = (place_answer(fused, positions[table.indices], place_radius, fusion.temperature)
-                if answer == 'place' else int(np.argmax(fused)))
         rows.append(confidence_features(table, fused, positions, place_radius,
-                                        fusion.temperature, hubs, best))
-        labels.append(bool(np.isin(table.indices[best], pos)))
+                                        fusion.temperature, hubs))
+        labels.append(bool(np.isin(table.indices[int(np.argmax(fused))], pos)))
     return (np.array(rows, np.float64).reshape(len(rows), len(ALL_FEATURES)),
             np.array(labels, bool))
 
@@ -242,8 +238,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
             progress: Optional[Callable[[int], None]] = None,
             images: Optional[ReferenceImages] = None, model: Optional[PatchNetVLAD] = None,
             max_second_visits: int = MAX_SECOND_VISITS,
-            novelty_gate: bool = NOVELTY_GATE, answer: str = 'top',
-            **matching: object) -> Dict[str, Any]:
+            novelty_gate: bool = NOVELTY_GATE, **matching: object) -> Dict[str, Any]:
     """Fit fusion and calibration on self-queries (module doc); store and return them.
 
     matching: top_k, matcher, patch_weights as the localizer will use them.
@@ -253,9 +248,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
     from map index to image, any size) and the map's model: the calibration then also
     learns from simulated second visits of up to ``max_second_visits`` of them (module
     doc); without them it learns from the self-queries alone.
-    novelty_gate: also store the map's novelty gate (module doc). answer: the candidate
-    the calibration is fitted for and the localizer answers with
-    (:data:`.calibration.ANSWERS`).
+    novelty_gate: also store the map's novelty gate (module doc).
     Returns the dict stored in ``ref_map.meta['localization']``.
     """
     if len(ref_map) < 3:
@@ -305,7 +298,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
     hubs = hubs_for(ref_map, features, place_radius)
     for _, source_tables, source_positives in sources:
         x_s, y_s = calibration_rows(source_tables, source_positives, fusion,
-                                    localizer.positions, place_radius, hubs, answer)
+                                    localizer.positions, place_radius, hubs)
         rows.append(x_s)
         labels.append(y_s)
         # every source weighs the same, whatever its number of queries (mean weight 1)
@@ -314,7 +307,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
     weights = np.array(weights) * len(y) / len(sources)
     summaries = [_level_summary(e, t, p) for e, t, p in levels]
     calibration = fit_calibration(x, y, place_radius, fusion, features, l2, weights, {
-        'description': description, 'rows': int(len(y)), 'right': int(y.sum())}, answer)
+        'description': description, 'rows': int(len(y)), 'right': int(y.sum())})
     fitted = {'version': FIT_VERSION, 'place_radius': float(place_radius),
               'top_k': int(localizer.config.top_k), 'queries': int(len(queries)),
               'seed': int(seed), 'levels': summaries, 'fusion_level': int(chosen),
