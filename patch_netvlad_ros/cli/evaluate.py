@@ -22,10 +22,11 @@ the map's fitted fusion (maps fitted by pnv-build-map or pnv-map fit), each fram
 answer (what ~/match says) and the sequence filter's (what ~/pose carries): recall@N,
 and for the answers' confidences the ROC AUC, the expected calibration error and the
 recall at 100% precision. The sequence filter (--sequence) moves between frames by
-odometry or by time and --max-speed. Offline, 'odometry' takes the drive's own poses as
-the robot's odometry (a robot has its odometry; the drive's poses stand for it, so this
-is odometry without drift); in graph mode the replay publishes no odometry, so the
-node's filter moves by time.
+odometry or by time and --max-speed. 'odometry' takes the drive's own poses as the
+robot's odometry (a robot has its odometry; the drive's poses stand for it, so this is
+odometry without drift): offline the filter reads them, in graph mode the replay
+publishes them as nav_msgs/Odometry at each frame's stamp for localizer_node's
+odom_topic, and the report counts the frames the node's filter moved by them.
 Positions, headings and the trajectory plot use the ground plane of the map's pose
 convention (x-y for z-up poses, x-z for camera-convention poses, heading about the up
 axis). Every argument is checked before the map, the model or the drive is read.
@@ -83,29 +84,32 @@ def match_table(msg) -> 'CandidateTable':
 
 
 def graph_outcomes(drive: 'Drive', args: argparse.Namespace, ref_map: 'ReferenceMap',
-                   checkpoint: Path, fusions: Dict[str, 'Fusion']):
+                   checkpoint: Path, fusions: Dict[str, 'Fusion'], motion: Optional[str]):
     """Replay the drive through the ROS graph; one outcome per frame (no answer: a miss).
 
     The drive's camera messages go out as recorded (encoding, compression, size, stamps)
     into the graph with its default settings (:mod:`patch_netvlad_ros.ros.replay`), so
     frames the graph drops under them have no answer and count as misses in recall@N.
     ~/match lists every candidate, so the other rankers' orders (``fusions``) come from
-    the node's own scores. Returns the single-frame outcomes, the sequence filter's
-    (None when it is off) and the report's graph sections: frames published, answered,
-    dropped by reason, lost before camera_batcher, each node's last /diagnostics status.
+    the node's own scores. motion: the sequence filter's (:func:`sequence_motion`);
+    'odometry' replays the drive's poses as odometry. Returns the single-frame outcomes,
+    the sequence filter's (None when it is off) and the report's graph sections: frames
+    published, answered, dropped by reason, lost before camera_batcher, each node's last
+    /diagnostics status, and the answers whose filter moved by odometry.
     """
     from ..core.evaluation.localize_drive import outcome_of, stage_rankings
     from ..ros.replay import replay_drive
     top_k = args.top_k or ref_map.config.top_k
     params = {'max_candidates': min(max(max(NS), top_k), MAX_LISTED), 'verify_map': False,
-              'sequence': args.sequence != 'off', 'max_speed': args.max_speed}
+              'sequence': motion is not None, 'max_speed': args.max_speed}
     if args.top_k:
         params['top_k'] = args.top_k
     cfg = ref_map.config
     record, keys = replay_drive(drive, str(args.map), str(checkpoint), cfg.preset,
                                 (cfg.image_height, cfg.image_width), args.rate,
                                 getattr(args, 'graph_processes', 'three'), params,
-                                progress=progress_bar(len(drive.frames), 'replay'))
+                                progress=progress_bar(len(drive.frames), 'replay'),
+                                odometry=motion == 'odometry')
     outcomes, filtered = [], []
     for frame, key in zip(drive.frames, keys):
         sent, got = record.published.get(key), record.matches.get(key)
@@ -124,8 +128,10 @@ def graph_outcomes(drive: 'Drive', args: argparse.Namespace, ref_map: 'Reference
                                    stage_rankings(match_table(msg), fusions)))
         filtered.append(outcome_of(frame, list(msg.sequence_ranked), msg.sequence_confidence,
                                    latency, {**stages, 'sequence': msg.sequence_ms}))
-    return (outcomes, filtered if args.sequence != 'off' else None,
-            graph_sections(record, args.rate))
+    sections = graph_sections(record, args.rate)
+    sections['sequence_odometry_frames'] = sum(bool(m.sequence_odometry)
+                                               for m, _ in record.matches.values())
+    return outcomes, filtered if motion is not None else None, sections
 
 
 def graph_sections(record, rate: float) -> dict:
@@ -177,10 +183,10 @@ def main(argv: Optional[list] = None) -> int:
                         'is within this of the query frame index (lock-step drives)')
     parser.add_argument('--top-k', type=positive_int, default=None, help="default: the map's")
     parser.add_argument('--sequence', choices=('odometry', 'time', 'off'), default='odometry',
-                        help="the sequence filter's motion model: 'odometry' (offline: the "
-                        "drive's own poses stand for the robot's odometry; graph mode: "
-                        "the replay publishes none, so time), 'time' (time between frames "
-                        "and --max-speed), 'off' (single frames only)")
+                        help="the sequence filter's motion model: 'odometry' (the drive's "
+                        "own poses stand for the robot's odometry; graph mode: the replay "
+                        "publishes them on the node's odom_topic), 'time' (time between "
+                        "frames and --max-speed), 'off' (single frames only)")
     parser.add_argument('--max-speed', type=positive_float, default=3.0,
                         help='sequence filter without odometry: fastest motion in m/s '
                         '(default 3)')
@@ -243,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
         outcomes, filtered = result if sequence is not None else (result, None)
     else:
         ckpt = args.checkpoint or map_model_path(args.map)
-        outcomes, filtered, extra = graph_outcomes(drive, args, ref_map, ckpt, fusions)
+        outcomes, filtered, extra = graph_outcomes(drive, args, ref_map, ckpt, fusions,
+                                                   motion)
     end_progress()
     positives = (frame_positives(drive, ref_map, args.frame_tolerance)
                  if args.frame_tolerance is not None else None)
@@ -274,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
               f"lost before camera_batcher {f['lost_before_batcher']}, answered "
               f"{f['answered']}, dropped: {dropped}; poses {extra['poses_published']} "
               '(unanswered frames count as misses)')
+        if motion == 'odometry':
+            print('sequence filter moved by the replayed odometry on '
+                  f"{extra['sequence_odometry_frames']} of {f['answered']} answers (the "
+                  'first has nothing to move from)')
         if not f['settled']:
             say(f"warning: the graph had not settled at the end ({f['in_flight_at_end']} "
                 'frames in flight)')
@@ -285,10 +296,6 @@ def sequence_motion(args: argparse.Namespace, convention: str) -> Optional[str]:
     """Return the sequence filter's motion model for this run: 'odometry', 'time', None."""
     if args.sequence == 'off':
         return None
-    if args.sequence == 'odometry' and args.mode == 'graph':
-        say('graph mode: the replay publishes no odometry; the sequence filter moves by '
-            'time and --max-speed')
-        return 'time'
     if args.sequence == 'odometry' and convention != 'z-up':
         say(f"{convention}-convention poses: the filter's odometry model turns about z; "
             'it moves by time and --max-speed instead')

@@ -6,8 +6,11 @@ The drive's own camera messages are published as they were recorded: the bag's I
 CompressedImage messages read with rosbags and not decoded (encoding, compression, size,
 header stamp and frame id kept), or a folder drive's image files as CompressedImage (their
 bytes, format from the suffix), at ``rate`` times the recorded pace, with /clock from the
-same stamps. They go into the graph with its default settings (camera QoS, batcher buffer,
-batch size, flow control: the parameter defaults, which config/localize.yaml repeats),
+same stamps, and, when asked, each frame's pose as nav_msgs/Odometry on ``odom`` at the
+frame's stamp just before it (the drive's poses standing for the robot's odometry, as
+pnv-evaluate's offline mode takes them; localizer_node's ``odom_topic``). They go into the
+graph with its default settings (camera QoS, batcher buffer, batch size, flow control:
+the parameter defaults, which config/localize.yaml repeats),
 so frames the graph would drop on a robot are dropped here too: every node counts where
 its frames went and publishes the counts on /diagnostics, and the record ends with the
 graph's ledger (:func:`~patch_netvlad_ros.core.graph.accounting.graph_ledger`).
@@ -31,6 +34,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Opti
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from patch_netvlad_ros_interfaces.msg import PlaceMatch
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
@@ -45,11 +49,16 @@ from .graph_processes import GraphProcesses, NODES
 from .qos import pipeline_qos
 from ..core.drives.bags import read_messages
 from ..core.drives.drives import Drive, DriveFrame
+from ..core.drives.poses import PoseSample
 from ..core.errors import MapError
 from ..core.graph.accounting import graph_ledger
 
 #: Camera topic, relative to the replay's namespace.
 CAMERA_TOPIC = 'camera/image_raw'
+#: Odometry topic, relative to the replay's namespace (localizer_node's odom_topic).
+ODOM_TOPIC = 'odom'
+#: Frames of the replayed odometry (REP 105).
+ODOM_FRAME, BASE_FRAME = 'odom', 'base_link'
 #: Suffix image_transport's compressed transport adds to the camera topic.
 COMPRESSED = '/compressed'
 CameraMsg = Union[Image, CompressedImage]
@@ -117,6 +126,15 @@ def recorded_frames(drive: Drive) -> Iterator[Tuple[DriveFrame, CameraMsg]]:
         yield frame, msg
 
 
+def odometry_message(pose: PoseSample, stamp: Time) -> Odometry:
+    """Return a pose as nav_msgs/Odometry (odom -> base_link) stamped ``stamp``."""
+    msg = Odometry(header=Header(stamp=stamp, frame_id=ODOM_FRAME), child_frame_id=BASE_FRAME)
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    p.x, p.y, p.z = float(pose.x), float(pose.y), float(pose.z)
+    q.x, q.y, q.z, q.w = float(pose.qx), float(pose.qy), float(pose.qz), float(pose.qw)
+    return msg
+
+
 @dataclass
 class ReplayRecord:
     """What the replay published and what the graph answered, by stamp (sec, nanosec).
@@ -160,19 +178,24 @@ class Recorder(Node):
 
 
 class ReplayPublisher(Node):
-    """Publish camera messages at their recorded pace times ``rate``, and /clock."""
+    """Publish camera messages at their recorded pace times ``rate``, /clock, and odometry."""
 
-    def __init__(self, compressed: bool, topic: str = CAMERA_TOPIC, **kwargs) -> None:
+    def __init__(self, compressed: bool, topic: str = CAMERA_TOPIC, odometry: bool = False,
+                 **kwargs) -> None:
         super().__init__('replay_publisher', **kwargs)
         kind, topic = (CompressedImage, topic + COMPRESSED) if compressed else (Image, topic)
         self.images = self.create_publisher(kind, topic, pipeline_qos(10))
         self.clock = self.create_publisher(Clock, '/clock', 10)
+        self.odom = self.create_publisher(Odometry, ODOM_TOPIC, 50) if odometry else None
 
     def play(self, frames: Iterable[Tuple[float, CameraMsg]], rate: float,
-             record: ReplayRecord, progress: Optional[Callable[[int], None]] = None) -> int:
+             record: ReplayRecord, progress: Optional[Callable[[int], None]] = None,
+             odometry: Optional[Mapping[StampKey, Odometry]] = None) -> int:
         """Publish (stamp, message) pairs, paced by stamp / rate (blocking); return the count.
 
-        rate <= 0: as fast as possible.
+        rate <= 0: as fast as possible. odometry: by camera stamp key, published just
+        before its frame (looked up after the frame is drawn from ``frames``, so a
+        generator may fill it as it goes).
         """
         count, t0, wall0 = 0, None, time.perf_counter()
         for stamp, msg in frames:
@@ -183,6 +206,9 @@ class ReplayPublisher(Node):
             record.published[key_of(msg)] = time.time()
             name = msg.encoding if isinstance(msg, Image) else f'compressed {msg.format}'
             record.encodings[name] = record.encodings.get(name, 0) + 1
+            odom = None if odometry is None else odometry.get(key_of(msg))
+            if self.odom is not None and odom is not None:
+                self.odom.publish(odom)
             self.images.publish(msg)
             count += 1
             if progress is not None:
@@ -277,7 +303,8 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
                          expected_frames: int = 0, timeout_per_frame: float = 30.0,
                          start_timeout: float = 600.0, namespace: str = '',
                          progress: Optional[Callable[[int], None]] = None,
-                         on_start: Optional[Callable[[Dict[str, int]], None]] = None
+                         on_start: Optional[Callable[[Dict[str, int]], None]] = None,
+                         odometry: Optional[Mapping[StampKey, Odometry]] = None
                          ) -> ReplayRecord:
     """Start the graph, replay (stamp, camera message) pairs, wait for it to settle.
 
@@ -287,12 +314,16 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
     parameters (everything else stays at its default). namespace: of the graph and
     the replay (default: /pnv_replay_<pid>). on_start: called with the nodes' process
     ids (node kind -> pid; this process's for 'one') once the graph is up, before the
-    first frame. Returns the record; its ledger says where every frame went.
+    first frame. odometry: by camera stamp key, published on :data:`ODOM_TOPIC` before
+    each frame (:meth:`ReplayPublisher.play`), and localizer_node's odom_topic set to it.
+    Returns the record; its ledger says where every frame went.
     """
     if processes not in ('one', 'three'):
         raise ValueError(f"processes must be 'one' or 'three'; got {processes!r}")
     namespace = namespace or f'/pnv_replay_{os.getpid()}'
     names = {kind: f'{namespace}/{kind}' for kind in NODES}
+    if odometry is not None:
+        localizer_params = {'odom_topic': ODOM_TOPIC, **dict(localizer_params)}
     params = graph_params(map_dir, checkpoint, preset, size, compressed, batcher_params,
                           descriptor_params, localizer_params)
     record = ReplayRecord(processes=processes)
@@ -305,7 +336,8 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
         else:
             nodes = _in_process(params, namespace, ctx)
         recorder = Recorder(record, names['localizer_node'], context=ctx, namespace=namespace)
-        player = ReplayPublisher(compressed, context=ctx, namespace=namespace)
+        player = ReplayPublisher(compressed, odometry=odometry is not None, context=ctx,
+                                 namespace=namespace)
         executor = MultiThreadedExecutor(num_threads=6, context=ctx)
         for node in [*nodes, recorder]:
             executor.add_node(node)
@@ -317,7 +349,7 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
                 on_start(graph.pids if graph is not None else
                          {kind: os.getpid() for kind in NODES})
             start = time.perf_counter()
-            count = player.play(frames, rate, record, progress)
+            count = player.play(frames, rate, record, progress, odometry)
             deadline = time.monotonic() + timeout_per_frame * max(1, count, expected_frames)
             _settle(record, recorder, names, graph, deadline)
             record.seconds = time.perf_counter() - start
@@ -339,12 +371,13 @@ def replay_through_graph(frames: Iterable[Tuple[float, CameraMsg]], compressed: 
 def replay_drive(drive: Drive, map_dir: str, checkpoint: str, preset: str,
                  size: Tuple[int, int], rate: float = 1.0, processes: str = 'three',
                  localizer_params: Mapping[str, Any] = (),
-                 progress: Optional[Callable[[int], None]] = None, **options: Any
-                 ) -> Tuple[ReplayRecord, List[Optional[StampKey]]]:
+                 progress: Optional[Callable[[int], None]] = None, odometry: bool = False,
+                 **options: Any) -> Tuple[ReplayRecord, List[Optional[StampKey]]]:
     """Replay a drive's recorded camera messages; return the record and each frame's key.
 
     keys[i]: the stamp key frame i was published under (its answer's key in
-    record.matches), None if it was not published. options: more keyword arguments of
+    record.matches), None if it was not published. odometry: also publish each frame's
+    pose as odometry at its camera stamp (module doc). options: more keyword arguments of
     :func:`replay_through_graph` (batcher_params, namespace, ...).
     """
     first = next(recorded_frames(drive), None)
@@ -352,6 +385,7 @@ def replay_drive(drive: Drive, map_dir: str, checkpoint: str, preset: str,
         raise MapError(f'drive {drive.name} has no frames to replay')
     compressed = isinstance(first[1], CompressedImage)
     keys: Dict[int, StampKey] = {}
+    odom: Optional[Dict[StampKey, Odometry]] = {} if odometry else None
 
     def stream() -> Iterator[Tuple[float, CameraMsg]]:
         for frame, msg in recorded_frames(drive):
@@ -359,12 +393,14 @@ def replay_drive(drive: Drive, map_dir: str, checkpoint: str, preset: str,
                 raise MapError(f'drive {drive.name} mixes Image and CompressedImage messages: '
                                'replay needs one kind')
             keys[id(frame)] = key_of(msg)
+            if odom is not None:
+                odom[key_of(msg)] = odometry_message(frame.pose, msg.header.stamp)
             yield frame.stamp, msg
 
     record = replay_through_graph(stream(), compressed, map_dir, checkpoint, preset, size,
                                   rate, processes, localizer_params,
                                   expected_frames=len(drive.frames), progress=progress,
-                                  **options)
+                                  odometry=odom, **options)
     return record, [keys.get(id(f)) for f in drive.frames]
 
 
