@@ -254,8 +254,23 @@ def corridor_part(args, log) -> Dict:
     return result
 
 
-def load_loop(args, model: PatchNetVLAD, log):
-    """Return the loop's truth, image paths, images, descriptors and its first lap's map.
+@dataclasses.dataclass
+class Loop:
+    """The loop sample: the first lap's map and images, the revisits queried against it.
+
+    queries: frame indices of the revisits with ground truth; descriptors: theirs (global,
+    patches per scale); positives: per revisit the first-lap frames it closes the loop with.
+    """
+
+    ref_map: ReferenceMap
+    map_images: List[np.ndarray]
+    queries: List[int]
+    descriptors: List
+    positives: List[Set[int]]
+
+
+def load_loop(args, model: PatchNetVLAD, log) -> Optional[Loop]:
+    """Describe the loop sample and map its first lap (:class:`Loop`).
 
     None (said in the log) when args.loop holds no loop data.
     """
@@ -275,26 +290,24 @@ def load_loop(args, model: PatchNetVLAD, log):
         refs, np.stack([d[0].numpy() for d in descriptors[:n]]),
         [np.stack([d[1][s].numpy() for d in descriptors[:n]])
          for s in range(len(model.config.patch_sizes))])
-    return truth, paths, images, descriptors, ref_map
+    queries = [i for i in range(n, len(paths)) if i in truth]
+    return Loop(ref_map, images[:n], queries, [descriptors[i] for i in queries],
+                [{j for j in truth[i] if j < n} for i in queries])
 
 
 def loop_part(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     """Measure on the RTAB-Map loop (module doc); None when its folder is missing."""
-    loaded = load_loop(args, model, log)
-    if loaded is None:
+    loop = load_loop(args, model, log)
+    if loop is None:
         return None
-    truth, paths, images, descriptors, ref_map = loaded
-    n = LOOP_MAP_FRAMES
-    visits = None if args.self_queries_only else images[:n]
-    fitted = fit_map(ref_map, place_radius=LOOP_RADIUS, images=visits,
+    visits = None if args.self_queries_only else loop.map_images
+    fitted = fit_map(loop.ref_map, place_radius=LOOP_RADIUS, images=visits,
                      model=model if visits else None)
-    queries = [i for i in range(n, len(paths)) if i in truth]
-    positives = [{j for j in truth[i] if j < n} for i in queries]
-    tables, _ = tables_of(Localizer(ref_map, None), [descriptors[i] for i in queries])
-    result = single_and_sequence(ref_map, tables, positives, [float(i) for i in queries],
-                                 None, args.output, 'loop')
+    tables, _ = tables_of(Localizer(loop.ref_map, None), loop.descriptors)
+    result = single_and_sequence(loop.ref_map, tables, loop.positives,
+                                 [float(i) for i in loop.queries], None, args.output, 'loop')
     result['fit'] = {k: fitted[k] for k in ('levels', 'fusion_level', 'fusion', 'calibration')}
-    result['queries'] = len(queries)
+    result['queries'] = len(loop.queries)
     return result
 
 
@@ -459,27 +472,22 @@ def corridor_drive_fit(args, log) -> Dict:
 
 def loop_drive_fit(args, model: PatchNetVLAD, log) -> Optional[Dict]:
     """Measure the revisits' 2-fold drive fit against the first lap's self-fit (module doc)."""
-    loaded = load_loop(args, model, log)
-    if loaded is None:
+    loop = load_loop(args, model, log)
+    if loop is None:
         return None
-    truth, paths, images, descriptors, ref_map = loaded
-    n = LOOP_MAP_FRAMES
-    fits = self_fits(ref_map, LOOP_RADIUS, None if args.self_queries_only else images[:n],
-                     model, log)
-    queries = [i for i in range(n, len(paths)) if i in truth]
-    positives = [{j for j in truth[i] if j < n} for i in queries]
+    fits = self_fits(loop.ref_map, LOOP_RADIUS,
+                     None if args.self_queries_only else loop.map_images, model, log)
     # a revisit's pose: the first-lap frame it closes the loop with (module doc); one
     # without any is placed far from the map (every answer wrong)
     positions = np.array([[float(np.median(sorted(p))) if p else 1e6, 0.0, 0.0]
-                          for p in positives])
-    tables, _ = tables_of(Localizer(ref_map, None, LOOP_RADIUS),
-                          [descriptors[i] for i in queries])
+                          for p in loop.positives])
+    tables, _ = tables_of(Localizer(loop.ref_map, None, LOOP_RADIUS), loop.descriptors)
     size = (model.config.image_height, model.config.image_width)
-    result = drive_fit_folds(ref_map, fits, model, [descriptors[i] for i in queries],
-                             tables, positives, positions, LOOP_RADIUS,
+    result = drive_fit_folds(loop.ref_map, fits, model, loop.descriptors, tables,
+                             loop.positives, positions, LOOP_RADIUS,
                              unknown_images(args.unknown, size), 'revisits', log,
-                             fit_positives=positives)
-    result['queries'] = len(queries)
+                             fit_positives=loop.positives)
+    result['queries'] = len(loop.queries)
     return result
 
 
