@@ -10,10 +10,10 @@ same stamps, and, when asked, each frame's pose as nav_msgs/Odometry on ``odom``
 frame's stamp just before it (the drive's poses standing for the robot's odometry, as
 pnv-evaluate's offline mode takes them; localizer_node's ``odom_topic``). They go into the
 graph with its default settings (camera QoS, batcher buffer, batch size, flow control:
-the parameter defaults, which config/localize.yaml repeats),
-so frames the graph would drop on a robot are dropped here too: every node counts where
-its frames went and publishes the counts on /diagnostics, and the record ends with the
-graph's ledger (:func:`~patch_netvlad_ros.core.graph.accounting.graph_ledger`).
+the parameter defaults, which config/localize.yaml repeats), so frames the graph would
+drop on a robot are dropped here too: every node counts where its frames went and
+publishes the counts on /diagnostics, and the record ends with the graph's ledger
+(:func:`~patch_netvlad_ros.core.graph.accounting.graph_ledger`).
 
 The graph runs as launched (:mod:`.graph_processes`: one process per node, the default)
 or as the one-process runner runs it ('one': the three nodes on one

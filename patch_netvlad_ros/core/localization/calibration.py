@@ -283,6 +283,17 @@ def hub_similarity(global_desc: np.ndarray, positions: np.ndarray,
     return np.where(np.isfinite(s), s, 0.0)
 
 
+def hubs_for(features: Sequence[str], global_desc: np.ndarray, positions: np.ndarray,
+             place_radius: float) -> Optional[np.ndarray]:
+    """Return :func:`hub_similarity` [N] when ``features`` use it (``distinct``), else None.
+
+    global_desc: [N, Dp] the map's (read once, here); positions: [N, 3].
+    """
+    if 'distinct' not in features:
+        return None
+    return hub_similarity(np.asarray(global_desc), positions, place_radius)
+
+
 def fit_novelty_gate(global_desc: np.ndarray, positions: np.ndarray,
                      place_radius: float) -> Optional[NoveltyGate]:
     """Fit the novelty gate on a map's descriptors [N, Dp] and positions [N, 3] (module doc).

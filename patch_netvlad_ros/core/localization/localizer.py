@@ -39,8 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .calibration import (ALL_FEATURES, Calibration, confidence_features, hub_similarity,
-                          NoveltyGate)
+from .calibration import ALL_FEATURES, Calibration, confidence_features, hubs_for, NoveltyGate
 from .fusion import AUTHORS, CandidateTable, Fusion, RETRIEVAL
 from ..config import PatchNetVLADConfig
 from ..errors import ImageError, MapError
@@ -171,9 +170,9 @@ class Localizer:
         self.calibration = self._resolve_calibration(calibration, fitted)
         # s_r of the 'distinct' feature, once per map (calibration module doc)
         self._hubs: Optional[np.ndarray] = None
-        if self.calibration is not None and 'distinct' in self.calibration.features:
-            self._hubs = hub_similarity(np.asarray(ref_map.global_desc), self._positions,
-                                        self.place_radius)
+        if self.calibration is not None:
+            self._hubs = hubs_for(self.calibration.features, ref_map.global_desc,
+                                  self._positions, self.place_radius)
         self.novelty_gate: Optional[NoveltyGate] = None
         if (self.calibration is not None and novelty_gate is not False
                 and fitted.get('novelty_gate') is not None):

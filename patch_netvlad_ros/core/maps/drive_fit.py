@@ -47,12 +47,12 @@ import torch
 
 from .database import ReferenceMap
 from .extraction import describe_batches
-from .map_fit import calibration_rows, FIT_VERSION, hubs_for, sample_queries
+from .map_fit import calibration_rows, FIT_VERSION, sample_queries
 from ..drives.drives import Drive, positions_of
 from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, DEFAULT_FEATURES, DEFAULT_L2,
                                         fit_calibration, fit_novelty_gate,
-                                        gate_from_similarities)
+                                        gate_from_similarities, hubs_for)
 from ..localization.fusion import AUTHORS, CandidateTable, fit_fusion, recall_at_1, RETRIEVAL
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
 from ..model.model import PatchNetVLAD
@@ -170,7 +170,7 @@ def fit_drive_rows(ref_map: ReferenceMap, rows: DriveRows, place_radius: float, 
         not_in_map_weight = 0.0 if novelty_gate else NOT_IN_MAP_WEIGHT
     positions = ref_map.positions()
     fusion = fit_fusion(rows.in_map, rows.positives, f'drive {name}, {len(rows.in_map)} frames')
-    hubs = hubs_for(ref_map, features, place_radius)
+    hubs = hubs_for(features, ref_map.global_desc, positions, place_radius)
     x_in, y_in = calibration_rows(rows.in_map, rows.positives, fusion, positions, place_radius,
                                   hubs)
     negatives = rows.not_in_map if not_in_map_weight > 0 else []

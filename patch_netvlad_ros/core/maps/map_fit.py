@@ -45,7 +45,7 @@ from .extraction import describe_batches
 from ..errors import MapError
 from ..localization.calibration import (ALL_FEATURES, confidence_features, DEFAULT_FEATURES,
                                         DEFAULT_L2, fit_calibration, fit_novelty_gate,
-                                        hub_similarity)
+                                        hubs_for)
 from ..localization.fusion import (AUTHORS, CandidateTable, fit_fusion, Fusion, recall_at_1,
                                    RETRIEVAL)
 from ..localization.localizer import DEFAULT_PLACE_RADIUS, Localizer, META_KEY
@@ -173,14 +173,6 @@ def second_visits(localizer: Localizer, model: PatchNetVLAD, images: ReferenceIm
     return tables, positives
 
 
-def hubs_for(ref_map: ReferenceMap, features: Sequence[str],
-             place_radius: float) -> Optional[np.ndarray]:
-    """Return the map's :func:`.calibration.hub_similarity` [N] if features use it, else None."""
-    if 'distinct' not in features:
-        return None
-    return hub_similarity(np.asarray(ref_map.global_desc), ref_map.positions(), place_radius)
-
-
 def calibration_rows(tables: Sequence[CandidateTable], positives: Sequence[np.ndarray],
                      fusion: Fusion, positions: np.ndarray, place_radius: float,
                      hubs: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -295,7 +287,7 @@ def fit_map(ref_map: ReferenceMap, place_radius: float = DEFAULT_PLACE_RADIUS,
                       'recall_at_1_fused': recall_at_1(v_tables, v_positives, fusion)}
             description += f'; {len(picked)} simulated second visits'
     rows, labels, weights = [], [], []
-    hubs = hubs_for(ref_map, features, place_radius)
+    hubs = hubs_for(features, ref_map.global_desc, localizer.positions, place_radius)
     for _, source_tables, source_positives in sources:
         x_s, y_s = calibration_rows(source_tables, source_positives, fusion,
                                     localizer.positions, place_radius, hubs)
