@@ -128,10 +128,8 @@ def graph_outcomes(drive: 'Drive', args: argparse.Namespace, ref_map: 'Reference
                                    stage_rankings(match_table(msg), fusions)))
         filtered.append(outcome_of(frame, list(msg.sequence_ranked), msg.sequence_confidence,
                                    latency, {**stages, 'sequence': msg.sequence_ms}))
-    sections = graph_sections(record, args.rate)
-    sections['sequence_odometry_frames'] = sum(bool(m.sequence_odometry)
-                                               for m, _ in record.matches.values())
-    return outcomes, filtered if motion is not None else None, sections
+    return (outcomes, filtered if motion is not None else None,
+            graph_sections(record, args.rate))
 
 
 def graph_sections(record, rate: float) -> dict:
@@ -154,6 +152,9 @@ def graph_sections(record, rate: float) -> dict:
     }
     return {'published': len(record.published), 'answered': len(record.matches),
             'poses_published': len(record.poses), 'rate': rate,
+            # answers whose sequence filter moved by odometry (replayed or the node's own)
+            'sequence_odometry_frames': sum(bool(m.sequence_odometry)
+                                            for m, _ in record.matches.values()),
             'replay_seconds': record.seconds, 'graph_processes': record.processes,
             'encodings': dict(record.encodings), 'frames': frames,
             'diagnostics': {node: {k: v for k, v in status.items() if k != 'time'}
